@@ -1,0 +1,96 @@
+"""The contract between saliency methods and a framework: what a method may ask of a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+ScoreFn = Callable[[Tensor], Tensor]
+"""Maps the model's (logit) outputs ``(N, ...)`` to the ``(N, K)`` scores to explain."""
+
+BACKWARD_RULES: tuple[str, ...] = ("guided_relu",)
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a method asks the adapter for in one forward (+ backward) pass.
+
+    Attributes
+    ----------
+    input_grad : bool
+        Gradient of each score with respect to the input.
+    layer : str or None
+        Capture the activations ``(N, C, *S)`` of the module with this name.
+    layer_grad : bool
+        Also the gradient of each score with respect to those activations.
+    backward_rule : str or None
+        A modified backward pass, e.g. ``"guided_relu"`` (guided backpropagation).
+    """
+
+    input_grad: bool = False
+    layer: str | None = None
+    layer_grad: bool = False
+    backward_rule: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_grad and self.layer is None:
+            raise ValueError("layer_grad needs a layer name")
+        if self.backward_rule is not None and self.backward_rule not in BACKWARD_RULES:
+            raise ValueError(
+                f"unknown backward rule {self.backward_rule!r}; known: {', '.join(BACKWARD_RULES)}"
+            )
+
+    @property
+    def any_grad(self) -> bool:
+        """True when a backward pass is needed."""
+        return self.input_grad or self.layer_grad
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What one pass returns; every tensor is detached.
+
+    Attributes
+    ----------
+    outputs : Tensor
+        The model's outputs (pre-softmax logits when the model ends in a softmax).
+    scores : Tensor
+        ``(N, K)`` scores that were explained.
+    input_grad : Tensor or None
+        ``(N, K, *input.shape[1:])``.
+    activations : Tensor or None
+        ``(N, C, *S)`` of the requested layer.
+    layer_grad : Tensor or None
+        ``(N, K, C, *S)``.
+    """
+
+    outputs: Tensor
+    scores: Tensor
+    input_grad: Tensor | None = None
+    activations: Tensor | None = None
+    layer_grad: Tensor | None = None
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """A model seen through one narrow contract; methods never touch the framework themselves."""
+
+    def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
+        """One forward pass (and a backward pass when ``need`` asks for gradients)."""
+        ...
+
+    def forward(self, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
+        """Outputs (logits) without gradients, batched in chunks."""
+        ...
+
+    def layer_names(self) -> Sequence[str]:
+        """Names of the model's layers that can be captured."""
+        ...
+
+    @property
+    def device(self) -> object:
+        """Where inputs must live."""
+        ...

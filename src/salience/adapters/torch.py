@@ -1,0 +1,290 @@
+"""Run any ``torch.nn.Module`` for saliency methods: scores, input gradients, layer captures.
+
+The user's model is never changed. By default the adapter runs a private inference copy (eval
+mode, frozen, BatchNorm folded into convolutions, rebuilt whenever the user's weights change);
+with ``inference_copy=False`` it runs the user's model itself in eval mode and restores every
+module's training flag afterwards. Gradients are taken with ``torch.autograd.grad`` with respect
+to the input (and a captured layer) only, so no ``.grad`` is ever written to a parameter. All
+hooks live inside one ``try``/``finally``.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from salience.adapters.base import Need, Outputs, ScoreFn
+from salience.adapters.inference_copy import (
+    CopyError,
+    build_inference_copy,
+    weights_fingerprint,
+)
+from salience.adapters.rules import backward_rule_mode
+
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+class ModelOutputError(TypeError):
+    """The model returned something other than one tensor."""
+
+
+def _lock_for(model: nn.Module) -> threading.RLock:
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode for the block; restore each module's own flag afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+class _Capture:
+    """Forward hooks of one pass: a layer's output, and the input of a final softmax."""
+
+    def __init__(self) -> None:
+        self.activation: Tensor | None = None
+        self.softmax_calls: list[tuple[Tensor, Tensor]] = []
+
+    def layer_hook(self, _module: nn.Module, _inputs: tuple, output: object) -> None:
+        if not isinstance(output, Tensor):
+            raise ModelOutputError("the captured layer must return one tensor")
+        self.activation = output
+
+    def softmax_hook(self, _module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        self.softmax_calls.append((inputs[0], output))
+
+    def logits(self, output: Tensor) -> Tensor:
+        """The pre-softmax input when the model's output is the output of a softmax module."""
+        if self.softmax_calls and self.softmax_calls[-1][1] is output:
+            return self.softmax_calls[-1][0]
+        return output
+
+
+class TorchAdapter:
+    """Adapter for ``torch.nn.Module`` models.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module mapping a batch ``(N, ...)`` to outputs ``(N, classes)`` or ``(N,)``.
+    inference_copy : bool
+        Run a private frozen copy (faster, and the user's model is not even touched).
+    fold_batchnorm : bool
+        In that copy, fold BatchNorm into the preceding convolution when this is exact.
+    channels_last : bool
+        Run 4-D inputs in channels-last memory format.
+    strip_softmax : bool
+        Explain the logits when the model ends in a ``Softmax``/``LogSoftmax`` module.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inference_copy: bool = True,
+        fold_batchnorm: bool = True,
+        channels_last: bool = False,
+        strip_softmax: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.inference_copy = inference_copy
+        self.fold_batchnorm = fold_batchnorm
+        self.channels_last = channels_last
+        self.strip_softmax = strip_softmax
+        self._copy: nn.Module | None = None
+        self._copy_key: tuple | None = None
+        self._lock = _lock_for(model)
+
+    # -- public contract -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (CPU for parameter-free models)."""
+        for tensor in self.model.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the model's first parameter (float32 for parameter-free models)."""
+        for tensor in self.model.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    def layer_names(self) -> list[str]:
+        """Names of all submodules, as ``model.named_modules()`` gives them."""
+        return [name for name, _ in self.model.named_modules() if name]
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """Move ``x`` to the model's device and floating dtype."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
+        dtype = x.dtype if x.is_floating_point() else self.dtype
+        return x.detach().to(device=self.device, dtype=dtype)
+
+    def forward(self, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
+        """Outputs (logits) for a batch, without gradients, in chunks of ``chunk_size``."""
+        x = self.prepare_input(x)
+        size = chunk_size or x.shape[0]
+        with self._lock, self._runnable(x) as model, ExitStack() as hooks:
+            capture = self._install(model, None, hooks)
+            parts = []
+            with torch.inference_mode():
+                for start in range(0, x.shape[0], size):
+                    capture.softmax_calls.clear()
+                    output = model(self._layout(x[start : start + size]))
+                    parts.append(capture.logits(self._check_output(output)).clone())
+            return torch.cat(parts)
+
+    def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
+        """One forward pass, and one backward pass per target when ``need`` asks for gradients."""
+        x = self.prepare_input(x)
+        with self._lock, self._runnable(x) as model, ExitStack() as stack:
+            capture = self._install(model, need.layer, stack)
+            if need.any_grad:
+                x = x.requires_grad_(True)
+                stack.enter_context(torch.enable_grad())
+            else:
+                stack.enter_context(torch.inference_mode())
+            with backward_rule_mode(need.backward_rule) or nullcontext():
+                logits = capture.logits(self._check_output(model(self._layout(x))))
+            scores = score(logits)
+            if scores.ndim != 2 or scores.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"score function returned shape {tuple(scores.shape)}; expected "
+                    f"({x.shape[0]}, K)"
+                )
+            activation = capture.activation
+            if need.layer is not None and activation is None:
+                raise RuntimeError(f"layer {need.layer!r} was not called during the forward pass")
+            input_grads: list[Tensor] = []
+            layer_grads: list[Tensor] = []
+            if need.any_grad:
+                inputs = ([x] if need.input_grad else []) + (
+                    [activation] if need.layer_grad else []
+                )
+                count = scores.shape[1]
+                for k in range(count):
+                    grads = torch.autograd.grad(
+                        scores[:, k].sum(),
+                        inputs,
+                        retain_graph=k < count - 1,
+                        allow_unused=True,
+                    )
+                    grads = [
+                        torch.zeros_like(inp) if g is None else g
+                        for g, inp in zip(grads, inputs, strict=True)
+                    ]
+                    if need.input_grad:
+                        input_grads.append(grads[0].contiguous())
+                    if need.layer_grad:
+                        layer_grads.append(grads[-1].contiguous())
+            return Outputs(
+                outputs=logits.detach(),
+                scores=scores.detach(),
+                input_grad=torch.stack(input_grads, 1) if input_grads else None,
+                activations=None if activation is None else activation.detach(),
+                layer_grad=torch.stack(layer_grads, 1) if layer_grads else None,
+            )
+
+    # -- internals ---------------------------------------------------------------------------
+    def _layout(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @staticmethod
+    def _check_output(output: object) -> Tensor:
+        if isinstance(output, Tensor):
+            return output
+        raise ModelOutputError(
+            f"the model returned a {type(output).__name__}, not a tensor; wrap it in a module "
+            "that returns the logits tensor (N, classes)"
+        )
+
+    def _install(self, model: nn.Module, layer: str | None, stack: ExitStack) -> _Capture:
+        """Register this pass's hooks; ``stack`` removes them whatever happens."""
+        capture = _Capture()
+        if layer is not None:
+            try:
+                module = model.get_submodule(layer)
+            except AttributeError:
+                raise LookupError(self._unknown_layer_message(layer)) from None
+            stack.callback(module.register_forward_hook(capture.layer_hook).remove)
+        if self.strip_softmax:
+            for module in model.modules():
+                if isinstance(module, _SOFTMAX_MODULES):
+                    stack.callback(module.register_forward_hook(capture.softmax_hook).remove)
+        return capture
+
+    def _unknown_layer_message(self, layer: str) -> str:
+        import difflib
+
+        names = self.layer_names()
+        close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"the model has no layer {layer!r}{hint} (salience layers MODEL lists them)"
+
+    @contextmanager
+    def _runnable(self, sample: Tensor) -> Iterator[nn.Module]:
+        """The module to run: the inference copy, or the user's model in eval mode."""
+        if self.inference_copy:
+            copy = self._current_copy(sample)
+            if copy is not None:
+                yield copy
+                return
+        with eval_mode(self.model) as model:
+            yield model
+
+    def _current_copy(self, sample: Tensor) -> nn.Module | None:
+        key = weights_fingerprint(self.model)
+        if self._copy is None or key != self._copy_key:
+            try:
+                copy = build_inference_copy(self.model, sample, fold=self.fold_batchnorm)
+            except CopyError as error:
+                warnings.warn(
+                    f"cannot build an inference copy of this model ({error}); running the model "
+                    "itself in eval mode",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self.inference_copy = False
+                return None
+            if self.channels_last:
+                copy = copy.to(memory_format=torch.channels_last)
+            self._copy, self._copy_key = copy, key
+        return self._copy
+
+
+def as_adapter(model: object) -> TorchAdapter:
+    """Wrap a model in the right adapter (an adapter is returned as it is)."""
+    if isinstance(model, TorchAdapter):
+        return model
+    if isinstance(model, nn.Module):
+        return TorchAdapter(model)
+    raise TypeError(
+        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module (Keras and ONNX "
+        "models come with their own adapters)"
+    )

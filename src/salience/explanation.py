@@ -1,0 +1,144 @@
+"""The result of every method: maps at the method's native resolution plus what they explain."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from salience.fileio import atomic_path, write_bytes_atomic
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Saliency maps for a batch of inputs.
+
+    Attributes
+    ----------
+    attributions : Tensor
+        ``(N, K, *S)``: for each of ``N`` samples and ``K`` targets, a map at the method's native
+        resolution (the input's shape ``S`` for gradient methods).
+    method : str
+        Registered name of the method.
+    targets : Tensor
+        ``(N, K)`` output indices explained (``-1`` for a custom score).
+    scores : Tensor
+        ``(N, K)`` the explained score of each target on the (unperturbed) input.
+    score_kind : str
+        ``"logit"`` or ``"probability"``.
+    target_names : tuple of tuple of str, optional
+        Class names of ``targets`` when the model has them.
+    params : mapping
+        The method's configuration.
+    info : mapping
+        Diagnostics, e.g. Integrated Gradients' completeness error.
+    model : str, optional
+        Name of the model.
+    """
+
+    attributions: Tensor
+    method: str
+    targets: Tensor
+    scores: Tensor
+    score_kind: str = "logit"
+    target_names: tuple[tuple[str, ...], ...] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.attributions.shape[0])
+
+    def map(self, sample: int = 0, target: int = 0) -> Tensor:
+        """The map of one sample and one target, shape ``S``."""
+        return self.attributions[sample, target]
+
+    def numpy(self) -> np.ndarray:
+        """All maps as a numpy array ``(N, K, *S)``."""
+        return self.attributions.detach().cpu().numpy()
+
+    def with_names(self, class_names: list[str] | None, model: str | None = None) -> Explanation:
+        """A copy that carries class names for its targets (and the model's name)."""
+        names = None
+        if class_names is not None:
+            names = tuple(
+                tuple(class_names[i] if 0 <= i < len(class_names) else str(i) for i in row)
+                for row in self.targets.tolist()
+            )
+        return Explanation(
+            self.attributions, self.method, self.targets, self.scores, self.score_kind,
+            names, self.params, self.info, model if model is not None else self.model,
+        )  # fmt: skip
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the maps, as JSON-ready values."""
+        return {
+            "format": FORMAT_VERSION,
+            "method": self.method,
+            "model": self.model,
+            "shape": list(self.attributions.shape),
+            "targets": self.targets.tolist(),
+            "target_names": [list(row) for row in self.target_names] if self.target_names else None,
+            "scores": self.scores.tolist(),
+            "score_kind": self.score_kind,
+            "params": _jsonable(self.params),
+            "info": _jsonable(self.info),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """Write ``PATH.npz`` (the maps) and ``PATH.json`` (the metadata) atomically."""
+        base = Path(path)
+        if base.suffix in (".npz", ".json"):
+            base = base.with_suffix("")
+        npz, sidecar = base.with_suffix(".npz"), base.with_suffix(".json")
+        with atomic_path(npz) as temporary, open(temporary, "wb") as handle:
+            np.savez_compressed(handle, attributions=self.numpy())
+        write_bytes_atomic(sidecar, json.dumps(self.metadata(), indent=2).encode())
+        return npz, sidecar
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Explanation:
+        """Read an explanation written by :meth:`save`."""
+        base = Path(path)
+        if base.suffix in (".npz", ".json"):
+            base = base.with_suffix("")
+        meta = json.loads(base.with_suffix(".json").read_text())
+        with np.load(base.with_suffix(".npz")) as data:
+            attributions = torch.from_numpy(data["attributions"])
+        names = meta.get("target_names")
+        return cls(
+            attributions=attributions,
+            method=meta["method"],
+            targets=torch.tensor(meta["targets"], dtype=torch.long),
+            scores=torch.tensor(meta["scores"], dtype=attributions.dtype),
+            score_kind=meta["score_kind"],
+            target_names=tuple(tuple(row) for row in names) if names else None,
+            params=meta["params"],
+            info=meta["info"],
+            model=meta.get("model"),
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Tensor):
+        return value.tolist() if value.numel() <= 64 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"array{value.shape}"
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)

@@ -1,0 +1,155 @@
+"""Pure functions that turn a raw map into a displayable one; none of them changes its input.
+
+Maps are tensors with the spatial dimensions last: ``(..., H, W)``, or ``(..., C, H, W)`` before
+channel reduction.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Reduction = Literal["abs_max", "abs_sum", "l2", "sum", "max"]
+REDUCTIONS: tuple[str, ...] = ("abs_max", "abs_sum", "l2", "sum", "max")
+
+
+def reduce_channels(saliency: Tensor, how: str = "abs_max", *, dim: int = -3) -> Tensor:
+    """Collapse the channel dimension of an attribution.
+
+    Parameters
+    ----------
+    saliency : Tensor
+        ``(..., C, H, W)``.
+    how : {"abs_max", "abs_sum", "l2", "sum", "max"}
+        ``abs_max`` is Simonyan et al.'s max of |gradient| over channels; ``sum`` keeps the sign.
+    dim : int
+        The channel dimension.
+    """
+    if how == "abs_max":
+        return saliency.abs().amax(dim=dim)
+    if how == "abs_sum":
+        return saliency.abs().sum(dim=dim)
+    if how == "l2":
+        return saliency.square().sum(dim=dim).sqrt()
+    if how == "sum":
+        return saliency.sum(dim=dim)
+    if how == "max":
+        return saliency.amax(dim=dim)
+    raise ValueError(f"unknown channel reduction {how!r}; choose one of {', '.join(REDUCTIONS)}")
+
+
+def clip_percentile(saliency: Tensor, percentile: float = 99.0) -> Tensor:
+    """Clip magnitudes above the given percentile of ``|map|`` (sanity-checks convention: 99).
+
+    The percentile is taken over the last two (spatial) dimensions of each map; the sign is kept.
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    flat = saliency.abs().flatten(-2)
+    bound = torch.quantile(flat.float(), percentile / 100.0, dim=-1).to(saliency.dtype)
+    bound = bound[..., None, None]
+    return saliency.clamp(min=-bound, max=bound)
+
+
+def normalize(saliency: Tensor, *, signed: bool = False, eps: float = 1e-12) -> Tensor:
+    """Scale each map (last two dimensions) to ``[0, 1]``, or to ``[-1, 1]`` by max |map| if signed.
+
+    An all-zero or constant map becomes all zeros (never NaN).
+    """
+    flat = saliency.flatten(-2)
+    if signed:
+        scale = flat.abs().amax(dim=-1)[..., None, None]
+        return torch.where(scale > eps, saliency / scale.clamp_min(eps), torch.zeros_like(saliency))
+    low = flat.amin(dim=-1)[..., None, None]
+    span = flat.amax(dim=-1)[..., None, None] - low
+    return torch.where(
+        span > eps, (saliency - low) / span.clamp_min(eps), torch.zeros_like(saliency)
+    )
+
+
+def gaussian_kernel1d(
+    sigma: float, *, truncate: float = 4.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """A normalized 1-D Gaussian kernel of radius ``round(truncate * sigma)``, as SciPy's."""
+    radius = max(int(truncate * sigma + 0.5), 1)
+    positions = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (positions / sigma) ** 2)
+    return (kernel / kernel.sum()).to(dtype)
+
+
+def gaussian_blur(saliency: Tensor, sigma: float, *, truncate: float = 4.0) -> Tensor:
+    """Gaussian smoothing over the last two dimensions with σ in pixels (reflect at the borders).
+
+    Equal to ``scipy.ndimage.gaussian_filter(..., sigma, mode="reflect", truncate=truncate)``
+    applied to each map separately.
+    """
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0 pixels, got {sigma}")
+    if sigma == 0:
+        return saliency.clone()
+    kernel = gaussian_kernel1d(sigma, truncate=truncate, dtype=saliency.dtype).to(saliency.device)
+    radius = kernel.numel() // 2
+    *lead, height, width = saliency.shape
+    images = saliency.reshape(-1, 1, height, width)
+    for axis, size in ((2, height), (3, width)):
+        images = _reflect_pad(images, radius, axis, size)
+        weights = kernel.reshape(1, 1, -1, 1) if axis == 2 else kernel.reshape(1, 1, 1, -1)
+        images = F.conv2d(images, weights)
+    return images.reshape(*lead, height, width)
+
+
+def _reflect_pad(images: Tensor, radius: int, axis: int, size: int) -> Tensor:
+    """SciPy's "reflect" (half-sample symmetric) padding along one axis, for any radius."""
+    index = torch.arange(-radius, size + radius, device=images.device)
+    period = 2 * size
+    folded = torch.remainder(index, period)
+    folded = torch.where(folded >= size, period - 1 - folded, folded)
+    return images.index_select(axis, folded)
+
+
+def upsample(saliency: Tensor, size: tuple[int, int], *, mode: str = "bilinear") -> Tensor:
+    """Resize maps ``(..., h, w)`` to ``size = (H, W)`` (bilinear, corners not aligned)."""
+    *lead, height, width = saliency.shape
+    images = saliency.reshape(-1, 1, height, width).float()
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    resized = F.interpolate(images, size=size, mode=mode, **kwargs)
+    return resized.reshape(*lead, *size).to(saliency.dtype)
+
+
+def to_display(
+    saliency: Tensor,
+    *,
+    reduce: str = "abs_max",
+    percentile: float | None = 99.0,
+    smooth: float = 0.0,
+    size: tuple[int, int] | None = None,
+    signed: bool = False,
+) -> Tensor:
+    """The usual chain for an image attribution: reduce channels, smooth, clip, resize, normalize.
+
+    Parameters
+    ----------
+    saliency : Tensor
+        ``(C, H, W)`` or ``(H, W)`` map.
+    reduce : str
+        Channel reduction (ignored for 2-D maps); ``sum`` keeps the sign.
+    percentile : float or None
+        Clip at this percentile of ``|map|``; None to skip.
+    smooth : float
+        Gaussian σ in pixels of the map; 0 to skip.
+    size : tuple of int, optional
+        Resize the map to this (H, W).
+    signed : bool
+        Normalize to ``[-1, 1]`` keeping the sign, instead of ``[0, 1]``.
+    """
+    result = reduce_channels(saliency, reduce) if saliency.ndim == 3 else saliency
+    if smooth > 0:
+        result = gaussian_blur(result, smooth)
+    if percentile is not None:
+        result = clip_percentile(result, percentile)
+    if size is not None and tuple(result.shape[-2:]) != tuple(size):
+        result = upsample(result, size)
+    return normalize(result, signed=signed)

@@ -1,0 +1,62 @@
+"""One registry per kind (explainers, models, ...): its names drive the CLI and the API."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_REGISTRIES: dict[str, dict[str, Any]] = {}
+
+
+class UnknownNameError(KeyError, ValueError):
+    """A name that no registry entry carries; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Register an object under ``kind``/``name``; use as a decorator.
+
+    Parameters
+    ----------
+    kind : str
+        Registry kind, e.g. ``"explainer"`` or ``"model"``.
+    name : str
+        Public name of the entry; must be unique within the kind.
+    """
+
+    def decorator(obj: T) -> T:
+        entries = _REGISTRIES.setdefault(kind, {})
+        if name in entries and entries[name] is not obj:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        entries[name] = obj
+        return obj
+
+    return decorator
+
+
+def get(kind: str, name: str) -> Any:
+    """Return the entry registered as ``kind``/``name``.
+
+    Raises
+    ------
+    UnknownNameError
+        If the name is unknown; the message lists the known names and close matches.
+    """
+    entries = _REGISTRIES.get(kind, {})
+    key = name.strip().lower().replace("-", "_")
+    if key in entries:
+        return entries[key]
+    known = sorted(entries)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownNameError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}")
+
+
+def available(kind: str) -> list[str]:
+    """Names registered under ``kind``, sorted."""
+    return sorted(_REGISTRIES.get(kind, {}))

@@ -1,0 +1,224 @@
+"""What is explained: which score of the model's output each saliency map is the gradient of.
+
+A target is resolved against the model's outputs into a :class:`Selection`: for each sample, ``K``
+output indices (``K = 1`` except for top-k), or a callable that computes the scores itself. The
+score is the logit by default; ``score="probability"`` takes the softmax probability instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ScoreKind = Literal["logit", "probability"]
+SCORE_KINDS: tuple[str, ...] = ("logit", "probability")
+
+
+class TargetError(ValueError):
+    """A target that does not fit the model's output (bad index, unknown name, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """The predicted class (argmax of the output); the output itself for one-output models."""
+
+
+@dataclass(frozen=True)
+class ClassIndex:
+    """One output index for every sample, or one index per sample."""
+
+    index: int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The ``k`` highest-scoring classes of each sample: ``k`` maps from one forward pass."""
+
+    k: int
+
+
+@dataclass(frozen=True)
+class Custom:
+    """Any callable ``outputs (N, ...) -> scores (N,)``, e.g. a mask-summed segmentation score."""
+
+    fn: Callable[[Tensor], Tensor]
+    name: str = "custom"
+
+
+TargetSpec = Predicted | ClassIndex | TopK | Custom
+TargetLike = TargetSpec | int | str | Sequence[int] | Callable[[Tensor], Tensor] | None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A target resolved for a concrete batch.
+
+    Attributes
+    ----------
+    indices : Tensor or None
+        ``(N, K)`` long tensor of output indices, or None when ``custom`` computes the scores.
+    custom : callable or None
+        The user's score function.
+    """
+
+    indices: Tensor | None
+    custom: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def k(self) -> int:
+        """Number of maps per sample."""
+        return 1 if self.indices is None else int(self.indices.shape[1])
+
+    def repeat(self, times: int) -> Selection:
+        """The same selection for a batch in which every sample is repeated ``times`` in a row."""
+        if self.indices is None:
+            return self
+        return Selection(self.indices.repeat_interleave(times, dim=0), self.custom)
+
+    def take(self, rows: Tensor | slice) -> Selection:
+        """The selection of a subset of the batch's samples."""
+        if self.indices is None:
+            return self
+        return Selection(self.indices[rows], self.custom)
+
+    def labels(self) -> Tensor:
+        """``(N, K)`` indices, ``-1`` where a custom score has no index."""
+        if self.indices is None:
+            raise TargetError("a custom target has no class index")
+        return self.indices
+
+
+def parse_target(target: TargetLike, class_names: Sequence[str] | None = None) -> TargetSpec:
+    """Turn what a user passes (None, int, list, ``"top-3"``, a class name, a callable) into a spec.
+
+    Raises
+    ------
+    TargetError
+        For an unknown class name (close matches are suggested) or a malformed string.
+    """
+    if target is None:
+        return Predicted()
+    if isinstance(target, Predicted | ClassIndex | TopK | Custom):
+        return target
+    if isinstance(target, bool):
+        raise TargetError(f"target {target!r} is not a class index")
+    if isinstance(target, int):
+        return ClassIndex(int(target))
+    if isinstance(target, Tensor):
+        return ClassIndex(tuple(int(i) for i in target.reshape(-1).tolist()))
+    if isinstance(target, str):
+        return _parse_target_string(target, class_names)
+    if callable(target):
+        return Custom(target, getattr(target, "__name__", "custom"))
+    if isinstance(target, Sequence) and all(isinstance(i, int) for i in target):
+        return ClassIndex(tuple(int(i) for i in target))
+    raise TargetError(
+        f"cannot use {target!r} as a target: pass a class index, a class name, 'predicted', "
+        "'top-K' or a callable outputs -> (N,) scores"
+    )
+
+
+def _parse_target_string(text: str, class_names: Sequence[str] | None) -> TargetSpec:
+    key = text.strip()
+    lowered = key.lower()
+    if lowered in ("", "predicted", "pred", "argmax"):
+        return Predicted()
+    if lowered.startswith("top-") or lowered.startswith("top"):
+        digits = lowered.removeprefix("top").lstrip("-_")
+        if digits.isdigit() and int(digits) >= 1:
+            return TopK(int(digits))
+        raise TargetError(f"target {text!r}: write top-K with K >= 1, e.g. 'top-3'")
+    if key.lstrip("-").isdigit():
+        return ClassIndex(int(key))
+    if class_names is None:
+        raise TargetError(
+            f"target {text!r} is a class name, but the model has no class names; pass an index"
+        )
+    names = [name.lower() for name in class_names]
+    if lowered in names:
+        return ClassIndex(names.index(lowered))
+    close = difflib.get_close_matches(lowered, names, n=3, cutoff=0.6)
+    partial = [name for name in names if lowered in name][:3]
+    suggestions = list(dict.fromkeys(close + partial))
+    hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+    raise TargetError(f"unknown class name {text!r}{hint}")
+
+
+def as_score_matrix(outputs: Tensor) -> Tensor:
+    """View a model's output as ``(N, outputs)``: ``(N,)`` becomes ``(N, 1)``.
+
+    Raises
+    ------
+    TargetError
+        If the output is not ``(N,)`` or ``(N, classes)``.
+    """
+    if outputs.ndim == 1:
+        return outputs.unsqueeze(1)
+    if outputs.ndim == 2:
+        return outputs
+    raise TargetError(
+        f"the model's output has shape {tuple(outputs.shape)}, not (N, classes): "
+        "pass a callable target that turns it into (N,) scores"
+    )
+
+
+def resolve(spec: TargetSpec, outputs: Tensor) -> Selection:
+    """Resolve a target spec against (detached) model outputs of one batch."""
+    if isinstance(spec, Custom):
+        return Selection(None, spec.fn)
+    matrix = as_score_matrix(outputs.detach())
+    n, classes = matrix.shape
+    if isinstance(spec, Predicted):
+        return Selection(matrix.argmax(dim=1, keepdim=True))
+    if isinstance(spec, TopK):
+        if spec.k > classes:
+            raise TargetError(f"top-{spec.k} asked of a model with only {classes} outputs")
+        return Selection(matrix.topk(spec.k, dim=1).indices)
+    indices = (spec.index,) if isinstance(spec.index, int) else tuple(spec.index)
+    if len(indices) not in (1, n):
+        raise TargetError(f"{len(indices)} class indices given for a batch of {n} samples")
+    bad = [i for i in indices if not -classes <= i < classes]
+    if bad:
+        raise TargetError(
+            f"class index {bad[0]} is out of range: the model has {classes} outputs "
+            f"(0..{classes - 1})"
+        )
+    column = torch.tensor([i % classes for i in indices], device=matrix.device).reshape(-1, 1)
+    return Selection(column.expand(n, 1).clone() if len(indices) == 1 else column)
+
+
+def target_scores(outputs: Tensor, selection: Selection, kind: str = "logit") -> Tensor:
+    """The ``(N, K)`` scores to explain: logits, or softmax probabilities, at the selected indices.
+
+    Differentiable with respect to ``outputs``.
+    """
+    if selection.custom is not None:
+        scores = selection.custom(outputs)
+        if (
+            not isinstance(scores, Tensor)
+            or scores.ndim != 1
+            or scores.shape[0] != outputs.shape[0]
+        ):
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise TargetError(
+                f"a custom target must return one score per sample, shape ({outputs.shape[0]},); "
+                f"got {shape}"
+            )
+        return scores.unsqueeze(1)
+    matrix = as_score_matrix(outputs)
+    if kind == "probability":
+        if matrix.shape[1] < 2:
+            raise TargetError(
+                "score='probability' needs a classifier with two or more outputs; "
+                "this model has one output: explain the logit"
+            )
+        matrix = torch.softmax(matrix, dim=1)
+    elif kind != "logit":
+        raise TargetError(f"unknown score kind {kind!r}; choose one of {', '.join(SCORE_KINDS)}")
+    assert selection.indices is not None
+    return matrix.gather(1, selection.indices.to(matrix.device))

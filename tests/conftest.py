@@ -1,0 +1,102 @@
+"""Small models with known answers, shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Quadratic(nn.Module):
+    """f(x) = Σ w·x², one output per sample: ∇f = 2·w·x."""
+
+    def __init__(self, features: int = 6) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1.0, 2.0, features, dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.w * x.square()).sum(dim=1)
+
+
+class SoftplusNet(nn.Module):
+    """A smooth two-layer network, on which Integrated Gradients converges fast."""
+
+    def __init__(self, features: int = 10, hidden: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.first = nn.Linear(features, hidden)
+        self.second = nn.Linear(hidden, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(F.softplus(self.first(x)))
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU network with dropout, a functional ReLU6 and a frozen layer."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, classes)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.running_mean.copy_(torch.randn(8, generator=generator) * 0.1)
+                bn.running_var.copy_(torch.rand(8, generator=generator) + 0.5)
+                bn.weight.copy_(torch.rand(8, generator=generator) + 0.5)
+                bn.bias.copy_(torch.randn(8, generator=generator) * 0.1)
+        self.conv1.weight.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.bn1(self.conv1(x)))
+        x = F.relu6(self.bn2(self.conv2(x)))
+        return self.fc(self.drop(x.mean(dim=(2, 3))))
+
+
+@pytest.fixture
+def small_cnn() -> SmallCNN:
+    torch.manual_seed(0)
+    return SmallCNN()
+
+
+@pytest.fixture
+def images() -> Tensor:
+    return torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+
+
+def model_state(model: nn.Module) -> dict:
+    """Everything a call could change on a model."""
+    return {
+        "training": [(name, m.training) for name, m in model.named_modules()],
+        "requires_grad": [(name, p.requires_grad) for name, p in model.named_parameters()],
+        "grads": [name for name, p in model.named_parameters() if p.grad is not None],
+        "hooks": [
+            (
+                name,
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(m._backward_pre_hooks),
+            )
+            for name, m in model.named_modules()
+        ],
+        "modules": [(name, type(m).__name__) for name, m in model.named_modules()],
+        "weights": {k: v.clone() for k, v in model.state_dict().items()},
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    for key in ("training", "requires_grad", "grads", "hooks", "modules"):
+        assert before[key] == after[key], key
+    assert before["weights"].keys() == after["weights"].keys()
+    for name, tensor in before["weights"].items():
+        assert torch.equal(tensor, after["weights"][name]), name

@@ -1,0 +1,49 @@
+"""Saving and loading explanations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import salience
+from conftest import SoftplusNet
+from salience.explanation import Explanation
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    explanation = salience.explain(
+        SoftplusNet(),
+        torch.randn(2, 10),
+        method="integrated_gradients",
+        steps=4,
+        target="top-2",
+        class_names=["a", "b", "c"],
+    )
+    npz, sidecar = explanation.save(tmp_path / "out" / "ig")
+    meta = json.loads(sidecar.read_text())
+    assert meta["method"] == "integrated_gradients" and meta["params"]["steps"] == 4
+    assert len(meta["target_names"]) == 2 and len(meta["target_names"][0]) == 2
+    loaded = Explanation.load(npz)
+    assert torch.equal(loaded.attributions, explanation.attributions)
+    assert torch.equal(loaded.targets, explanation.targets)
+    assert loaded.target_names == explanation.target_names
+    assert loaded.info["steps"] == 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ig.json", "ig.npz"]
+
+
+def test_failed_save_leaves_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explanation = salience.explain(SoftplusNet(), torch.randn(1, 10))
+    npz, _ = explanation.save(tmp_path / "map")
+    original = npz.read_bytes()
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("numpy.savez_compressed", fail)
+    with pytest.raises(OSError, match="disk full"):
+        explanation.save(tmp_path / "map")
+    assert npz.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.json", "map.npz"]
