@@ -16,7 +16,7 @@ FAST_OPTIONS = {
     "vargrad": {"n_samples": 3},
     "integrated_gradients": {"steps": 3},
 }
-METHODS = available("explainer")
+METHODS = available("method")
 
 
 def explainer(method: str, model: nn.Module, inference_copy: bool) -> salience.Explainer:

@@ -77,5 +77,5 @@ def test_probability_needs_several_outputs() -> None:
 
 
 def test_unknown_method_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown explainer 'smothgrad'.*smoothgrad.*Known: "):
+    with pytest.raises(ValueError, match=r"unknown method 'smothgrad'.*smoothgrad.*Known: "):
         salience.explain(nn.Linear(3, 2), torch.randn(1, 3), method="smothgrad")

@@ -37,7 +37,7 @@ def explain(
     x : Tensor
         Inputs ``(N, ...)``.
     method : str
-        A registered method name (``salience.available("explainer")`` lists them).
+        A registered method name (``salience.available("method")`` lists them).
     target : int, str, sequence of int, callable or None
         What to explain; None is the predicted class.
     score : {"logit", "probability"}

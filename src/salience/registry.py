@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _REGISTRIES: dict[str, dict[str, Any]] = {}
+_BUILT_IN = {"method": "salience.methods", "model": "salience.zoo"}
+"""The module whose import registers each kind's built-in entries."""
+
+
+def _entries(kind: str) -> dict[str, Any]:
+    if kind in _BUILT_IN:
+        importlib.import_module(_BUILT_IN[kind])
+    return _REGISTRIES.get(kind, {})
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -24,7 +33,7 @@ def register(kind: str, name: str) -> Callable[[T], T]:
     Parameters
     ----------
     kind : str
-        Registry kind, e.g. ``"explainer"`` or ``"model"``.
+        Registry kind, e.g. ``"method"`` or ``"model"``.
     name : str
         Public name of the entry; must be unique within the kind.
     """
@@ -47,7 +56,7 @@ def get(kind: str, name: str) -> Any:
     UnknownNameError
         If the name is unknown; the message lists the known names and close matches.
     """
-    entries = _REGISTRIES.get(kind, {})
+    entries = _entries(kind)
     key = name.strip().lower().replace("-", "_")
     if key in entries:
         return entries[key]
@@ -59,4 +68,4 @@ def get(kind: str, name: str) -> Any:
 
 def available(kind: str) -> list[str]:
     """Names registered under ``kind``, sorted."""
-    return sorted(_REGISTRIES.get(kind, {}))
+    return sorted(_entries(kind))

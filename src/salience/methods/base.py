@@ -24,7 +24,7 @@ from salience.targets import (
     target_scores,
 )
 
-EXPLAINER = "explainer"
+EXPLAINER = "method"
 DEFAULT_CHUNK_SIZE = 8
 """Samples per forward/backward pass for multi-pass methods (measured: bench/chunk_size.py)."""
 
