@@ -1,0 +1,35 @@
+# `make demo` explains the bundled cat photo; `make test` runs the test suite.
+# Both create (or reuse) the virtual environment in .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= salience-out
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	# captum is a reference implementation for tests and benchmarks; its own pins are not needed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt captum
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	THP_MEM_ALLOC_ENABLE=1 $(BIN)/salience explain -o $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/methods.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
