@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SmallCNN
 from torch import Tensor, nn
 
 import salience
+from conftest import SmallCNN
 from salience.methods.noise import noise_scale
 
 captum_attr = pytest.importorskip("captum.attr")

@@ -1,0 +1,99 @@
+"""The ``salience`` command end to end: real model, real photo, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import salience
+from salience.cli import main
+from salience.registry import available
+
+CAT_CLASSES = range(281, 286)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_public_names_are_exported() -> None:
+    assert set(salience.__all__) == {*salience._EXPORTS, "__version__"}
+    for name in salience._EXPORTS:
+        assert getattr(salience, name) is not None
+
+
+def test_methods_and_models_list_the_registries(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "methods")
+    assert status == 0
+    assert [line.split()[0] for line in out.splitlines()] == available("method")
+    status, out, _ = run(capsys, "models")
+    assert status == 0 and out.startswith("efficientnet_lite0")
+
+
+def test_explain_the_bundled_cat(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(
+        capsys, "explain", "--method", "gradient,gradient_x_input", "--target", "top-2",
+        "-o", str(tmp_path), "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("chelsea: top-5")
+    first_class = int(lines[1].rsplit("class ", 1)[1].rstrip(")"))
+    assert first_class in CAT_CLASSES
+    written = sorted(p.name for p in tmp_path.iterdir())
+    for method in ("gradient", "gradient_x_input"):
+        assert f"chelsea_{method}_top1.png" in written and f"chelsea_{method}_top2.png" in written
+        meta = json.loads((tmp_path / f"chelsea_{method}.json").read_text())
+        assert meta["model"] == "efficientnet_lite0" and meta["method"] == method
+        assert meta["shape"] == [1, 2, 3, 224, 224]
+        assert meta["targets"][0][0] == first_class
+        assert meta["target_names"][0][0] in lines[1]
+    assert "grid.png" in written
+    overlay = np.asarray(Image.open(tmp_path / "chelsea_gradient_top1.png"))
+    assert overlay.shape == (300, 451, 3)  # the original photo's geometry, not the 224 crop
+
+
+def write_text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "smothgrad"], "unknown method 'smothgrad'. Did you mean smoothgrad"),
+        (["--target", "1000"], "class index 1000 is out of range"),
+        (["--target", "tabbby"], "did you mean 'tabby'"),
+        (["--cmap", "jett"], "jett"),
+        (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
+        (["--model", "resnet"], "unknown model 'resnet'"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run(capsys, "explain", "--method", "gradient", *argv, "-o", str(tmp_path))
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("salience: error: ")
+    assert message in err
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_bad_image_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = write_text_file(tmp_path)
+    status, _, err = run(capsys, "explain", str(text), "-o", str(tmp_path / "out"))
+    assert status == 2 and "is not an image" in err and err.count("\n") == 1
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "ok.jpg")
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    status, _, err = run(capsys, "explain", str(tmp_path / "cut.jpg"), "-o", str(tmp_path / "o"))
+    assert status == 2 and "cut.jpg" in err and err.count("\n") == 1
+    status, _, err = run(capsys, "explain", str(tmp_path / "missing.png"), "-o", str(tmp_path))
+    assert status == 2 and "missing.png" in err

@@ -1,0 +1,51 @@
+"""Methods on the bundled EfficientNet-Lite0: the fast path is exact, the guided rule applies."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor
+
+import salience
+from salience.zoo import SAMPLE_IMAGES, load_model, model_spec
+
+
+@pytest.fixture(scope="module")
+def cat() -> Tensor:
+    return model_spec().preset.prepare(SAMPLE_IMAGES["chelsea"]()).tensor
+
+
+def relative_gap(ours: Tensor, reference: Tensor) -> float:
+    return float((ours - reference).abs().max() / reference.abs().max())
+
+
+def l2_gap(ours: Tensor, reference: Tensor) -> float:
+    return float((ours - reference).norm() / reference.norm())
+
+
+def test_folded_inference_copy_is_as_exact_as_float32_allows(cat: Tensor) -> None:
+    """ReLU6 kinks make any reordering of float32 operations flip a few units' gradients (the
+    float32 model itself is 0.3% (L2) from its float64 gradient), so equality is judged against
+    the float64 map: the fast path must be no farther from it than the float32 model is."""
+    model = load_model()
+    fast = salience.explain(model, cat, method="gradient")
+    plain = salience.explain(salience.TorchAdapter(model, inference_copy=False), cat)
+    exact = salience.explain(
+        salience.TorchAdapter(copy.deepcopy(model).double(), inference_copy=False), cat.double()
+    )
+    assert torch.equal(fast.targets, plain.targets) and torch.equal(fast.targets, exact.targets)
+    float32_error = l2_gap(plain.attributions, exact.attributions)
+    assert float32_error < 0.01
+    assert l2_gap(fast.attributions, exact.attributions) <= 1.25 * float32_error
+
+
+def test_guided_backprop_reaches_the_functional_relu6_of_the_model(cat: Tensor) -> None:
+    model = load_model()
+    assert not any(isinstance(m, torch.nn.ReLU | torch.nn.ReLU6) for m in model.modules())
+    guided = salience.explain(model, cat, method="guided_backprop").attributions
+    plain = salience.explain(model, cat, method="gradient").attributions
+    assert relative_gap(guided, plain) > 0.5
+    # guided maps are far sparser in sign: negative evidence is cut at every ReLU6
+    assert float((guided > 0).float().mean()) != pytest.approx(float((plain > 0).float().mean()))
