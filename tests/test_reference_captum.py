@@ -12,6 +12,8 @@ from conftest import SmallCNN
 from salience.methods.noise import noise_scale
 
 captum_attr = pytest.importorskip("captum.attr")
+# Captum announces that it sets requires_grad and hooks ReLUs; that is its business, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def relative_gap(ours: Tensor, reference: Tensor) -> float:

@@ -136,15 +136,19 @@ def run_explain(args: argparse.Namespace) -> int:
         make_explainer(adapter, cls.name, **method_options(cls, values)) for cls in classes
     ]
 
-    grid_images, grid_rows, row_titles = [], [], []
-    tasks = len(prepared) * len(explainers)
-    bar = tqdm(total=tasks, disable=args.quiet or tasks <= PROGRESS_THRESHOLD, desc="explaining")
+    probabilities = []
     for item, image in prepared:
-        probabilities = torch.softmax(adapter.forward(image.tensor), dim=1)[0]
-        top = probabilities.topk(5)
+        probabilities.append(torch.softmax(adapter.forward(image.tensor), dim=1)[0])
+        top = probabilities[-1].topk(5)
         print(f"{item.label}: top-5 predictions of {spec.name}")
         for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
             print(f"  {rank + 1}. {names[i]:<28} {p:6.1%}  (class {i})")
+    sys.stdout.flush()
+
+    grid_images, grid_rows, row_titles = [], [], []
+    tasks = len(prepared) * len(explainers)
+    bar = tqdm(total=tasks, disable=args.quiet or tasks <= PROGRESS_THRESHOLD, desc="explaining")
+    for (item, image), image_probabilities in zip(prepared, probabilities, strict=True):
         rows: list[list[Any]] = []
         for explainer in explainers:
             bar.set_postfix_str(f"{item.label} {explainer.name}")
@@ -166,7 +170,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 if len(rows) <= k:
                     rows.append([])
                     index = int(explanation.targets[0, k])
-                    row_titles.append(f"{names[index]} {float(probabilities[index]):.2f}")
+                    row_titles.append(f"{names[index]} {float(image_probabilities[index]):.2f}")
                     grid_images.append(image.original)
                 rows[k].append(full)
             bar.update()
