@@ -9,7 +9,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import Tensor
+
+    from salience.adapters.torch import TorchAdapter
+    from salience.explanation import Explanation
+    from salience.images import PreparedImage
 
 # Read by PyTorch when it starts; doubles no-grad batched throughput on small CPUs.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
@@ -112,7 +120,6 @@ def run_explain(args: argparse.Namespace) -> int:
     from salience.adapters.torch import TorchAdapter
     from salience.api import make_explainer
     from salience.methods.base import EXPLAINER
-    from salience.postprocess import to_display
     from salience.registry import get
     from salience.targets import parse_target
     from salience.zoo import load_model, model_spec
@@ -136,13 +143,9 @@ def run_explain(args: argparse.Namespace) -> int:
         make_explainer(adapter, cls.name, **method_options(cls, values)) for cls in classes
     ]
 
-    probabilities = []
-    for item, image in prepared:
-        probabilities.append(torch.softmax(adapter.forward(image.tensor), dim=1)[0])
-        top = probabilities[-1].topk(5)
-        print(f"{item.label}: top-5 predictions of {spec.name}")
-        for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
-            print(f"  {rank + 1}. {names[i]:<28} {p:6.1%}  (class {i})")
+    probabilities = [
+        _print_predictions(adapter, item, image, spec.name, names) for item, image in prepared
+    ]
     sys.stdout.flush()
 
     grid_images, grid_rows, row_titles = [], [], []
@@ -154,19 +157,10 @@ def run_explain(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{item.label} {explainer.name}")
             explanation = explainer(image.tensor, target, score=args.score, class_names=names)
             explanation = explanation.with_names(names, model=spec.name)
-            stem = f"{item.label}_{explainer.name}"
-            explanation.save(output / stem)
-            for k in range(explanation.targets.shape[1]):
-                shown = to_display(
-                    explanation.map(0, k), reduce=args.reduce, percentile=args.percentile,
-                    smooth=args.smooth,
-                )  # fmt: skip
-                full = image.geometry.to_original(shown.numpy())
-                suffix = f"_top{k + 1}" if explanation.targets.shape[1] > 1 else ""
-                viz.save_png(
-                    viz.overlay(image.original, full, alpha=args.alpha, cmap=args.cmap),
-                    output / f"{stem}{suffix}.png",
-                )
+            maps = _write_outputs(
+                explanation, image, output / f"{item.label}_{explainer.name}", args
+            )
+            for k, full in enumerate(maps):
                 if len(rows) <= k:
                     rows.append([])
                     index = int(explanation.targets[0, k])
@@ -180,8 +174,43 @@ def run_explain(args: argparse.Namespace) -> int:
         output / "grid.png", grid_images, grid_rows, row_titles=row_titles,
         column_titles=[e.name for e in explainers], cmap=args.cmap, alpha=args.alpha,
     )  # fmt: skip
-    print(f"wrote {len(prepared) * len(explainers)} explanations and {grid} to {output}/")
+    print(f"wrote {tasks} explanations and {grid} to {output}/")
     return 0
+
+
+def _print_predictions(
+    adapter: TorchAdapter, item: _Input, image: PreparedImage, model_name: str, names: list[str]
+) -> Tensor:
+    """Print the top-5 classes of one image; return its class probabilities."""
+    import torch
+
+    probabilities = torch.softmax(adapter.forward(image.tensor), dim=1)[0]
+    top = probabilities.topk(5)
+    print(f"{item.label}: top-5 predictions of {model_name}")
+    for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
+        print(f"  {rank + 1}. {names[i]:<28} {p:6.1%}  (class {i})")
+    return probabilities
+
+
+def _write_outputs(explanation: Any, image: Any, stem: Path, args: argparse.Namespace) -> list[Any]:
+    """Save the raw maps and one overlay per target; return the display maps on the photo."""
+    from salience import viz
+    from salience.postprocess import to_display
+
+    explanation.save(stem)
+    count = explanation.targets.shape[1]
+    maps = []
+    for k in range(count):
+        shown = to_display(
+            explanation.map(0, k), reduce=args.reduce, percentile=args.percentile,
+            smooth=args.smooth,
+        )  # fmt: skip
+        full = image.geometry.to_original(shown.numpy())
+        suffix = f"_top{k + 1}" if count > 1 else ""
+        overlay = viz.overlay(image.original, full, alpha=args.alpha, cmap=args.cmap)
+        viz.save_png(overlay, stem.with_name(f"{stem.name}{suffix}.png"))
+        maps.append(full)
+    return maps
 
 
 def run_models(_args: argparse.Namespace) -> int:
