@@ -192,7 +192,9 @@ def _print_predictions(
     return probabilities
 
 
-def _write_outputs(explanation: Any, image: Any, stem: Path, args: argparse.Namespace) -> list[Any]:
+def _write_outputs(
+    explanation: Explanation, image: PreparedImage, stem: Path, args: argparse.Namespace
+) -> list[np.ndarray]:
     """Save the raw maps and one overlay per target; return the display maps on the photo."""
     from salience import viz
     from salience.postprocess import to_display
