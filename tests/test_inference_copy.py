@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -84,3 +87,35 @@ def test_uncopyable_model_falls_back_to_the_model_itself(images: Tensor) -> None
         fast = salience.explain(model, images).attributions
     plain = salience.explain(salience.TorchAdapter(model, inference_copy=False), images)
     torch.testing.assert_close(fast, plain.attributions)
+
+
+def test_copy_is_built_once_per_weights_version_across_calls(
+    images: Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from salience.adapters import inference_copy
+
+    builds = []
+    original = inference_copy.build_inference_copy
+
+    def counting(*args: object, **kwargs: object) -> nn.Module:
+        builds.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference_copy, "build_inference_copy", counting)
+    model = SmallCNN()
+    for _ in range(3):
+        salience.explain(model, images)  # a new adapter each call
+    assert len(builds) == 1
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    salience.explain(model, images)
+    assert len(builds) == 2
+
+
+def test_cache_does_not_keep_the_model_alive(images: Tensor) -> None:
+    model = SmallCNN()
+    salience.explain(model, images)
+    reference = weakref.ref(model)
+    del model
+    gc.collect()
+    assert reference() is None

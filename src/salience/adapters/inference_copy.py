@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -135,3 +136,30 @@ def _outputs_equal(a: object, b: object) -> bool:
     if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
         return all(_outputs_equal(a[k], b[k]) for k in a)
     return False
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, nn.Module]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def cached_inference_copy(
+    model: nn.Module, sample: Tensor, *, fold: bool = True, channels_last: bool = False
+) -> nn.Module:
+    """The inference copy of ``model`` for these options, built once per version of its weights.
+
+    The cache is keyed weakly by the user's model (the copy holds no reference to it), so a model
+    that is dropped takes its copy with it; a changed parameter or buffer triggers a rebuild.
+    Callers serialize access per model.
+    """
+    fingerprint = weights_fingerprint(model)
+    entries = _CACHE.setdefault(model, {})
+    options = (fold, channels_last)
+    cached = entries.get(options)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    built = build_inference_copy(model, sample, fold=fold)
+    if channels_last:
+        built = built.to(memory_format=torch.channels_last)
+    entries[options] = (fingerprint, built)
+    return built

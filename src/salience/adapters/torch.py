@@ -20,11 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from salience.adapters.base import Need, Outputs, ScoreFn
-from salience.adapters.inference_copy import (
-    CopyError,
-    build_inference_copy,
-    weights_fingerprint,
-)
+from salience.adapters.inference_copy import CopyError, cached_inference_copy
 from salience.adapters.rules import backward_rule_mode
 
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
@@ -86,11 +82,13 @@ class TorchAdapter:
     model : nn.Module
         Any module mapping a batch ``(N, ...)`` to outputs ``(N, classes)`` or ``(N,)``.
     inference_copy : bool
-        Run a private frozen copy (faster, and the user's model is not even touched).
+        Run a private frozen copy (faster, and the user's model is not even touched). Copies are
+        cached per model and rebuilt when its weights change, so adapters are cheap to create.
     fold_batchnorm : bool
         In that copy, fold BatchNorm into the preceding convolution when this is exact.
     channels_last : bool
-        Run 4-D inputs in channels-last memory format.
+        Run 4-D inputs (and the copy's convolutions) in channels-last memory format: measured
+        25% faster on CPU for EfficientNet-Lite0 (bench/chunk_size.py).
     strip_softmax : bool
         Explain the logits when the model ends in a ``Softmax``/``LogSoftmax`` module.
     """
@@ -101,7 +99,7 @@ class TorchAdapter:
         *,
         inference_copy: bool = True,
         fold_batchnorm: bool = True,
-        channels_last: bool = False,
+        channels_last: bool = True,
         strip_softmax: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -111,8 +109,6 @@ class TorchAdapter:
         self.fold_batchnorm = fold_batchnorm
         self.channels_last = channels_last
         self.strip_softmax = strip_softmax
-        self._copy: nn.Module | None = None
-        self._copy_key: tuple | None = None
         self._lock = _lock_for(model)
 
     # -- public contract -------------------------------------------------------------------
@@ -259,23 +255,19 @@ class TorchAdapter:
             yield model
 
     def _current_copy(self, sample: Tensor) -> nn.Module | None:
-        key = weights_fingerprint(self.model)
-        if self._copy is None or key != self._copy_key:
-            try:
-                copy = build_inference_copy(self.model, sample, fold=self.fold_batchnorm)
-            except CopyError as error:
-                warnings.warn(
-                    f"cannot build an inference copy of this model ({error}); running the model "
-                    "itself in eval mode",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                self.inference_copy = False
-                return None
-            if self.channels_last:
-                copy = copy.to(memory_format=torch.channels_last)
-            self._copy, self._copy_key = copy, key
-        return self._copy
+        try:
+            return cached_inference_copy(
+                self.model, sample, fold=self.fold_batchnorm, channels_last=self.channels_last
+            )
+        except CopyError as error:
+            warnings.warn(
+                f"cannot build an inference copy of this model ({error}); running the model "
+                "itself in eval mode",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self.inference_copy = False
+            return None
 
 
 def as_adapter(model: object) -> TorchAdapter:
