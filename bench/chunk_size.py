@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     start = common.cpu_snapshot()
     times = common.interleaved(runs, args.repeats, warmup=warmups)
     report(times, args.chunks, args.samples)
-    print()
-    print(common.machine_line())
-    print(common.others_busy(start))
-    print(common.thp_state())
+    print(common.footer(start))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,11 @@ def machine_line() -> str:
     )
 
 
+def footer(start: tuple[float, float, float]) -> str:
+    """The closing lines of every benchmark: machine, competing load, huge-page state."""
+    return "\n".join(["", machine_line(), others_busy(start), thp_state()])
+
+
 def class_name(index: int) -> str:
     """The ImageNet class name shipped with the zoo."""
     names = (Path(zoo.__file__).parent / "imagenet_classes.txt").read_text().splitlines()

@@ -141,15 +141,7 @@ def candidates(
             input_grad(model, noisy[start : start + chunk], target)
 
     def tunnel_run(batch: int | None) -> Callable[[], object]:
-        return lambda: tunnel.attribute(
-            x,
-            nt_type="smoothgrad",
-            nt_samples=SAMPLES,
-            nt_samples_batch_size=batch,
-            stdevs=sigma,
-            target=target,
-            abs=False,
-        )
+        return lambda: captum_smoothgrad(tunnel, x, sigma, target, batch)
 
     def captum_ig_run(batch: int | None) -> Callable[[], object]:
         return lambda: captum_ig.attribute(
@@ -182,6 +174,21 @@ def candidates(
 def relative_difference(a: Tensor, b: Tensor) -> float:
     """``max |a − b| / max |b|``."""
     return float((a - b).abs().max() / b.abs().max())
+
+
+def captum_smoothgrad(
+    tunnel: NoiseTunnel, x: Tensor, sigma: float, target: int, batch: int | None
+) -> Tensor:
+    """Captum's SmoothGrad of the signed gradient, ``SAMPLES`` samples, ``batch`` per pass."""
+    return tunnel.attribute(
+        x,
+        nt_type="smoothgrad",
+        nt_samples=SAMPLES,
+        nt_samples_batch_size=batch,
+        stdevs=sigma,
+        target=target,
+        abs=False,
+    )
 
 
 @contextlib.contextmanager
@@ -228,14 +235,8 @@ def equality_checks(model: nn.Module, x: Tensor, target: int, chunk: int) -> lis
     tunnel_maps = {}
     for batch in (None, CAPTUM_BATCH):
         with captum_noise(noise, sigma) as used:
-            tunnel_maps[batch] = NoiseTunnel(Saliency(model)).attribute(
-                x,
-                nt_type="smoothgrad",
-                nt_samples=SAMPLES,
-                nt_samples_batch_size=batch,
-                stdevs=sigma,
-                target=target,
-                abs=False,
+            tunnel_maps[batch] = captum_smoothgrad(
+                NoiseTunnel(Saliency(model)), x, sigma, target, batch
             )
         if sum(used) != SAMPLES:
             raise AssertionError(f"Captum drew {sum(used)} noisy rows, expected {SAMPLES}")
@@ -424,10 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(table(times)))
     print()
     print("\n".join(ratios(times, args.chunk_size)))
-    print()
-    print(common.machine_line())
-    print(common.others_busy(start))
-    print(common.thp_state())
+    print(common.footer(start))
 
 
 if __name__ == "__main__":
