@@ -25,7 +25,6 @@ import argparse
 import statistics
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
 import common
@@ -122,12 +121,7 @@ def report(times: dict[str, list[float]], chunks: list[int], samples: int) -> No
 def main(argv: list[str] | None = None) -> None:
     """Time every setting; print the table."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = common.load_model()
-    x = common.chelsea()
-    with torch.no_grad():
-        target = int(model(x).argmax())
+    model, x, target = common.setup(args.threads)
     print(f"SmoothGrad-{args.samples} chunk-size benchmark: EfficientNet-Lite0, 1x3x224x224")
     print(f"input: skimage chelsea, target class {target} ({common.class_name(target)})")
     print(common.machine_line())

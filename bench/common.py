@@ -160,6 +160,17 @@ def machine_line() -> str:
     )
 
 
+def setup(threads: int | None) -> tuple[nn.Module, torch.Tensor, int]:
+    """Thread count, the bundled model, the cat photo and its predicted class."""
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model()
+    x = chelsea()
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    return model, x, target
+
+
 def footer(start: tuple[float, float, float]) -> str:
     """The closing lines of every benchmark: machine, competing load, huge-page state."""
     return "\n".join(["", machine_line(), others_busy(start), thp_state()])

@@ -396,12 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.thp_compare:
         thp_compare(args)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = common.load_model()
-    x = common.chelsea()
-    with torch.no_grad():
-        target = int(model(x).argmax())
+    model, x, target = common.setup(args.threads)
     label = common.class_name(target)
     if args.json is None:
         print(f"salience methods benchmark: EfficientNet-Lite0, 1x3x{common.SIZE}x{common.SIZE}")

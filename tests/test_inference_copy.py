@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import warnings
 import weakref
 
 import pytest
@@ -77,7 +78,10 @@ def test_folding_is_skipped_when_it_would_change_outputs(images: Tensor) -> None
 
 
 class Uncopyable(SmallCNN):
+    attempts = 0
+
     def __deepcopy__(self, memo: dict) -> None:
+        Uncopyable.attempts += 1
         raise TypeError("cannot pickle '_thread.lock' object")
 
 
@@ -85,8 +89,13 @@ def test_uncopyable_model_falls_back_to_the_model_itself(images: Tensor) -> None
     model = Uncopyable()
     with pytest.warns(RuntimeWarning, match="running the model itself"):
         fast = salience.explain(model, images).attributions
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once; not tried again for the same weights
+        again = salience.explain(model, images).attributions
+    assert Uncopyable.attempts == 1
     plain = salience.explain(salience.TorchAdapter(model, inference_copy=False), images)
     torch.testing.assert_close(fast, plain.attributions)
+    torch.testing.assert_close(again, plain.attributions)
 
 
 def test_copy_is_built_once_per_weights_version_across_calls(

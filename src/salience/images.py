@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
+
+from salience.postprocess import upsample
 
 __all__ = [
     "IMAGENET_PRESET",
@@ -272,14 +273,7 @@ def resize_map(saliency: Any, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"size must be a (height, width) pair of positive ints; got {size!r}")
     if values.shape == (height, width):
         return values.copy()
-    resized = F.interpolate(
-        torch.from_numpy(values)[None, None],
-        size=(height, width),
-        mode="bilinear",
-        align_corners=False,
-        antialias=True,
-    )
-    return resized[0, 0].numpy()
+    return upsample(torch.from_numpy(values), (height, width), antialias=True).numpy()
 
 
 @dataclass(frozen=True)

@@ -110,13 +110,31 @@ def _reflect_pad(images: Tensor, radius: int, axis: int, size: int) -> Tensor:
     return images.index_select(axis, folded)
 
 
-def upsample(saliency: Tensor, size: tuple[int, int], *, mode: str = "bilinear") -> Tensor:
-    """Resize maps ``(..., h, w)`` to ``size = (H, W)`` (bilinear, corners not aligned)."""
+def upsample(
+    saliency: Tensor, size: tuple[int, int], *, mode: str = "bilinear", antialias: bool = False
+) -> Tensor:
+    """Resize maps ``(..., h, w)`` to ``size = (H, W)``, pixel centres aligned.
+
+    Parameters
+    ----------
+    saliency : Tensor
+        Maps with the spatial dimensions last; float dtypes are kept, others become float32.
+    size : tuple of int
+        Target (H, W).
+    mode : str
+        ``bilinear`` (default), ``bicubic`` or ``nearest``.
+    antialias : bool
+        Low-pass filter first when shrinking (bilinear/bicubic only).
+    """
     *lead, height, width = saliency.shape
-    images = saliency.reshape(-1, 1, height, width).float()
+    images = saliency.reshape(-1, 1, height, width)
+    if not images.is_floating_point():
+        images = images.float()
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    if antialias:
+        kwargs["antialias"] = True
     resized = F.interpolate(images, size=size, mode=mode, **kwargs)
-    return resized.reshape(*lead, *size).to(saliency.dtype)
+    return resized.reshape(*lead, *size)
 
 
 def to_display(

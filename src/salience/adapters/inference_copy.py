@@ -138,19 +138,29 @@ def _outputs_equal(a: object, b: object) -> bool:
     return False
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, nn.Module]]] = (
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, nn.Module | None]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def cached_inference_copy(
     model: nn.Module, sample: Tensor, *, fold: bool = True, channels_last: bool = False
-) -> nn.Module:
+) -> nn.Module | None:
     """The inference copy of ``model`` for these options, built once per version of its weights.
 
     The cache is keyed weakly by the user's model (the copy holds no reference to it), so a model
     that is dropped takes its copy with it; a changed parameter or buffer triggers a rebuild.
     Callers serialize access per model.
+
+    Returns
+    -------
+    nn.Module or None
+        The copy; None when an earlier attempt found that this model cannot be copied.
+
+    Raises
+    ------
+    CopyError
+        The first time a model turns out not to be copyable (later calls return None).
     """
     fingerprint = weights_fingerprint(model)
     entries = _CACHE.setdefault(model, {})
@@ -158,7 +168,11 @@ def cached_inference_copy(
     cached = entries.get(options)
     if cached is not None and cached[0] == fingerprint:
         return cached[1]
-    built = build_inference_copy(model, sample, fold=fold)
+    try:
+        built = build_inference_copy(model, sample, fold=fold)
+    except CopyError:
+        entries[options] = (fingerprint, None)
+        raise
     if channels_last:
         built = built.to(memory_format=torch.channels_last)
     entries[options] = (fingerprint, built)

@@ -266,7 +266,6 @@ class TorchAdapter:
                 RuntimeWarning,
                 stacklevel=4,
             )
-            self.inference_copy = False
             return None
 
 
