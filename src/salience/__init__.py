@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "explain": "salience.api",
+    "explain_all": "salience.api",
     "make_explainer": "salience.api",
     "load_model": "salience.zoo",
     "Explanation": "salience.explanation",
@@ -24,42 +25,70 @@ _EXPORTS = {
     "IntegratedGradients": "salience.methods",
     "SmoothGrad": "salience.methods",
     "VarGrad": "salience.methods",
+    "AblationCAM": "salience.methods",
+    "EigenCAM": "salience.methods",
+    "GradCAM": "salience.methods",
+    "GradCAMPlusPlus": "salience.methods",
+    "GuidedGradCAM": "salience.methods",
+    "HiResCAM": "salience.methods",
+    "LayerCAM": "salience.methods",
+    "ScoreCAM": "salience.methods",
+    "XGradCAM": "salience.methods",
     "available": "salience.registry",
 }
 
 _SUBMODULES = frozenset(
-    {"adapters", "images", "methods", "postprocess", "registry", "targets", "viz", "zoo"}
+    {"adapters", "api", "images", "methods", "postprocess", "registry", "targets", "viz", "zoo"}
 )
 
 __all__ = [
+    "AblationCAM",
+    "EigenCAM",
     "Explainer",
     "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
     "Gradient",
     "GradientXInput",
     "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
     "IntegratedGradients",
+    "LayerCAM",
+    "ScoreCAM",
     "SmoothGrad",
     "TorchAdapter",
     "VarGrad",
+    "XGradCAM",
     "__version__",
     "available",
     "explain",
+    "explain_all",
     "load_model",
     "make_explainer",
 ]
 
 if TYPE_CHECKING:
     from salience.adapters.torch import TorchAdapter
-    from salience.api import explain, make_explainer
+    from salience.api import explain, explain_all, make_explainer
     from salience.explanation import Explanation
     from salience.methods import (
+        AblationCAM,
+        EigenCAM,
         Explainer,
+        GradCAM,
+        GradCAMPlusPlus,
         Gradient,
         GradientXInput,
         GuidedBackprop,
+        GuidedGradCAM,
+        HiResCAM,
         IntegratedGradients,
+        LayerCAM,
+        ScoreCAM,
         SmoothGrad,
         VarGrad,
+        XGradCAM,
     )
     from salience.registry import available
     from salience.zoo import load_model

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
+from salience.adapters.torch import as_adapter
 from salience.explanation import Explanation
-from salience.methods.base import EXPLAINER, Explainer
+from salience.methods.base import EXPLAINER, Explainer, SinglePassExplainer, attribute_shared
 from salience.registry import get
-from salience.targets import TargetLike
+from salience.targets import SCORE_KINDS, TargetLike, parse_target
 
 
 def make_explainer(model: object, method: str = "gradient", **options: Any) -> Explainer:
     """Build the registered explainer ``method`` for ``model`` with its options."""
     return get(EXPLAINER, method)(model, **options)
+
+
+def method_options(method: str | type, values: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``values`` that the method accepts as keyword options.
+
+    Lets one set of options (say ``layer=..., n_samples=...``) configure several methods.
+    """
+    cls = get(EXPLAINER, method) if isinstance(method, str) else method
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+                accepted.add(parameter.name)
+    return {key: value for key, value in values.items() if key in accepted}
 
 
 def explain(
@@ -45,6 +64,71 @@ def explain(
     class_names : sequence of str, optional
         Output names (accept names as targets; label the result).
     **options
-        The method's parameters, e.g. ``n_samples=50`` for SmoothGrad.
+        The method's parameters, e.g. ``n_samples=50`` for SmoothGrad, ``layer="_blocks.15"``
+        for a CAM.
     """
     return make_explainer(model, method, **options)(x, target, score=score, class_names=class_names)
+
+
+def explain_all(
+    model: object,
+    x: Tensor,
+    methods: Sequence[str | Explainer],
+    *,
+    target: TargetLike = None,
+    score: str = "logit",
+    class_names: Sequence[str] | None = None,
+    **options: Any,
+) -> dict[str, Explanation]:
+    """Explain the batch ``x`` with several methods, sharing passes where possible.
+
+    Single-pass methods that look at the same layer under the same backward rule (the gradient
+    CAMs and Eigen-CAM on one layer; gradient and gradient × input) share ONE forward and ONE
+    backward pass; each map equals the map the method computes alone.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or adapter
+        The model.
+    x : Tensor
+        Inputs ``(N, ...)``.
+    methods : sequence of str or Explainer
+        Method names, or explainers already configured (built on any model).
+    target, score, class_names
+        As for :func:`explain`; the target is resolved once, for all methods.
+    **options
+        Options given to every method that accepts them (``layer``, ``n_samples``, ...).
+
+    Returns
+    -------
+    dict of str to Explanation
+        Keyed by method name, in the order given.
+    """
+    if score not in SCORE_KINDS:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
+    adapter = as_adapter(model)
+    explainers = [
+        method
+        if isinstance(method, Explainer)
+        else make_explainer(adapter, method, **method_options(method, options))
+        for method in methods
+    ]
+    names = [explainer.name for explainer in explainers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each method may be asked for once; got {', '.join(names)}")
+    spec = parse_target(target, class_names)
+    inputs = adapter.prepare_input(x)
+    shared = [e for e in explainers if isinstance(e, SinglePassExplainer)]
+    results = dict(
+        zip((e.name for e in shared), attribute_shared(shared, inputs, spec, score), strict=True)
+    )
+    return {
+        explainer.name: explainer.explanation(
+            results[explainer.name]
+            if explainer.name in results
+            else explainer.attribute(inputs, spec, score),
+            score,
+            class_names,
+        )
+        for explainer in explainers
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--noise", type=float, default=0.15, help="SmoothGrad σ / input range")
     explain.add_argument("--steps", type=int, default=50, help="Integrated Gradients steps")
     explain.add_argument("--baseline", default="zeros", help="IG baseline: zeros | blur")
+    explain.add_argument(
+        "--layer", default="auto",
+        help="CAM layer name (salience layers MODEL lists them); default: the last feature map",
+    )  # fmt: skip
+    explain.add_argument(
+        "--keep-negative", action="store_true", help="CAMs: no ReLU, keep negative evidence"
+    )
     explain.add_argument("--seed", type=int, default=0, help="seed of random methods")
     explain.add_argument("--reduce", default="abs_max", help="channel reduction for display")
     explain.add_argument(
@@ -69,24 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
     explain.set_defaults(handler=run_explain)
 
+    layers = commands.add_parser(
+        "layers",
+        help="list a model's layers with their output shapes (CAM candidates)",
+        description="Every module the model runs on one input, with its output shape; the "
+        "layer CAMs use by default is marked.",
+    )
+    layers.add_argument("model", nargs="?", default="efficientnet_lite0", help="a bundled model")
+    layers.add_argument("--all", action="store_true", help="also layers without a spatial output")
+    layers.set_defaults(handler=run_layers)
+
     models = commands.add_parser("models", help="list the bundled models")
     models.set_defaults(handler=run_models)
     methods = commands.add_parser("methods", help="list the saliency methods")
     methods.set_defaults(handler=run_methods)
     return parser
-
-
-def method_options(method_class: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``values`` that the explainer class accepts as keyword options."""
-    accepted: set[str] = set()
-    for cls in method_class.__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            continue
-        for parameter in inspect.signature(init).parameters.values():
-            if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-                accepted.add(parameter.name)
-    return {key: value for key, value in values.items() if key in accepted}
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,24 @@ def _inputs(names: Sequence[str]) -> list[_Input]:
     ]
 
 
+def method_names(text: str) -> list[str]:
+    """Methods named on the command line: comma-separated, ``cams`` for every CAM."""
+    from salience.methods.base import EXPLAINER
+    from salience.methods.cam import CAMExplainer
+    from salience.registry import available, get
+
+    names: list[str] = []
+    for name in (part.strip() for part in text.split(",")):
+        if name == "cams":
+            names += [
+                m for m in available(EXPLAINER) if issubclass(get(EXPLAINER, m), CAMExplainer)
+            ]
+        elif name:
+            get(EXPLAINER, name)  # unknown names fail before any work
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """``salience explain``."""
     import torch
@@ -118,16 +139,13 @@ def run_explain(args: argparse.Namespace) -> int:
 
     from salience import viz
     from salience.adapters.torch import TorchAdapter
-    from salience.api import make_explainer
-    from salience.methods.base import EXPLAINER
-    from salience.registry import get
+    from salience.api import explain_all, make_explainer, method_options
     from salience.targets import parse_target
     from salience.zoo import load_model, model_spec
 
     spec = model_spec(args.model)
     names = list(spec.class_names())
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    classes = [get(EXPLAINER, m) for m in methods]  # unknown names fail before any work
+    methods = method_names(args.method)
     target = parse_target(args.target, names)
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -137,11 +155,10 @@ def run_explain(args: argparse.Namespace) -> int:
     output = Path(args.output)
     values = {
         "n_samples": args.samples, "noise": args.noise, "steps": args.steps,
-        "baseline": args.baseline, "seed": args.seed,
+        "baseline": args.baseline, "seed": args.seed, "layer": args.layer,
+        "relu": not args.keep_negative, "progress": not args.quiet,
     }  # fmt: skip
-    explainers = [
-        make_explainer(adapter, cls.name, **method_options(cls, values)) for cls in classes
-    ]
+    explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
 
     probabilities = [
         _print_predictions(adapter, item, image, spec.name, names) for item, image in prepared
@@ -152,14 +169,14 @@ def run_explain(args: argparse.Namespace) -> int:
     tasks = len(prepared) * len(explainers)
     bar = tqdm(total=tasks, disable=args.quiet or tasks <= PROGRESS_THRESHOLD, desc="explaining")
     for (item, image), image_probabilities in zip(prepared, probabilities, strict=True):
+        bar.set_postfix_str(item.label)
+        explanations = explain_all(
+            adapter, image.tensor, explainers, target=target, score=args.score, class_names=names
+        )
         rows: list[list[Any]] = []
-        for explainer in explainers:
-            bar.set_postfix_str(f"{item.label} {explainer.name}")
-            explanation = explainer(image.tensor, target, score=args.score, class_names=names)
+        for name, explanation in explanations.items():
             explanation = explanation.with_names(names, model=spec.name)
-            maps = _write_outputs(
-                explanation, image, output / f"{item.label}_{explainer.name}", args
-            )
+            maps = _write_outputs(explanation, image, output / f"{item.label}_{name}", args)
             for k, full in enumerate(maps):
                 if len(rows) <= k:
                     rows.append([])
@@ -226,13 +243,40 @@ def run_models(_args: argparse.Namespace) -> int:
 
 
 def run_methods(_args: argparse.Namespace) -> int:
-    """``salience methods``."""
+    """``salience methods``: name, one line of description, the paper."""
     from salience.methods.base import EXPLAINER
     from salience.registry import available, get
 
     for name in available(EXPLAINER):
-        doc = (get(EXPLAINER, name).__doc__ or "").strip().splitlines()
-        print(f"{name:<22} {doc[0] if doc else ''}")
+        method = get(EXPLAINER, name)
+        doc = (method.__doc__ or "").strip().splitlines()
+        paper = f" [{method.paper}]" if method.paper else ""
+        print(f"{name:<22} {doc[0] if doc else ''}{paper}")
+    return 0
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    """``salience layers``: the model's layers, their output shapes, the default CAM layer."""
+    from salience.adapters.layers import LayerError
+    from salience.adapters.torch import TorchAdapter
+    from salience.zoo import DEFAULT_SAMPLE, SAMPLE_IMAGES, load_model, model_spec
+
+    spec = model_spec(args.model)
+    sample = spec.preset.prepare(SAMPLE_IMAGES[DEFAULT_SAMPLE]()).tensor
+    adapter = TorchAdapter(load_model(spec.name))
+    try:
+        default = adapter.resolve_layer(None, sample)
+    except LayerError:
+        default = None
+    shape = "×".join(map(str, sample.shape))
+    print(f"layers of {spec.name} on a {shape} input (* = the CAM default):")
+    for info in adapter.layer_table(sample):
+        if not (args.all or info.spatial or info.name == default):
+            continue
+        shape = "×".join(map(str, info.shape[1:])) if info.shape is not None else "(not a tensor)"
+        calls = f"  (called {info.calls}×)" if info.calls > 1 else ""
+        mark = "*" if info.name == default else " "
+        print(f"{mark} {info.name:<34} {info.kind:<20} {shape}{calls}")
     return 0
 
 

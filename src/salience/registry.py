@@ -66,6 +66,7 @@ def get(kind: str, name: str) -> Any:
     raise UnknownNameError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}")
 
 
-def available(kind: str) -> list[str]:
-    """Names registered under ``kind``, sorted."""
-    return sorted(_entries(kind))
+def available(kind: str, *, sort: bool = True) -> list[str]:
+    """Names registered under ``kind``: sorted, or in the order they were registered."""
+    names = list(_entries(kind))
+    return sorted(names) if sort else names

@@ -50,6 +50,48 @@ class Custom:
     name: str = "custom"
 
 
+def segmentation_target(class_index: int, mask: Tensor | Sequence) -> Custom:
+    """A segmentation score: the sum of one class's logits over the pixels of a mask.
+
+    Parameters
+    ----------
+    class_index : int
+        The class channel of outputs shaped ``(N, classes, H, W)``.
+    mask : Tensor or array-like
+        ``(H, W)`` or ``(N, H, W)`` weights, usually boolean: which pixels' logits count.
+
+    Returns
+    -------
+    Custom
+        A target usable with every method, e.g. ``explain(model, x, method="gradcam",
+        target=segmentation_target(12, mask))``.
+    """
+    weights = torch.as_tensor(mask)
+    if weights.ndim not in (2, 3):
+        raise TargetError(f"the mask must be (H, W) or (N, H, W), got shape {tuple(weights.shape)}")
+    weights = weights.float()
+
+    def score(outputs: Tensor) -> Tensor:
+        if outputs.ndim != 4:
+            raise TargetError(
+                "a segmentation target needs outputs (N, classes, H, W); the model gives "
+                f"{tuple(outputs.shape)}"
+            )
+        if not -outputs.shape[1] <= class_index < outputs.shape[1]:
+            raise TargetError(
+                f"class index {class_index} is out of range: the model has "
+                f"{outputs.shape[1]} classes"
+            )
+        if tuple(weights.shape[-2:]) != tuple(outputs.shape[-2:]):
+            raise TargetError(
+                f"the mask is {tuple(weights.shape[-2:])} but the outputs are "
+                f"{tuple(outputs.shape[-2:])} pixels"
+            )
+        return (outputs[:, class_index] * weights.to(outputs)).sum(dim=(-2, -1))
+
+    return Custom(score, f"class {class_index} over a {int((weights != 0).sum())}-pixel mask")
+
+
 TargetSpec = Predicted | ClassIndex | TopK | Custom
 TargetLike = TargetSpec | int | str | Sequence[int] | Callable[[Tensor], Tensor] | None
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 EQUALITY_TOLERANCE = 1e-4
+_FOLDED_ATTRIBUTE = "_salience_folded_convolutions"
 
 
 class CopyError(RuntimeError):
@@ -115,7 +116,9 @@ def build_inference_copy(model: nn.Module, sample: Tensor, *, fold: bool = True)
     with torch.inference_mode():
         reference = plain(probe)
         candidate = folded(probe)
-    if _outputs_equal(reference, candidate):
+    if outputs_equal(reference, candidate):
+        # A folded convolution outputs what its norm did: remember which, for layer captures.
+        setattr(folded, _FOLDED_ATTRIBUTE, frozenset(conv for conv, _ in pairs))
         return folded
     warnings.warn(
         "folding BatchNorm changed this model's outputs; using an unfolded copy",
@@ -125,17 +128,23 @@ def build_inference_copy(model: nn.Module, sample: Tensor, *, fold: bool = True)
     return plain
 
 
-def _outputs_equal(a: object, b: object) -> bool:
+def outputs_equal(a: object, b: object) -> bool:
+    """Same structure and shapes; values equal to ``EQUALITY_TOLERANCE`` × the largest one."""
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         if a.shape != b.shape:
             return False
         scale = float(a.abs().max()) if a.numel() else 0.0
         return bool(((a - b).abs().max() <= EQUALITY_TOLERANCE * max(1.0, scale)).item())
     if isinstance(a, tuple | list) and isinstance(b, tuple | list) and len(a) == len(b):
-        return all(_outputs_equal(x, y) for x, y in zip(a, b, strict=True))
+        return all(outputs_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-        return all(_outputs_equal(a[k], b[k]) for k in a)
+        return all(outputs_equal(a[k], b[k]) for k in a)
     return False
+
+
+def folded_convolutions(copy: nn.Module) -> frozenset[str]:
+    """Names of the convolutions of an inference copy that have a BatchNorm folded into them."""
+    return getattr(copy, _FOLDED_ATTRIBUTE, frozenset())
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, nn.Module | None]]] = (

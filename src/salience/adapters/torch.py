@@ -20,12 +20,31 @@ import torch
 from torch import Tensor, nn
 
 from salience.adapters.base import Need, Outputs, ScoreFn
-from salience.adapters.inference_copy import CopyError, cached_inference_copy
+from salience.adapters.inference_copy import (
+    CopyError,
+    cached_inference_copy,
+    folded_convolutions,
+    outputs_equal,
+)
+from salience.adapters.layers import (
+    LayerError,
+    LayerInfo,
+    LayerLike,
+    choose_layer,
+    layer_name,
+    trace_layers,
+)
 from salience.adapters.rules import backward_rule_mode
 
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+#: Per model: traced layer tables by (input shape, dtype, module tree).
+_LAYER_TABLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[list, list]]] = (
+    weakref.WeakKeyDictionary()
+)
+#: Per model and layer: whether the layers after it broadcast a fanned-out batch correctly.
+_FAN_OUT: weakref.WeakKeyDictionary[nn.Module, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
 class ModelOutputError(TypeError):
@@ -55,14 +74,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 class _Capture:
     """Forward hooks of one pass: a layer's output, and the input of a final softmax."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, track_grad: bool = False) -> None:
         self.activation: Tensor | None = None
         self.softmax_calls: list[tuple[Tensor, Tensor]] = []
+        self.track_grad = track_grad
 
-    def layer_hook(self, _module: nn.Module, _inputs: tuple, output: object) -> None:
+    def layer_hook(self, _module: nn.Module, _inputs: tuple, output: object) -> Tensor | None:
         if not isinstance(output, Tensor):
-            raise ModelOutputError("the captured layer must return one tensor")
+            raise ModelOutputError(
+                f"the captured layer returned a {type(output).__name__}, not one tensor; choose "
+                "a layer whose output is a tensor (salience layers MODEL shows the shapes)"
+            )
+        if self.track_grad and not output.requires_grad:
+            # Nothing before the layer needs a graph: start one here, so the forward pass
+            # records only the layers after it and the backward pass stops at it.
+            output = output.detach().requires_grad_(True)
+            self.activation = output
+            return output
         self.activation = output
+        return None
 
     def softmax_hook(self, _module: nn.Module, inputs: tuple, output: Tensor) -> None:
         self.softmax_calls.append((inputs[0], output))
@@ -131,6 +161,39 @@ class TorchAdapter:
         """Names of all submodules, as ``model.named_modules()`` gives them."""
         return [name for name, _ in self.model.named_modules() if name]
 
+    def layer_table(self, x: Tensor) -> list[LayerInfo]:
+        """Every module the model calls on inputs shaped like ``x``, with its output shape."""
+        return self._traced(x)[0]
+
+    def resolve_layer(self, layer: LayerLike, x: Tensor) -> str:
+        """The name of ``layer`` (a name, a submodule, or None/"auto" for the last feature map).
+
+        Raises
+        ------
+        LayerError
+            For an unknown name (close matches are listed), a foreign module, or a model without
+            a spatial feature map when the layer is to be chosen automatically.
+        """
+        name = layer_name(self.model, layer)
+        if name is not None:
+            return name
+        layers, finished = self._traced(x)
+        return choose_layer(layers, finished)
+
+    def _traced(self, x: Tensor) -> tuple[list[LayerInfo], list[str]]:
+        sample = self.prepare_input(x)[:1]
+        key = (
+            tuple(sample.shape[1:]),
+            sample.dtype,
+            tuple(id(module) for module in self.model.modules()),
+        )
+        with self._lock:
+            tables = _LAYER_TABLES.setdefault(self.model, {})
+            if key not in tables:
+                with eval_mode(self.model) as model:
+                    tables[key] = trace_layers(model, self._layout(sample))
+            return tables[key]
+
     def prepare_input(self, x: Tensor) -> Tensor:
         """Move ``x`` to the model's device and floating dtype."""
         if not isinstance(x, Tensor):
@@ -157,10 +220,10 @@ class TorchAdapter:
     def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
         """One forward pass, and one backward pass per target when ``need`` asks for gradients."""
         x = self.prepare_input(x)
-        with self._lock, self._runnable(x) as model, ExitStack() as stack:
-            capture = self._install(model, need.layer, stack)
+        with self._lock, self._runnable(x, need.layer) as model, ExitStack() as stack:
+            capture = self._install(model, need.layer, stack, track_grad=need.layer_grad)
             if need.any_grad:
-                x = x.requires_grad_(True)
+                x = x.requires_grad_(need.input_grad)
                 stack.enter_context(torch.enable_grad())
             else:
                 stack.enter_context(torch.inference_mode())
@@ -205,6 +268,87 @@ class TorchAdapter:
                 layer_grad=torch.stack(layer_grads, 1) if layer_grads else None,
             )
 
+    def scaled_layer_outputs(
+        self, x: Tensor, layer: str, scales: Tensor, *, channel_dim: int = 1
+    ) -> Tensor:
+        """One sample's outputs with ``layer``'s channels scaled by each row of ``scales``.
+
+        Row ``b`` of the result is the model's output (logits) on ``x`` when channel ``c`` of the
+        layer's output is multiplied by ``scales[b, c]`` (0 ablates it). No module is replaced:
+        a forward hook scales the output, and is removed before returning.
+
+        The layers before ``layer`` run once per call and only the rest of the network runs for
+        each row ("fan-out"), when broadcasting the layer's one-sample output against the ``B``
+        rows gives the same outputs as ``B`` full passes. That is checked on the first call for
+        each model and layer; models that do not allow it (say, a later layer reshapes with the
+        input's batch size) get ``B`` full passes.
+
+        Parameters
+        ----------
+        x : Tensor
+            One sample, ``(1, ...)``.
+        layer : str
+            The layer's name.
+        scales : Tensor
+            ``(B, C)`` factors, ``C`` the size of the layer output's dimension ``channel_dim``.
+        channel_dim : int
+            The channel dimension of the layer's output: 1 for ``(N, C, H, W)``, -1 for tokens
+            ``(N, T, D)``.
+        """
+        x = self.prepare_input(x)
+        if x.shape[0] != 1:
+            raise ValueError(f"expected one sample (1, ...), got a batch of {x.shape[0]}")
+        if scales.ndim != 2:
+            raise ValueError(f"scales must be (B, C), got shape {tuple(scales.shape)}")
+        with self._lock, self._runnable(x, layer) as model, torch.inference_mode():
+            verdicts = _FAN_OUT.setdefault(self.model, {})
+            verdict = verdicts.get(layer)
+            if verdict is not False:
+                try:
+                    fanned = self._scaled_pass(model, x, layer, scales, channel_dim)
+                except RuntimeError:
+                    fanned = None
+                if verdict is None:
+                    checked = scales[:2]
+                    full = self._scaled_pass(
+                        model, x.expand(len(checked), *x.shape[1:]), layer, checked, channel_dim
+                    )
+                    verdict = verdicts[layer] = (
+                        fanned is not None
+                        and fanned.shape[0] == scales.shape[0]
+                        and outputs_equal(full, fanned[: len(checked)])
+                    )
+                if verdict and fanned is not None:
+                    return fanned
+            return self._scaled_pass(
+                model, x.expand(scales.shape[0], *x.shape[1:]), layer, scales, channel_dim
+            )
+
+    def _scaled_pass(
+        self, model: nn.Module, x: Tensor, layer: str, scales: Tensor, channel_dim: int
+    ) -> Tensor:
+        """One forward pass with ``layer``'s output times ``scales`` broadcast along the batch."""
+
+        def scale(_module: nn.Module, _inputs: tuple, output: object) -> Tensor:
+            if not isinstance(output, Tensor):
+                raise ModelOutputError(f"layer {layer!r} returned a {type(output).__name__}")
+            shape = [1] * output.ndim
+            shape[0] = scales.shape[0]
+            shape[channel_dim] = scales.shape[1]
+            if output.shape[channel_dim] != scales.shape[1]:
+                raise ValueError(
+                    f"layer {layer!r} has {output.shape[channel_dim]} channels on dimension "
+                    f"{channel_dim}, but {scales.shape[1]} scales were given"
+                )
+            return output * scales.to(output).reshape(shape)
+
+        with ExitStack() as hooks:
+            capture = self._install(model, None, hooks)
+            module = self._submodule(model, layer)
+            hooks.callback(module.register_forward_hook(scale).remove)
+            output = model(self._layout(x))
+            return capture.logits(self._check_output(output)).clone()
+
     # -- internals ---------------------------------------------------------------------------
     def _layout(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
@@ -220,14 +364,13 @@ class TorchAdapter:
             "that returns the logits tensor (N, classes)"
         )
 
-    def _install(self, model: nn.Module, layer: str | None, stack: ExitStack) -> _Capture:
+    def _install(
+        self, model: nn.Module, layer: str | None, stack: ExitStack, *, track_grad: bool = False
+    ) -> _Capture:
         """Register this pass's hooks; ``stack`` removes them whatever happens."""
-        capture = _Capture()
+        capture = _Capture(track_grad=track_grad)
         if layer is not None:
-            try:
-                module = model.get_submodule(layer)
-            except AttributeError:
-                raise LookupError(self._unknown_layer_message(layer)) from None
+            module = self._submodule(model, layer)
             stack.callback(module.register_forward_hook(capture.layer_hook).remove)
         if self.strip_softmax:
             for module in model.modules():
@@ -235,29 +378,34 @@ class TorchAdapter:
                     stack.callback(module.register_forward_hook(capture.softmax_hook).remove)
         return capture
 
-    def _unknown_layer_message(self, layer: str) -> str:
-        import difflib
-
-        names = self.layer_names()
-        close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return f"the model has no layer {layer!r}{hint} (salience layers MODEL lists them)"
+    def _submodule(self, model: nn.Module, layer: str) -> nn.Module:
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            layer_name(self.model, layer)  # raises LayerError with close matches
+            raise LayerError(f"the model has no layer {layer!r}") from None
 
     @contextmanager
-    def _runnable(self, sample: Tensor) -> Iterator[nn.Module]:
-        """The module to run: the inference copy, or the user's model in eval mode."""
+    def _runnable(self, sample: Tensor, layer: str | None = None) -> Iterator[nn.Module]:
+        """The module to run: the inference copy, or the user's model in eval mode.
+
+        A convolution whose BatchNorm was folded into it outputs what the norm did; when such a
+        convolution is the captured ``layer``, the unfolded copy runs instead.
+        """
         if self.inference_copy:
-            copy = self._current_copy(sample)
+            copy = self._current_copy(sample, self.fold_batchnorm)
+            if copy is not None and layer is not None and layer in folded_convolutions(copy):
+                copy = self._current_copy(sample, False)
             if copy is not None:
                 yield copy
                 return
         with eval_mode(self.model) as model:
             yield model
 
-    def _current_copy(self, sample: Tensor) -> nn.Module | None:
+    def _current_copy(self, sample: Tensor, fold: bool) -> nn.Module | None:
         try:
             return cached_inference_copy(
-                self.model, sample, fold=self.fold_batchnorm, channels_last=self.channels_last
+                self.model, sample, fold=fold, channels_last=self.channels_last
             )
         except CopyError as error:
             warnings.warn(

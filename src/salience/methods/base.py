@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from salience.adapters.base import Need
+from salience.adapters.base import Need, Outputs
 from salience.adapters.torch import TorchAdapter, as_adapter
 from salience.explanation import Explanation
 from salience.registry import register
@@ -59,6 +59,8 @@ class Explainer(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: The paper that defines the method, e.g. "Selvaraju et al. 2017".
+    paper: ClassVar[str] = ""
     #: True for methods computed from one forward + backward pass (usable inside SmoothGrad).
     single_pass: ClassVar[bool] = False
 
@@ -67,6 +69,10 @@ class Explainer(ABC):
 
     def params(self) -> dict[str, Any]:
         """The method's configuration, recorded on every explanation."""
+        return {}
+
+    def info(self, x: Tensor, out: Outputs) -> dict[str, Any]:
+        """What a single-pass method reports about one pass (e.g. the layer it looked at)."""
         return {}
 
     def __call__(
@@ -95,10 +101,17 @@ class Explainer(ABC):
             raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
         spec = parse_target(target, class_names)
         result = self.attribute(self.adapter.prepare_input(x), spec, score)
+        return self.explanation(result, score, class_names)
+
+    def explanation(
+        self, result: Attribution, score: str, class_names: Sequence[str] | None = None
+    ) -> Explanation:
+        """Wrap what :meth:`attribute` returned into an :class:`Explanation`."""
+        n = result.maps.shape[0]
         targets = (
             result.selection.indices
             if result.selection.indices is not None
-            else torch.full((x.shape[0], 1), -1, dtype=torch.long)
+            else torch.full((n, 1), -1, dtype=torch.long)
         )
         explanation = Explanation(
             attributions=result.maps.detach().float().cpu(),
@@ -122,27 +135,94 @@ class Explainer(ABC):
         return selection, target_scores(outputs, selection, score)
 
 
-class GradientExplainer(Explainer):
-    """A method computed from one forward + backward pass per batch."""
+class SinglePassExplainer(Explainer):
+    """A method computed from what one forward (+ backward) pass gives: :meth:`need` says what.
+
+    Several single-pass methods asked for at once share their passes: :func:`attribute_shared`
+    merges the needs of methods that capture the same layer under the same backward rule into
+    ONE forward and ONE backward pass.
+    """
 
     single_pass = True
-    need: ClassVar[Need] = Need(input_grad=True)
+
+    @abstractmethod
+    def need(self, x: Tensor) -> Need:
+        """What the pass must give for inputs shaped like ``x``."""
+
+    @abstractmethod
+    def maps_from(self, x: Tensor, out: Outputs) -> Tensor:
+        """The method's maps ``(N, K, *S)`` from the pass's outputs."""
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """One pass on ``x``; the target is resolved from the same forward pass."""
-        chosen: list[Selection] = []
-
-        def score_fn(logits: Tensor) -> Tensor:
-            chosen.append(resolve(spec, logits))
-            return target_scores(logits, chosen[-1], score)
-
-        out = self.adapter.run(x, score_fn, self.need)
-        assert out.input_grad is not None
-        return Attribution(self.combine(x, out.input_grad), chosen[-1], out.scores)
+        return attribute_shared([self], x, spec, score)[0]
 
     def attribute_fixed(self, x: Tensor, selection: Selection, score: str) -> Tensor:
         """Maps ``(B, K, *S)`` for a batch whose targets are already resolved."""
-        out = self.adapter.run(x, lambda logits: target_scores(logits, selection, score), self.need)
+        out = self.adapter.run(
+            x, lambda logits: target_scores(logits, selection, score), self.need(x)
+        )
+        return self.maps_from(x, out)
+
+
+def _merged(needs: Sequence[Need]) -> Need:
+    first = needs[0]
+    return Need(
+        input_grad=any(n.input_grad for n in needs),
+        layer=first.layer,
+        layer_grad=any(n.layer_grad for n in needs),
+        backward_rule=first.backward_rule,
+    )
+
+
+def attribute_shared(
+    explainers: Sequence[SinglePassExplainer], x: Tensor, spec: TargetSpec, score: str
+) -> list[Attribution]:
+    """Run single-pass methods on one batch with as few passes as possible.
+
+    Methods on the same model that capture the same layer (or none) under the same backward rule
+    share one forward and one backward pass; each method's maps are identical to the maps it
+    computes alone. The target is resolved on the first pass and reused by the others.
+
+    Returns
+    -------
+    list of Attribution
+        One per explainer, in order.
+    """
+    groups: dict[tuple, list[int]] = {}
+    needs = [explainer.need(x) for explainer in explainers]
+    for i, (explainer, need) in enumerate(zip(explainers, needs, strict=True)):
+        key = (id(explainer.adapter.model), need.layer, need.backward_rule)
+        groups.setdefault(key, []).append(i)
+    results: list[Attribution | None] = [None] * len(explainers)
+    chosen: list[Selection] = []
+
+    def score_fn(logits: Tensor) -> Tensor:
+        # The first pass resolves the target; later passes explain the same selection.
+        chosen.append(chosen[0] if chosen else resolve(spec, logits))
+        return target_scores(logits, chosen[-1], score)
+
+    for members in groups.values():
+        adapter = explainers[members[0]].adapter
+        out = adapter.run(x, score_fn, _merged([needs[i] for i in members]))
+        selection = chosen[-1]
+        for i in members:
+            maps = explainers[i].maps_from(x, out)
+            results[i] = Attribution(maps, selection, out.scores, explainers[i].info(x, out))
+    return [result for result in results if result is not None]
+
+
+class GradientExplainer(SinglePassExplainer):
+    """A method computed from the input gradient of one forward + backward pass."""
+
+    rule: ClassVar[str | None] = None
+
+    def need(self, x: Tensor) -> Need:
+        """The input gradient (under this method's backward rule)."""
+        return Need(input_grad=True, backward_rule=self.rule)
+
+    def maps_from(self, x: Tensor, out: Outputs) -> Tensor:
+        """:meth:`combine` applied to the input gradient."""
         assert out.input_grad is not None
         return self.combine(x, out.input_grad)
 

@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from salience.adapters.base import Need
 from salience.methods.base import GradientExplainer, register_explainer
 
 
@@ -21,6 +20,8 @@ class Gradient(GradientExplainer):
     absolute : bool
         Return ``|gradient|`` (Simonyan et al.) instead of the signed gradient.
     """
+
+    paper = "Simonyan et al. 2014"
 
     def __init__(self, model: object, *, absolute: bool = False) -> None:
         super().__init__(model)
@@ -39,6 +40,8 @@ class Gradient(GradientExplainer):
 class GradientXInput(GradientExplainer):
     """Gradient times input: a first-order estimate of each feature's contribution."""
 
+    paper = "Shrikumar et al. 2016"
+
     def combine(self, x: Tensor, grad: Tensor) -> Tensor:
         """``grad * x`` for every target."""
         return grad * x.unsqueeze(1)
@@ -46,12 +49,14 @@ class GradientXInput(GradientExplainer):
 
 @register_explainer("guided_backprop")
 class GuidedBackprop(GradientExplainer):
-    """Guided backpropagation (Springenberg et al. 2015): only positive gradients pass ReLUs.
+    """Guided backpropagation: only positive gradients pass back through ReLUs.
 
     The rule reaches ReLU/ReLU6 modules and functional ``F.relu``/``F.relu6`` calls alike.
     """
 
-    need: ClassVar[Need] = Need(input_grad=True, backward_rule="guided_relu")
+    paper = "Springenberg et al. 2015"
+
+    rule: ClassVar[str | None] = "guided_relu"
 
     def combine(self, x: Tensor, grad: Tensor) -> Tensor:
         """The guided gradient as it is."""

@@ -116,6 +116,8 @@ class IntegratedGradients(Explainer):
         Show a progress bar.
     """
 
+    paper = "Sundararajan et al. 2017"
+
     def __init__(
         self,
         model: object,

@@ -12,7 +12,7 @@ from salience.methods.base import (
     EXPLAINER,
     Attribution,
     Explainer,
-    GradientExplainer,
+    SinglePassExplainer,
     register_explainer,
 )
 from salience.methods.sampling import make_generator, map_in_chunks
@@ -47,14 +47,14 @@ class _NoiseExplainer(Explainer):
         base_class = get(EXPLAINER, base)
         if not getattr(base_class, "single_pass", False):
             raise ValueError(
-                f"{self.name} runs over single-pass gradient methods; {base!r} is not one "
-                "(use gradient, gradient_x_input or guided_backprop)"
+                f"{self.name} runs over single-pass methods; {base!r} is not one (use "
+                "gradient, gradient_x_input, guided_backprop or a gradient CAM such as gradcam)"
             )
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         if noise < 0:
             raise ValueError(f"noise must be >= 0 (a fraction of the input range), got {noise}")
-        self.base: GradientExplainer = base_class(self.adapter, **base_options)
+        self.base: SinglePassExplainer = base_class(self.adapter, **base_options)
         self.base_options = base_options
         self.n_samples = n_samples
         self.noise = noise
@@ -92,8 +92,8 @@ class _NoiseExplainer(Explainer):
         selection, scores = self.fixed_selection(x, spec, score)
         points = self.noisy_inputs(x)
         repeated = selection.repeat(self.n_samples)
-        total = torch.zeros((x.shape[0], selection.k, *x.shape[1:]), dtype=x.dtype, device=x.device)
-        total_sq = torch.zeros_like(total) if self.statistic == "variance" else None
+        total: Tensor | None = None
+        total_sq: Tensor | None = None
         owner = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.n_samples)
         chunks = map_in_chunks(
             points.shape[0],
@@ -103,10 +103,15 @@ class _NoiseExplainer(Explainer):
             description=self.name,
         )
         for rows, maps in chunks:
+            if total is None:  # the base method's map shape (input or layer grid)
+                total = maps.new_zeros((x.shape[0], *maps.shape[1:]))
+                if self.statistic == "variance":
+                    total_sq = torch.zeros_like(total)
             values = maps.square() if self.statistic == "mean_square" else maps
             total.index_add_(0, owner[rows], values)
             if total_sq is not None:
                 total_sq.index_add_(0, owner[rows], maps.square())
+        assert total is not None
         mean = total / self.n_samples
         if total_sq is not None:
             mean = total_sq / self.n_samples - mean.square()
@@ -139,6 +144,8 @@ class SmoothGrad(_NoiseExplainer):
         Passed to the base method, e.g. ``absolute=True`` for the gradient.
     """
 
+    paper = "Smilkov et al. 2017"
+
     def __init__(self, model: object, *, squared: bool = False, **options: Any) -> None:
         super().__init__(model, **options)
         self.squared = squared
@@ -155,5 +162,7 @@ class VarGrad(_NoiseExplainer):
 
     Takes the same parameters as :class:`SmoothGrad` except ``squared``.
     """
+
+    paper = "Adebayo et al. 2018"
 
     statistic = "variance"

@@ -55,7 +55,6 @@ class ZooModel:
     build: Callable[[], nn.Module] = field(repr=False)
     class_names: Callable[[], tuple[str, ...]] = field(repr=False)
     preset: ImagePreset
-    default_layer: str | None = None
 
 
 def _efficientnet_lite0() -> nn.Module:
@@ -78,7 +77,6 @@ register(MODEL, "efficientnet_lite0")(
         build=_efficientnet_lite0,
         class_names=imagenet_class_names,
         preset=EFFICIENTNET_LITE0_PRESET,
-        default_layer="_blocks.15",
     )
 )
 

@@ -11,8 +11,9 @@ PREPROCESS_STD`` with mean ``127/255`` and std ``128/255``. The evaluation prese
 most confident correct predictions resizes (bicubic) the shorter side to 224 and centre-crops 224,
 i.e. keeps the whole shorter side instead of the usual 256 -> 224 crop.
 
-All activations are applied functionally (``torch.nn.functional.relu6`` in ``forward``); the model
-has no activation modules.
+The activations inside the blocks are applied functionally (``torch.nn.functional.relu6``); the
+head's activation is a module, ``_head_activation``, so that its output, the last feature map
+``(N, 1280, 7, 7)`` before global pooling, can be named and is the default layer of the CAMs.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(320, 1280, 1, tf_padding=tf_padding)
         self._bn1 = nn.BatchNorm2d(1280, eps=bn_eps)
+        self._head_activation = nn.ReLU6()
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
@@ -192,7 +194,7 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return self._head_activation(self._bn1(self._conv_head(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._avg_pooling(self.extract_features(x)).flatten(1)

@@ -1,0 +1,212 @@
+"""Gradient-free CAMs that weigh each channel by what it does to the score: Score-CAM, Ablation-CAM.
+
+Both evaluate one perturbed forward pass per channel of the layer, under ``torch.inference_mode``
+and in chunks, on the adapter's inference copy (BatchNorm folded, channels-last). Channels whose
+perturbation provably changes nothing are skipped: their weight is exactly zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from salience.adapters.base import Need, Outputs
+from salience.adapters.layers import LayerLike
+from salience.methods.base import Attribution, register_explainer
+from salience.methods.cam import CAMExplainer
+from salience.methods.sampling import map_in_chunks
+from salience.postprocess import upsample
+from salience.targets import Selection, TargetSpec, resolve, target_scores
+
+SCORE_CAM_CHUNK_SIZE = 16
+"""Masked images per forward pass of Score-CAM (measured: bench/cam_chunk_size.py)."""
+ABLATION_CHUNK_SIZE = 64
+"""Ablated channels per pass of Ablation-CAM (measured: bench/cam_chunk_size.py)."""
+
+
+class _PerturbationCAM(CAMExplainer):
+    """A CAM whose channel weights come from one perturbed forward pass per channel."""
+
+    default_chunk_size = SCORE_CAM_CHUNK_SIZE
+
+    def __init__(
+        self,
+        model: object,
+        *,
+        layer: LayerLike = None,
+        relu: bool = True,
+        grid: tuple[int, int] | None = None,
+        tokens: bool = True,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(model, layer=layer, relu=relu, grid=grid, tokens=tokens)
+        self.chunk_size = chunk_size or self.default_chunk_size
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.progress = progress
+
+    def capture(self, x: Tensor, spec: TargetSpec, score: str) -> tuple[str, Outputs, Selection]:
+        """One forward pass: the layer's activations, the scores and the resolved target."""
+        name = self.layer_for(x)
+        chosen: list[Selection] = []
+
+        def score_fn(logits: Tensor) -> Tensor:
+            chosen.append(resolve(spec, logits))
+            return target_scores(logits, chosen[-1], score)
+
+        out = self.adapter.run(x, score_fn, Need(layer=name))
+        assert out.activations is not None
+        return name, out, chosen[-1]
+
+    def weighted_sum(self, weights: Tensor, features: Tensor) -> Tensor:
+        """``Σ_c w_c A_c`` for weights ``(K, C)`` and one sample's features ``(C, *S)``, ReLU'd."""
+        flat = weights.to(features.dtype) @ features.reshape(features.shape[0], -1)
+        return self.finish(flat.reshape(weights.shape[0], *features.shape[1:]))
+
+
+@register_explainer("scorecam")
+class ScoreCAM(_PerturbationCAM):
+    """Score-CAM: each channel weighted by the score gain of the input masked by that channel.
+
+    Channel ``k`` of the layer is upsampled to the input (bilinear), min-max normalized to
+    ``[0, 1]`` and multiplies the input; its weight is the target's softmax probability on that
+    masked input minus the probability on the baseline, the input masked by zeros (the paper's
+    "increase of confidence"). A constant channel has no normalized mask, its masked input is the
+    baseline and its weight is exactly zero: such channels are skipped.
+
+    pytorch-grad-cam instead applies a softmax over the channels to the masked inputs' target
+    logits, so its maps differ from the paper's.
+
+    Parameters
+    ----------
+    softmax : bool
+        Weigh by the softmax probability (paper); False weighs by the explained score itself.
+        Regression outputs and custom targets always use the explained score.
+    chunk_size : int, optional
+        Masked inputs per forward pass; does not change the map.
+    progress : bool
+        Show a progress bar over the channels.
+
+    The other parameters are those of :class:`~salience.methods.cam.CAMExplainer`.
+    """
+
+    paper = "Wang et al. 2020"
+
+    def __init__(self, model: object, *, softmax: bool = True, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.softmax = softmax
+
+    def params(self) -> dict[str, Any]:
+        """Configuration."""
+        return {**super().params(), "softmax": self.softmax}
+
+    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+        """Score every non-constant channel's masked input, chunk by chunk."""
+        if x.ndim != 4:
+            raise ValueError(f"scorecam masks images (N, C, H, W); got shape {tuple(x.shape)}")
+        _, out, selection = self.capture(x, spec, score)
+        features = self.feature_map(out.activations)
+        if features.ndim != 4:
+            raise ValueError(
+                f"scorecam needs a 2-D feature map; the layer gives {tuple(features.shape)}"
+            )
+        kind = self._weight_kind(out.outputs, selection, score)
+        baseline = self.adapter.forward(torch.zeros_like(x[:1]))
+        maps, skipped = [], 0
+        for n in range(x.shape[0]):
+            own = selection.take(slice(n, n + 1))
+            start = target_scores(baseline, own, kind)[0]
+            flat = features[n].flatten(1)
+            keep = torch.nonzero(flat.amax(dim=1) > flat.amin(dim=1)).flatten()
+            skipped += features.shape[1] - len(keep)
+            weights = torch.zeros(selection.k, features.shape[1], dtype=torch.float64)
+
+            def masked_scores(rows: slice, n: int = n, keep: Tensor = keep, own=own) -> Tensor:
+                masks = upsample(features[n, keep[rows]], tuple(x.shape[-2:]))
+                low = masks.flatten(1).amin(dim=1).reshape(-1, 1, 1)
+                high = masks.flatten(1).amax(dim=1).reshape(-1, 1, 1)
+                masks = (masks - low) / (high - low)
+                outputs = self.adapter.forward(x[n : n + 1] * masks.unsqueeze(1))
+                return target_scores(outputs, own.repeat(masks.shape[0]), kind)
+
+            passes = map_in_chunks(
+                len(keep), masked_scores, self.chunk_size, progress=self.progress,
+                description=f"{self.name} {n + 1}/{x.shape[0]}" if x.shape[0] > 1 else self.name,
+            )  # fmt: skip
+            for rows, values in passes:
+                weights[:, keep[rows]] = (values - start).T.double()
+            maps.append(self.weighted_sum(weights, features[n]))
+        info = {**self.layer_info(x, out.activations), "weights": kind, "skipped_channels": skipped}
+        return Attribution(torch.stack(maps), selection, out.scores, info)
+
+    def _weight_kind(self, outputs: Tensor, selection: Selection, score: str) -> str:
+        classifier = outputs.ndim == 2 and outputs.shape[1] >= 2
+        if self.softmax and classifier and selection.indices is not None:
+            return "probability"
+        return score
+
+
+@register_explainer("ablationcam")
+class AblationCAM(_PerturbationCAM):
+    """Ablation-CAM: each channel weighted by the relative score drop when it is zeroed.
+
+    The weight of channel ``k`` is ``(S − S_k) / S``, with ``S_k`` the target score when channel
+    ``k`` of the layer's output is zero; a forward hook of the adapter zeroes it, no module is
+    replaced. The layers before the ablated one run once per chunk of channels, only the rest of
+    the network runs per channel (when the model allows it; see
+    :meth:`~salience.adapters.torch.TorchAdapter.scaled_layer_outputs`). Channels that are zero
+    already are skipped: their weight is exactly zero. Where ``S = 0`` the drop is not divided.
+
+    Parameters
+    ----------
+    chunk_size : int, optional
+        Ablated channels per pass; does not change the map.
+    progress : bool
+        Show a progress bar over the channels.
+
+    The other parameters are those of :class:`~salience.methods.cam.CAMExplainer`.
+    """
+
+    paper = "Desai & Ramaswamy 2020"
+    default_chunk_size = ABLATION_CHUNK_SIZE
+
+    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+        """Zero every non-zero channel in turn, chunk by chunk."""
+        name, out, selection = self.capture(x, spec, score)
+        raw = out.activations
+        assert raw is not None
+        dim = self.channel_dim(raw)
+        features = self.feature_map(raw)
+        channels = raw.shape[dim]
+        maps, skipped = [], 0
+        for n in range(x.shape[0]):
+            own = selection.take(slice(n, n + 1))
+            original = out.scores[n]
+            per_channel = raw[n].movedim(dim if dim < 0 else dim - 1, 0).reshape(channels, -1)
+            keep = torch.nonzero(per_channel.abs().amax(dim=1) > 0).flatten()
+            skipped += channels - len(keep)
+            weights = torch.zeros(selection.k, channels, dtype=torch.float64)
+
+            def ablated_scores(rows: slice, n: int = n, keep: Tensor = keep, own=own) -> Tensor:
+                chosen = keep[rows]
+                scales = torch.ones(len(chosen), channels, device=x.device, dtype=raw.dtype)
+                scales[torch.arange(len(chosen)), chosen] = 0
+                outputs = self.adapter.scaled_layer_outputs(
+                    x[n : n + 1], name, scales, channel_dim=dim
+                )
+                return target_scores(outputs, own.repeat(len(chosen)), score)
+
+            passes = map_in_chunks(
+                len(keep), ablated_scores, self.chunk_size, progress=self.progress,
+                description=f"{self.name} {n + 1}/{x.shape[0]}" if x.shape[0] > 1 else self.name,
+            )  # fmt: skip
+            denominator = torch.where(original != 0, original, 1).double()
+            for rows, values in passes:
+                drop = (original.double() - values.double()) / denominator
+                weights[:, keep[rows]] = drop.T
+            maps.append(self.weighted_sum(weights, features[n]))
+        info = {**self.layer_info(x, raw), "skipped_channels": skipped}
+        return Attribution(torch.stack(maps), selection, out.scores, info)
