@@ -124,7 +124,9 @@ def method_names(text: str) -> list[str]:
     for name in (part.strip() for part in text.split(",")):
         if name == "cams":
             names += [
-                m for m in available(EXPLAINER) if issubclass(get(EXPLAINER, m), CAMExplainer)
+                method
+                for method in available(EXPLAINER, sort=False)
+                if issubclass(get(EXPLAINER, method), CAMExplainer)
             ]
         elif name:
             get(EXPLAINER, name)  # unknown names fail before any work
