@@ -392,3 +392,25 @@ def test_gradcam_of_the_predicted_cat_peaks_on_the_cat() -> None:
     row, col = np.unravel_index(np.nanargmax(on_photo), on_photo.shape)
     # chelsea() is 300×451; the cat's head fills x 100–360, y 40–300 (background on the right)
     assert 40 <= row < 300 and 100 <= col < 360, (row, col)
+
+
+class RaisesOnBatches(RandomConvNet):
+    """Fails only once its head sees more than one sample: in Ablation-CAM's ablated passes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.head(self.block2(self.block1(x)))
+        if features.shape[0] > 1:
+            raise RuntimeError("boom in an ablated pass")
+        return self.fc(features.flatten(1))
+
+
+@pytest.mark.parametrize("inference_copy", [True, False])
+def test_a_call_that_raises_mid_ablation_leaves_no_hook_and_no_change(inference_copy: bool) -> None:
+    torch.manual_seed(0)
+    model = RaisesOnBatches().train()
+    before = model_state(model)
+    adapter = TorchAdapter(model, inference_copy=inference_copy)
+    with pytest.raises(RuntimeError, match="boom in an ablated pass"):
+        salience.explain(adapter, torch.randn(1, 3, 12, 12), method="ablationcam", layer="block2")
+    assert_same_state(before, model_state(model))
+    assert all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())
