@@ -135,7 +135,7 @@ def test_callable_target() -> None:
         explanation.attributions[:, 0].double(), expected.expand(2, -1), atol=1e-6, rtol=0
     )
     assert explanation.targets.tolist() == [[-1], [-1]]
-    with pytest.raises(TargetError, match="one score per sample"):
+    with pytest.raises(TargetError, match="one score per row of outputs"):
         salience.explain(model, x, target=Custom(lambda out: out))
 
 

@@ -44,10 +44,23 @@ class TopK:
 
 @dataclass(frozen=True)
 class Custom:
-    """Any callable ``outputs (N, ...) -> scores (N,)``, e.g. a mask-summed segmentation score."""
+    """Any callable ``outputs (N, ...) -> scores (N,)``, e.g. a mask-summed segmentation score.
 
-    fn: Callable[[Tensor], Tensor]
+    Attributes
+    ----------
+    fn : callable
+        ``fn(outputs)``; with ``per_sample``, ``fn(outputs, samples)``.
+    name : str
+        How the target is shown.
+    per_sample : bool
+        The score depends on which input a row of outputs belongs to (say, one mask per image).
+        Methods evaluate batches of perturbed copies of the inputs, so ``fn`` then also receives
+        ``samples``, the ``(B,)`` index of the input each row of ``outputs`` comes from.
+    """
+
+    fn: Callable[..., Tensor]
     name: str = "custom"
+    per_sample: bool = False
 
 
 def segmentation_target(class_index: int, mask: Tensor | Sequence) -> Custom:
@@ -71,7 +84,7 @@ def segmentation_target(class_index: int, mask: Tensor | Sequence) -> Custom:
         raise TargetError(f"the mask must be (H, W) or (N, H, W), got shape {tuple(weights.shape)}")
     weights = weights.float()
 
-    def score(outputs: Tensor) -> Tensor:
+    def score(outputs: Tensor, samples: Tensor) -> Tensor:
         if outputs.ndim != 4:
             raise TargetError(
                 "a segmentation target needs outputs (N, classes, H, W); the model gives "
@@ -87,9 +100,23 @@ def segmentation_target(class_index: int, mask: Tensor | Sequence) -> Custom:
                 f"the mask is {tuple(weights.shape[-2:])} but the outputs are "
                 f"{tuple(outputs.shape[-2:])} pixels"
             )
-        return (outputs[:, class_index] * weights.to(outputs)).sum(dim=(-2, -1))
+        if weights.ndim == 3:
+            if int(samples.max()) >= weights.shape[0]:
+                raise TargetError(
+                    f"{weights.shape[0]} masks were given for a batch of more samples"
+                )
+            chosen = weights.to(outputs)[samples]
+        else:
+            chosen = weights.to(outputs)
+        return (outputs[:, class_index] * chosen).sum(dim=(-2, -1))
 
-    return Custom(score, f"class {class_index} over a {int((weights != 0).sum())}-pixel mask")
+    pixels = int((weights != 0).sum()) if weights.ndim == 2 else None
+    name = (
+        f"class {class_index} over a {pixels}-pixel mask"
+        if pixels
+        else f"class {class_index} over masks"
+    )
+    return Custom(score, name, per_sample=True)
 
 
 TargetSpec = Predicted | ClassIndex | TopK | Custom
@@ -104,12 +131,15 @@ class Selection:
     ----------
     indices : Tensor or None
         ``(N, K)`` long tensor of output indices, or None when ``custom`` computes the scores.
-    custom : callable or None
-        The user's score function.
+    custom : Custom or None
+        The user's score.
+    samples : Tensor or None
+        For a custom score: the ``(N,)`` index of the input that each row comes from.
     """
 
     indices: Tensor | None
-    custom: Callable[[Tensor], Tensor] | None = None
+    custom: Custom | None = None
+    samples: Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -119,13 +149,15 @@ class Selection:
     def repeat(self, times: int) -> Selection:
         """The same selection for a batch in which every sample is repeated ``times`` in a row."""
         if self.indices is None:
-            return self
+            samples = None if self.samples is None else self.samples.repeat_interleave(times)
+            return Selection(None, self.custom, samples)
         return Selection(self.indices.repeat_interleave(times, dim=0), self.custom)
 
     def take(self, rows: Tensor | slice) -> Selection:
         """The selection of a subset of the batch's samples."""
         if self.indices is None:
-            return self
+            samples = None if self.samples is None else self.samples[rows]
+            return Selection(None, self.custom, samples)
         return Selection(self.indices[rows], self.custom)
 
     def labels(self) -> Tensor:
@@ -212,7 +244,7 @@ def as_score_matrix(outputs: Tensor) -> Tensor:
 def resolve(spec: TargetSpec, outputs: Tensor) -> Selection:
     """Resolve a target spec against (detached) model outputs of one batch."""
     if isinstance(spec, Custom):
-        return Selection(None, spec.fn)
+        return Selection(None, spec, torch.arange(outputs.shape[0], device=outputs.device))
     matrix = as_score_matrix(outputs.detach())
     n, classes = matrix.shape
     if isinstance(spec, Predicted):
@@ -240,7 +272,14 @@ def target_scores(outputs: Tensor, selection: Selection, kind: str = "logit") ->
     Differentiable with respect to ``outputs``.
     """
     if selection.custom is not None:
-        scores = selection.custom(outputs)
+        custom = selection.custom
+        if custom.per_sample:
+            samples = selection.samples
+            if samples is None or samples.shape[0] != outputs.shape[0]:
+                raise TargetError("a per-sample target was given outputs of unknown samples")
+            scores = custom.fn(outputs, samples.to(outputs.device))
+        else:
+            scores = custom.fn(outputs)
         if (
             not isinstance(scores, Tensor)
             or scores.ndim != 1
@@ -248,8 +287,10 @@ def target_scores(outputs: Tensor, selection: Selection, kind: str = "logit") ->
         ):
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise TargetError(
-                f"a custom target must return one score per sample, shape ({outputs.shape[0]},); "
-                f"got {shape}"
+                f"a custom target must return one score per row of outputs, shape "
+                f"({outputs.shape[0]},); got {shape}. Methods score batches of perturbed copies: "
+                "a score that depends on the sample must be Custom(fn, per_sample=True), "
+                "fn(outputs, samples)"
             )
         return scores.unsqueeze(1)
     matrix = as_score_matrix(outputs)
