@@ -29,7 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
+	# pytorch-grad-cam, the CAM peer; without --no-deps it would pull torchvision and another torch
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt \
+		grad-cam ttach opencv-python-headless
 	$(BIN)/python bench/methods.py
+	$(BIN)/python bench/cams.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -131,6 +131,12 @@ def layer_name(model: nn.Module, layer: LayerLike) -> str | None:
     """
     if layer is None or (isinstance(layer, str) and layer == AUTO):
         return None
+    if isinstance(layer, str) and layer:
+        try:
+            model.get_submodule(layer)
+            return layer
+        except AttributeError:
+            pass
     names = [name for name, _ in model.named_modules() if name]
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
