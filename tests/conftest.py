@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from salience.methods.cam import CAMExplainer
+from salience.registry import available, get
+
+CAM_METHODS = [
+    m for m in available("method", sort=False) if issubclass(get("method", m), CAMExplainer)
+]
+"""Every class activation map, in the order they are registered."""
+GRID_CAMS = [m for m in CAM_METHODS if m != "guided_gradcam"]
+"""The CAMs whose maps are at the layer's resolution (guided Grad-CAM's is the input's)."""
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """max |actual − expected| / max |expected|, in float64."""
+    scale = float(expected.abs().max()) or 1.0
+    return float((actual.double() - expected.double()).abs().max()) / scale
+
+
+def layer_capture(
+    model: nn.Module, x: Tensor, layer: str, score: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """A layer's output and the gradient of ``score(outputs).sum()``, by a plain hook."""
+    captured: list[Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, output: captured.append(output)
+    )
+    try:
+        with torch.enable_grad():
+            outputs = model.eval()(x)
+            (gradient,) = torch.autograd.grad(score(outputs).sum(), captured[0])
+    finally:
+        handle.remove()
+    return captured[0].detach(), gradient
 
 
 class Quadratic(nn.Module):

@@ -8,43 +8,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import salience
-from conftest import assert_same_state, model_state
+from conftest import (
+    CAM_METHODS,
+    GRID_CAMS,
+    assert_same_state,
+    layer_capture,
+    model_state,
+    relative_error,
+)
 from salience.adapters.torch import TorchAdapter
 from salience.postprocess import upsample
 from salience.targets import TargetError, segmentation_target
-
-CAMS = [
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "eigencam",
-    "scorecam",
-    "ablationcam",
-    "guided_gradcam",
-]
-GRID_CAMS = [method for method in CAMS if method != "guided_gradcam"]
-
-
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    scale = float(expected.abs().max()) or 1.0
-    return float((actual.double() - expected.double()).abs().max()) / scale
-
-
-def layer_capture(model: nn.Module, x: Tensor, layer: str, score) -> tuple[Tensor, Tensor]:
-    """The layer's output and the gradient of ``score(outputs).sum()``, from my own hook."""
-    captured: list[Tensor] = []
-    handle = model.get_submodule(layer).register_forward_hook(
-        lambda _m, _i, output: captured.append(output)
-    )
-    try:
-        with torch.enable_grad():
-            outputs = model(x)
-            (gradient,) = torch.autograd.grad(score(outputs).sum(), captured[0])
-    finally:
-        handle.remove()
-    return captured[0].detach(), gradient
 
 
 def hand_gradcam(activations: Tensor, gradients: Tensor, relu: bool = True) -> Tensor:
@@ -95,7 +69,7 @@ def seg_mask() -> Tensor:
     return mask
 
 
-@pytest.mark.parametrize("method", CAMS)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_every_cam_explains_a_segmentation_target(method: str) -> None:
     model = TinySegNet().eval()
     x = seg_inputs()
@@ -221,7 +195,7 @@ def known_mask() -> Tensor:
     return mask
 
 
-@pytest.mark.parametrize("method", CAMS)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_cam_of_a_segmentation_target_peaks_where_the_class_is_decided(method: str) -> None:
     model = KnownSegNet().eval()
     target = segmentation_target(1, known_mask())
@@ -311,7 +285,7 @@ class Regressor(nn.Module):
 
 
 @pytest.mark.parametrize("squeeze", [True, False], ids=["(N,)", "(N,1)"])
-@pytest.mark.parametrize("method", CAMS)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_every_cam_explains_a_regression_output(method: str, squeeze: bool) -> None:
     model = Regressor(squeeze).eval()
     x = seg_inputs()

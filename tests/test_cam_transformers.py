@@ -7,29 +7,19 @@ import torch
 from torch import Tensor, nn
 
 import salience
-from conftest import assert_same_state, model_state
+from conftest import (
+    CAM_METHODS,
+    GRID_CAMS,
+    assert_same_state,
+    layer_capture,
+    model_state,
+    relative_error,
+)
 from salience.adapters.inference_copy import cached_inference_copy
 from salience.adapters.torch import TorchAdapter
 from salience.methods.cam import tokens_to_grid
 
-CAMS = [
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "eigencam",
-    "scorecam",
-    "ablationcam",
-    "guided_gradcam",
-]
-GRID_CAMS = [method for method in CAMS if method != "guided_gradcam"]
 LAYER = "blocks.1.norm1"  # inside the last block, before attention mixes the tokens
-
-
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    scale = float(expected.abs().max()) or 1.0
-    return float((actual.double() - expected.double()).abs().max()) / scale
 
 
 # --- a tiny vision transformer --------------------------------------------------------------
@@ -104,21 +94,6 @@ def vit_and_inputs(variant: str, dtype: torch.dtype = torch.float32):
     model = TinyViT(image=size, **options).to(dtype).eval()
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1), dtype=dtype)
     return model, x, cam_options, grid, prefix
-
-
-def layer_capture(model: nn.Module, x: Tensor, layer: str, score) -> tuple[Tensor, Tensor]:
-    """The layer's output and the gradient of ``score(outputs).sum()``, from my own hook."""
-    captured: list[Tensor] = []
-    handle = model.get_submodule(layer).register_forward_hook(
-        lambda _m, _i, output: captured.append(output)
-    )
-    try:
-        with torch.enable_grad():
-            outputs = model(x)
-            (gradient,) = torch.autograd.grad(score(outputs).sum(), captured[0])
-    finally:
-        handle.remove()
-    return captured[0].detach(), gradient
 
 
 def hooks_left(model: nn.Module) -> list[str]:
@@ -203,7 +178,7 @@ def test_a_cam_with_an_impossible_grid_says_so() -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("method", CAMS)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_every_cam_runs_on_a_vision_transformer(method: str, variant: str) -> None:
     model, x, cam_options, (gh, gw), _ = vit_and_inputs(variant)
     explanation = salience.explain(
@@ -301,7 +276,7 @@ def peak(cam: Tensor) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("distractor", [0.25, 5.0], ids=["weak-distractor", "strong-distractor"])
-@pytest.mark.parametrize("method", CAMS)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_cam_peaks_on_the_patch_that_drives_the_class(method: str, distractor: float) -> None:
     model = SignalTokens(distractor).eval()
     x = signal_input()
@@ -403,8 +378,8 @@ def test_ablationcam_on_tokens_zeroes_the_channel_in_every_token(variant, chunk_
 
 def test_explain_all_on_tokens_equals_each_method_alone() -> None:
     model, x, _, _, _ = vit_and_inputs("class-token")
-    together = salience.explain_all(model, x, CAMS, target=1, layer=LAYER)
-    for method in CAMS:
+    together = salience.explain_all(model, x, CAM_METHODS, target=1, layer=LAYER)
+    for method in CAM_METHODS:
         alone = salience.explain(model, x, method=method, target=1, layer=LAYER)
         assert relative_error(together[method].attributions, alone.attributions) < 1e-6, method
 
@@ -413,7 +388,7 @@ def test_explain_all_on_tokens_equals_each_method_alone() -> None:
 
 
 @pytest.mark.parametrize("inference_copy", [True, False], ids=["copy", "own-model"])
-@pytest.mark.parametrize("method", CAMS)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_no_hook_remains_and_the_model_is_unchanged(method: str, inference_copy: bool) -> None:
     model, x, _, _, _ = vit_and_inputs("registers-inferred")
     model.train()  # every flag must come back as it was
@@ -435,7 +410,7 @@ def test_no_hook_remains_after_a_failing_call() -> None:
     model, x, _, _, _ = vit_and_inputs("class-token")
     before = model_state(model)
     adapter = TorchAdapter(model, inference_copy=False)
-    for method in CAMS:
+    for method in CAM_METHODS:
         with pytest.raises(ValueError, match="grid"):
             salience.explain(adapter, x, method=method, layer=LAYER, grid=(3, 7))
         assert hooks_left(model) == [], method

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from salience.adapters.base import Need, Outputs
-from salience.adapters.layers import LayerLike
 from salience.methods.base import Attribution, register_explainer
 from salience.methods.cam import CAMExplainer
 from salience.methods.sampling import map_in_chunks
@@ -38,14 +37,11 @@ class _PerturbationCAM(CAMExplainer):
         self,
         model: object,
         *,
-        layer: LayerLike = None,
-        relu: bool = True,
-        grid: tuple[int, int] | None = None,
-        tokens: bool = True,
         chunk_size: int | None = None,
         progress: bool = False,
+        **cam_options: Any,
     ) -> None:
-        super().__init__(model, layer=layer, relu=relu, grid=grid, tokens=tokens)
+        super().__init__(model, **cam_options)
         self.chunk_size = chunk_size or self.default_chunk_size
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
