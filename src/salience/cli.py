@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the bundled models")
     models.set_defaults(handler=run_models)
-    methods = commands.add_parser("methods", help="list the saliency methods")
+    methods = commands.add_parser(
+        "methods",
+        help="list the saliency methods",
+        description="Each method with what it needs (white-box: gradients or layer activations; "
+        "black-box: the model's outputs only), a one-line description and its paper.",
+    )
     methods.set_defaults(handler=run_methods)
     return parser
 
@@ -253,7 +258,8 @@ def run_methods(_args: argparse.Namespace) -> int:
         method = get(EXPLAINER, name)
         doc = (method.__doc__ or "").strip().splitlines()
         paper = f" [{method.paper}]" if method.paper else ""
-        print(f"{name:<22} {doc[0] if doc else ''}{paper}")
+        kind = "white-box" if method.needs_gradients else "black-box"
+        print(f"{name:<22} {kind:<10} {doc[0] if doc else ''}{paper}")
     return 0
 
 
@@ -285,11 +291,22 @@ def run_layers(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``salience`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from salience.adapters.base import GradientsUnavailableError
     from salience.adapters.torch import ModelOutputError
 
     try:
         return int(args.handler(args))
-    except (ValueError, LookupError, ModelOutputError, OSError) as error:
+    except BrokenPipeError:  # e.g. `salience methods | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (
+        ValueError,
+        LookupError,
+        ModelOutputError,
+        GradientsUnavailableError,
+        OSError,
+        MemoryError,
+    ) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"salience: error: {message}", file=sys.stderr)
         return 2

@@ -74,9 +74,24 @@ class Outputs:
     layer_grad: Tensor | None = None
 
 
+class GradientsUnavailableError(TypeError):
+    """A method that needs gradients or layer activations, asked of a black-box model."""
+
+
 @runtime_checkable
 class ModelAdapter(Protocol):
-    """A model seen through one narrow contract; methods never touch the framework themselves."""
+    """A model seen through one narrow contract; methods never touch the framework themselves.
+
+    Black-box adapters (``differentiable = False``, e.g. ONNX) implement :meth:`forward` and
+    :meth:`prepare_input` only; :meth:`run` raises :class:`GradientsUnavailableError`.
+    """
+
+    is_adapter: bool
+    differentiable: bool
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """The batch moved to the model's device and dtype, validated."""
+        ...
 
     def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
         """One forward pass (and a backward pass when ``need`` asks for gradients)."""

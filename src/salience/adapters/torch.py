@@ -10,11 +10,13 @@ hooks live inside one ``try``/``finally``.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +124,10 @@ class TorchAdapter:
     strip_softmax : bool
         Explain the logits when the model ends in a ``Softmax``/``LogSoftmax`` module.
     """
+
+    is_adapter = True
+    #: Gradients and layer captures are available (black-box adapters give scores only).
+    differentiable = True
 
     def __init__(
         self,
@@ -417,13 +423,21 @@ class TorchAdapter:
             return None
 
 
-def as_adapter(model: object) -> TorchAdapter:
-    """Wrap a model in the right adapter (an adapter is returned as it is)."""
-    if isinstance(model, TorchAdapter):
+def as_adapter(model: object) -> Any:
+    """Wrap a model in the right adapter; an adapter is returned as it is.
+
+    A ``torch.nn.Module`` gets a :class:`TorchAdapter`, a path to an ``.onnx`` file an
+    :class:`~salience.adapters.onnx.OnnxAdapter` (a black box: scores only).
+    """
+    if isinstance(model, TorchAdapter) or getattr(model, "is_adapter", False):
         return model
     if isinstance(model, nn.Module):
         return TorchAdapter(model)
+    if isinstance(model, str | os.PathLike) and os.fspath(model).lower().endswith(".onnx"):
+        from salience.adapters.onnx import OnnxAdapter
+
+        return OnnxAdapter(model)
     raise TypeError(
-        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module (Keras and ONNX "
-        "models come with their own adapters)"
+        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module or the path of an "
+        ".onnx file"
     )

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from salience.adapters.base import Need, Outputs
+from salience.adapters.base import GradientsUnavailableError, Need, Outputs
 from salience.adapters.torch import TorchAdapter, as_adapter
 from salience.explanation import Explanation
-from salience.registry import register
+from salience.registry import available, get, register
 from salience.targets import (
     SCORE_KINDS,
     Selection,
@@ -61,11 +61,20 @@ class Explainer(ABC):
     name: ClassVar[str] = ""
     #: The paper that defines the method, e.g. "Selvaraju et al. 2017".
     paper: ClassVar[str] = ""
+    #: False for methods that only need the model's outputs (they explain black boxes too).
+    needs_gradients: ClassVar[bool] = True
     #: True for methods computed from one forward + backward pass (usable inside SmoothGrad).
     single_pass: ClassVar[bool] = False
 
     def __init__(self, model: object) -> None:
         self.adapter: TorchAdapter = as_adapter(model)
+        if self.needs_gradients and not self.adapter.differentiable:
+            black_box = [m for m in available(EXPLAINER) if not get(EXPLAINER, m).needs_gradients]
+            raise GradientsUnavailableError(
+                f"{self.name} needs gradients or layer activations, which a "
+                f"{type(self.adapter).__name__} model cannot give; methods for black-box models: "
+                f"{', '.join(black_box) or 'none'}"
+            )
 
     def params(self) -> dict[str, Any]:
         """The method's configuration, recorded on every explanation."""
