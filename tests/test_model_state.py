@@ -15,6 +15,8 @@ FAST_OPTIONS = {
     "smoothgrad": {"n_samples": 3},
     "vargrad": {"n_samples": 3},
     "integrated_gradients": {"steps": 3},
+    "occlusion": {"window": 4, "stride": 4},
+    "rise": {"n_masks": 8},
 }
 METHODS = available("method")
 
@@ -46,6 +48,8 @@ def test_every_method_is_covered() -> None:
         "scorecam",
         "ablationcam",
         "guided_gradcam",
+        "occlusion",
+        "rise",
     } <= set(METHODS)
 
 

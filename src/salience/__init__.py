@@ -33,6 +33,8 @@ _EXPORTS = {
     "HiResCAM": "salience.methods",
     "LayerCAM": "salience.methods",
     "ScoreCAM": "salience.methods",
+    "Occlusion": "salience.methods",
+    "RISE": "salience.methods",
     "XGradCAM": "salience.methods",
     "available": "salience.registry",
 }
@@ -42,6 +44,7 @@ _SUBMODULES = frozenset(
 )
 
 __all__ = [
+    "RISE",
     "AblationCAM",
     "EigenCAM",
     "Explainer",
@@ -55,6 +58,7 @@ __all__ = [
     "HiResCAM",
     "IntegratedGradients",
     "LayerCAM",
+    "Occlusion",
     "ScoreCAM",
     "SmoothGrad",
     "TorchAdapter",
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
     from salience.api import explain, explain_all, make_explainer
     from salience.explanation import Explanation
     from salience.methods import (
+        RISE,
         AblationCAM,
         EigenCAM,
         Explainer,
@@ -85,6 +90,7 @@ if TYPE_CHECKING:
         HiResCAM,
         IntegratedGradients,
         LayerCAM,
+        Occlusion,
         ScoreCAM,
         SmoothGrad,
         VarGrad,

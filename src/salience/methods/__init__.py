@@ -20,9 +20,11 @@ from salience.methods.cam import (
 from salience.methods.gradient import Gradient, GradientXInput, GuidedBackprop
 from salience.methods.integrated import IntegratedGradients
 from salience.methods.noise import SmoothGrad, VarGrad
+from salience.methods.perturbation import RISE, Occlusion
 from salience.methods.score_cam import AblationCAM, ScoreCAM
 
 __all__ = [
+    "RISE",
     "AblationCAM",
     "Attribution",
     "CAMExplainer",
@@ -38,6 +40,7 @@ __all__ = [
     "HiResCAM",
     "IntegratedGradients",
     "LayerCAM",
+    "Occlusion",
     "ScoreCAM",
     "SinglePassExplainer",
     "SmoothGrad",

@@ -23,9 +23,9 @@ from salience.methods.base import (
     Explainer,
     register_explainer,
 )
+from salience.methods.baselines import baseline_like, check_baseline
 from salience.methods.gradient import Gradient
 from salience.methods.sampling import map_in_chunks
-from salience.postprocess import gaussian_blur
 from salience.targets import Selection, TargetSpec, resolve, target_scores
 
 RULES: tuple[str, ...] = (
@@ -35,7 +35,6 @@ RULES: tuple[str, ...] = (
     "riemann_left",
     "riemann_right",
 )
-BASELINES: tuple[str, ...] = ("zeros", "blur")
 
 
 @dataclass(frozen=True)
@@ -95,9 +94,9 @@ class IntegratedGradients(Explainer):
     ----------
     model : torch.nn.Module or adapter
         The model to explain.
-    baseline : {"zeros", "blur"}, float or Tensor
-        The reference input: zeros, a Gaussian-blurred copy of the input, a constant, or a tensor
-        broadcastable to the input batch.
+    baseline : {"zeros", "mean", "blur"}, float or Tensor
+        The reference input: zeros, the input's per-channel mean, a Gaussian-blurred copy of the
+        input, a constant, or a tensor broadcastable to the input batch.
     steps : int
         Number of points on the path (before any refinement).
     rule : str
@@ -133,11 +132,7 @@ class IntegratedGradients(Explainer):
     ) -> None:
         super().__init__(model)
         initial_nodes(rule, steps)  # validates rule and steps
-        if isinstance(baseline, str) and baseline not in BASELINES:
-            raise ValueError(
-                f"unknown baseline {baseline!r}; choose {', '.join(BASELINES)}, a number "
-                "or a tensor"
-            )
+        check_baseline(baseline)
         if tolerance is not None and tolerance <= 0:
             raise ValueError(f"tolerance must be > 0, got {tolerance}")
         self.baseline = baseline
@@ -164,16 +159,7 @@ class IntegratedGradients(Explainer):
 
     def baseline_for(self, x: Tensor) -> Tensor:
         """The baseline batch for ``x``."""
-        if isinstance(self.baseline, Tensor):
-            return self.baseline.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
-        if self.baseline == "zeros":
-            return torch.zeros_like(x)
-        if self.baseline == "blur":
-            if x.ndim < 3:
-                raise ValueError("a blurred baseline needs image inputs (N, C, H, W)")
-            sigma = self.blur_sigma or min(x.shape[-2:]) / 10
-            return gaussian_blur(x, sigma)
-        return torch.full_like(x, float(self.baseline))
+        return baseline_like(x, self.baseline, blur_sigma=self.blur_sigma)
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Integrate, check completeness, refine if asked."""

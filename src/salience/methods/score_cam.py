@@ -15,6 +15,7 @@ from torch import Tensor
 from salience.adapters.base import Need, Outputs
 from salience.methods.base import Attribution, register_explainer
 from salience.methods.cam import CAMExplainer
+from salience.methods.masking import masked_scores, weight_kind
 from salience.methods.sampling import map_in_chunks
 from salience.postprocess import upsample
 from salience.targets import Selection, TargetSpec, resolve, target_scores
@@ -112,7 +113,7 @@ class ScoreCAM(_PerturbationCAM):
             raise ValueError(
                 f"scorecam needs a 2-D feature map; the layer gives {tuple(features.shape)}"
             )
-        kind = self._weight_kind(out.outputs, selection, score)
+        kind = weight_kind(out.outputs, selection, score, self.softmax)
         baseline = self.adapter.forward(torch.zeros_like(x[:1]))
         maps, skipped = [], 0
         for n in range(x.shape[0]):
@@ -123,29 +124,21 @@ class ScoreCAM(_PerturbationCAM):
             skipped += features.shape[1] - len(keep)
             weights = torch.zeros(selection.k, features.shape[1], dtype=torch.float64)
 
-            def masked_scores(rows: slice, n: int = n, keep: Tensor = keep, own=own) -> Tensor:
+            def channel_masks(rows: slice, n: int = n, keep: Tensor = keep) -> Tensor:
                 masks = upsample(features[n, keep[rows]], tuple(x.shape[-2:]))
                 low = masks.flatten(1).amin(dim=1).reshape(-1, 1, 1)
                 high = masks.flatten(1).amax(dim=1).reshape(-1, 1, 1)
-                masks = (masks - low) / (high - low)
-                outputs = self.adapter.forward(x[n : n + 1] * masks.unsqueeze(1))
-                return target_scores(outputs, own.repeat(masks.shape[0]), kind)
+                return ((masks - low) / (high - low)).unsqueeze(1)
 
-            passes = map_in_chunks(
-                len(keep), masked_scores, self.chunk_size, progress=self.progress,
+            values = masked_scores(
+                self.adapter, x[n : n + 1], channel_masks, len(keep), own, kind,
+                chunk_size=self.chunk_size, progress=self.progress,
                 description=f"{self.name} {n + 1}/{x.shape[0]}" if x.shape[0] > 1 else self.name,
             )  # fmt: skip
-            for rows, values in passes:
-                weights[:, keep[rows]] = (values - start).T.double()
+            weights[:, keep] = (values - start).T.double()
             maps.append(self.weighted_sum(weights, features[n]))
         info = {**self.layer_info(x, out.activations), "weights": kind, "skipped_channels": skipped}
         return Attribution(torch.stack(maps), selection, out.scores, info)
-
-    def _weight_kind(self, outputs: Tensor, selection: Selection, score: str) -> str:
-        classifier = outputs.ndim == 2 and outputs.shape[1] >= 2
-        if self.softmax and classifier and selection.indices is not None:
-            return "probability"
-        return score
 
 
 @register_explainer("ablationcam")

@@ -1,0 +1,108 @@
+"""The perturbation engine: masks → masked inputs → scores, in chunks, without gradients.
+
+Shared by every method that explains by masking the input (occlusion, RISE, Score-CAM). Masks are
+made chunk by chunk by the caller's function, so memory is bounded by the chunk size whatever the
+number of masks; each chunk runs through the adapter's ``forward`` (inference mode, the private
+inference copy for torch models, any black box otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from salience.methods.sampling import map_in_chunks
+from salience.targets import Selection, target_scores
+
+MaskFn = Callable[[slice], Tensor]
+"""Rows ``start:stop`` of the masks → masks ``(B, 1 or C, H, W)`` in [0, 1] (1 keeps the input)."""
+
+
+def weight_kind(outputs: Tensor, selection: Selection, score: str, softmax: bool) -> str:
+    """The score that weighs masks: the softmax probability for a classifier's class targets
+    when ``softmax`` (as Score-CAM and RISE define it), else the explained ``score``."""
+    classifier = outputs.ndim == 2 and outputs.shape[1] >= 2
+    if softmax and classifier and selection.indices is not None:
+        return "probability"
+    return score
+
+
+class ChunkMemoryError(MemoryError):
+    """A chunk of perturbed inputs does not fit in memory."""
+
+
+def masked_scores(
+    adapter: object,
+    x: Tensor,
+    masks: MaskFn,
+    count: int,
+    selection: Selection,
+    kind: str,
+    *,
+    substrate: Tensor | None = None,
+    chunk_size: int,
+    progress: bool = False,
+    description: str = "",
+) -> Tensor:
+    """Scores of one sample under ``count`` masks: ``x · m + substrate · (1 − m)``.
+
+    Parameters
+    ----------
+    adapter : adapter
+        Anything with ``forward(x, chunk_size=...)`` returning the model's outputs.
+    x : Tensor
+        One sample, ``(1, C, H, W)``.
+    masks : callable
+        ``masks(rows)`` gives the masks of rows ``rows`` of ``range(count)``.
+    count : int
+        The number of masks.
+    selection : Selection
+        The sample's target (one row).
+    kind : str
+        ``"logit"`` or ``"probability"``.
+    substrate : Tensor, optional
+        What masked-out pixels become, broadcastable to ``x``; zeros when None.
+    chunk_size : int
+        Masked inputs per forward pass; does not change the result.
+    progress : bool
+        Show a progress bar.
+    description : str
+        The progress bar's label.
+
+    Returns
+    -------
+    Tensor
+        ``(count, K)`` scores.
+
+    Raises
+    ------
+    ChunkMemoryError
+        When the first chunk does not fit in memory; the message gives a chunk size to try.
+    """
+
+    def scores(rows: slice) -> Tensor:
+        chosen = masks(rows).to(x)
+        inputs = x * chosen if substrate is None else substrate + (x - substrate) * chosen
+        try:
+            outputs = adapter.forward(inputs)
+        except (MemoryError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
+                raise
+            size = rows.stop - rows.start
+            raise ChunkMemoryError(
+                f"a chunk of {size} perturbed inputs of shape {tuple(x.shape[1:])} does not fit "
+                f"in memory; pass a smaller chunk_size (e.g. {max(1, size // 4)})"
+            ) from error
+        return target_scores(outputs, selection.repeat(inputs.shape[0]), kind)
+
+    parts = [
+        values
+        for _, values in map_in_chunks(
+            count, scores, chunk_size, progress=progress, description=description
+        )
+    ]
+    if not parts:
+        return torch.zeros((0, selection.k), dtype=x.dtype, device=x.device)
+    return torch.cat(parts)

@@ -1,0 +1,247 @@
+"""Methods that need only the model's outputs: occlusion and RISE. They explain black boxes too.
+
+Both run through the perturbation engine (:func:`salience.methods.masking.masked_scores`): masks
+are made chunk by chunk, so memory stays bounded however many there are, and the same seed gives
+the same map whatever the chunk size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from salience.methods.base import Attribution, Explainer, register_explainer
+from salience.methods.baselines import BaselineLike, baseline_like, check_baseline
+from salience.methods.masking import masked_scores, weight_kind
+from salience.methods.sampling import chunks, make_generator
+from salience.targets import TargetSpec
+
+PERTURBATION_CHUNK_SIZE = 8
+"""Perturbed images per forward pass (measured: bench/perturbation.py)."""
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_images(x: Tensor, method: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{method} perturbs images (N, C, H, W); got shape {tuple(x.shape)}")
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window positions along one axis: every ``stride``, plus one flush with the far edge."""
+    if window > size:
+        raise ValueError(f"a window of {window} does not fit in {size} pixels")
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+@register_explainer("occlusion")
+class Occlusion(Explainer):
+    """Occlusion: the score drop when a sliding window of the image is replaced by a baseline.
+
+    Each pixel gets the mean drop over the windows that covered it (as Captum's ``Occlusion``).
+    The window covers all channels; windows are placed every ``stride`` pixels, plus one flush
+    with the right and bottom edges when the stride does not reach them, so every pixel counts.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, adapter or path of an ONNX file
+        The model to explain.
+    window : int or (int, int)
+        Window height and width in pixels.
+    stride : int or (int, int)
+        Step between windows.
+    baseline : {"zeros", "mean", "blur"}, float or Tensor
+        What the window is filled with: zeros, the image's per-channel mean, a blurred copy of
+        the image, a constant, or a tensor.
+    chunk_size : int, optional
+        Occluded images per forward pass; does not change the map.
+    progress : bool
+        Show a progress bar.
+    """
+
+    paper = "Zeiler & Fergus 2014"
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: object,
+        *,
+        window: int | tuple[int, int] = 16,
+        stride: int | tuple[int, int] = 8,
+        baseline: BaselineLike = "zeros",
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(model)
+        self.window = _pair(window, "window")
+        self.stride = _pair(stride, "stride")
+        check_baseline(baseline)
+        self.baseline = baseline
+        self.chunk_size = chunk_size or PERTURBATION_CHUNK_SIZE
+        self.progress = progress
+
+    def params(self) -> dict[str, Any]:
+        """Configuration."""
+        baseline = self.baseline if not isinstance(self.baseline, Tensor) else "tensor"
+        return {"window": list(self.window), "stride": list(self.stride), "baseline": baseline}
+
+    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+        """Slide the window, score every occluded image, average the drops per pixel."""
+        _check_images(x, self.name)
+        height, width = x.shape[-2:]
+        rows = window_starts(height, self.window[0], self.stride[0])
+        cols = window_starts(width, self.window[1], self.stride[1])
+        corners = [(r, c) for r in rows for c in cols]
+        selection, scores = self.fixed_selection(x, spec, score)
+        substrate = baseline_like(x, self.baseline)
+        wh, ww = self.window
+
+        def occluding(chosen: slice) -> Tensor:
+            masks = torch.ones(chosen.stop - chosen.start, 1, height, width, device=x.device)
+            for i, (r, c) in enumerate(corners[chosen]):
+                masks[i, :, r : r + wh, c : c + ww] = 0
+            return masks
+
+        coverage = torch.zeros(height, width, dtype=torch.float64, device=x.device)
+        for r, c in corners:
+            coverage[r : r + wh, c : c + ww] += 1
+        maps = []
+        for n in range(x.shape[0]):
+            own = selection.take(slice(n, n + 1))
+            occluded = masked_scores(
+                self.adapter, x[n : n + 1], occluding, len(corners), own, score,
+                substrate=substrate[n : n + 1], chunk_size=self.chunk_size,
+                progress=self.progress, description=self.name,
+            )  # fmt: skip
+            drops = (scores[n].double() - occluded.double()).T  # (K, windows)
+            total = torch.zeros(selection.k, height, width, dtype=torch.float64, device=x.device)
+            for i, (r, c) in enumerate(corners):
+                total[:, r : r + wh, c : c + ww] += drops[:, i, None, None]
+            maps.append((total / coverage).to(x.dtype))
+        info = {"windows": len(corners)}
+        return Attribution(torch.stack(maps), selection, scores, info)
+
+
+@register_explainer("rise")
+class RISE(Explainer):
+    """RISE: the average of random masks, each weighted by the score of the image it keeps.
+
+    ``n_masks`` binary grids of ``grid × grid`` cells, each cell kept with probability ``keep``,
+    are upsampled bilinearly to ``(grid + 1) × cell`` pixels and cropped at a random shift within
+    one cell (Petsiuk et al. 2018); the map is ``Σ score_i · M_i / (n_masks · keep)``. The score is
+    the target's softmax probability for classifiers (as in the paper; ``softmax=False`` uses
+    the explained score itself, as regression outputs and custom targets always do). Grids and
+    shifts are drawn up front from ``seed`` (a few bytes per mask); the masks themselves are made
+    chunk by chunk, so memory does not grow with ``n_masks``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, adapter or path of an ONNX file
+        The model to explain.
+    n_masks : int
+        Number of masks (the paper uses 4000 for ImageNet models).
+    grid : int
+        Cells per side of the small binary grid (the paper's ``s``).
+    keep : float
+        Probability that a cell is kept (the paper's ``p``).
+    seed : int or None
+        Seed of the masks; the same seed gives the same map.
+    softmax : bool
+        Weigh masks by the target's probability (paper) rather than the explained score.
+    chunk_size : int, optional
+        Masked images per forward pass; does not change the map.
+    progress : bool
+        Show a progress bar.
+    """
+
+    paper = "Petsiuk et al. 2018"
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: object,
+        *,
+        n_masks: int = 4000,
+        grid: int = 7,
+        keep: float = 0.5,
+        seed: int | None = 0,
+        softmax: bool = True,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(model)
+        if n_masks < 1:
+            raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        if not 0 < keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        self.n_masks = n_masks
+        self.grid = grid
+        self.keep = keep
+        self.seed = seed
+        self.softmax = softmax
+        self.chunk_size = chunk_size or PERTURBATION_CHUNK_SIZE
+        self.progress = progress
+
+    def params(self) -> dict[str, Any]:
+        """Configuration."""
+        return {
+            "n_masks": self.n_masks, "grid": self.grid, "keep": self.keep, "seed": self.seed,
+            "softmax": self.softmax,
+        }  # fmt: skip
+
+    def mask_maker(self, size: tuple[int, int], device: torch.device) -> Any:
+        """``masks(rows)`` for inputs of ``size``: the same masks for every chunking."""
+        height, width = size
+        cell = (math.ceil(height / self.grid), math.ceil(width / self.grid))
+        generator = make_generator(self.seed, torch.device("cpu"))
+        shape = (self.n_masks, 1, self.grid, self.grid)
+        cells = (torch.rand(shape, generator=generator) < self.keep).float()
+        shift_rows = torch.randint(0, cell[0], (self.n_masks,), generator=generator)
+        shift_cols = torch.randint(0, cell[1], (self.n_masks,), generator=generator)
+        upsampled = ((self.grid + 1) * cell[0], (self.grid + 1) * cell[1])
+
+        def masks(rows: slice) -> Tensor:
+            large = F.interpolate(cells[rows], size=upsampled, mode="bilinear", align_corners=False)
+            out = torch.empty(large.shape[0], 1, height, width)
+            for i, (r, c) in enumerate(
+                zip(shift_rows[rows].tolist(), shift_cols[rows].tolist(), strict=True)
+            ):
+                out[i] = large[i, :, r : r + height, c : c + width]
+            return out.to(device)
+
+        return masks
+
+    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+        """Score every masked image, then average the masks weighted by their scores."""
+        _check_images(x, self.name)
+        selection, scores = self.fixed_selection(x, spec, score)
+        outputs = self.adapter.forward(x[:1])
+        kind = weight_kind(outputs, selection, score, self.softmax)
+        masks = self.mask_maker(tuple(x.shape[-2:]), x.device)
+        maps = []
+        for n in range(x.shape[0]):
+            own = selection.take(slice(n, n + 1))
+            weights = masked_scores(
+                self.adapter, x[n : n + 1], masks, self.n_masks, own, kind,
+                chunk_size=self.chunk_size, progress=self.progress, description=self.name,
+            )  # fmt: skip
+            total = torch.zeros(selection.k, x.shape[-2] * x.shape[-1], dtype=torch.float64)
+            for rows in chunks(self.n_masks, max(self.chunk_size, 256)):
+                total += weights[rows].double().T.cpu() @ masks(rows).flatten(1).double().cpu()
+            saliency = total / (self.n_masks * self.keep)
+            maps.append(saliency.reshape(selection.k, *x.shape[-2:]).to(x))
+        return Attribution(torch.stack(maps), selection, scores, {"weights": kind})
