@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser(
         "explain",
-        help="explain images with a bundled model",
+        help="explain images with a bundled model or an ONNX file",
         description="Print the top-5 predictions and write overlays, a grid and raw maps.",
     )
     explain.add_argument(
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, or names of bundled photos (chelsea, coffee, rocket, astronaut); "
         "default: chelsea",
     )  # fmt: skip
-    explain.add_argument("--model", default="efficientnet_lite0", help="a bundled model")
+    explain.add_argument(
+        "--model", default="efficientnet_lite0", help="a bundled model, or an .onnx file"
+    )
     explain.add_argument(
         "--method", default=DEFAULT_METHODS,
         help=f"comma-separated methods (salience methods lists them); default {DEFAULT_METHODS}",
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--samples", type=int, default=50, help="SmoothGrad/VarGrad samples")
     explain.add_argument("--noise", type=float, default=0.15, help="SmoothGrad σ / input range")
     explain.add_argument("--steps", type=int, default=50, help="Integrated Gradients steps")
-    explain.add_argument("--baseline", default="zeros", help="IG baseline: zeros | blur")
+    explain.add_argument(
+        "--baseline", default="zeros", help="IG and occlusion baseline: zeros | mean | blur"
+    )
+    explain.add_argument("--window", type=int, default=16, help="occlusion window (pixels)")
+    explain.add_argument("--stride", type=int, default=8, help="occlusion stride (pixels)")
+    explain.add_argument("--masks", type=int, default=4000, help="RISE masks")
     explain.add_argument(
         "--layer", default="auto",
         help="CAM layer name (salience layers MODEL lists them); default: the last feature map",
@@ -73,6 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
     explain.add_argument("-o", "--output", default="salience-out", help="output folder")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    onnx = explain.add_argument_group(
+        "ONNX models",
+        "a --model FILE.onnx runs black-box methods only; these override its metadata",
+    )
+    onnx.add_argument(
+        "--input-name", metavar="NAME", help="the image input of a model with several inputs"
+    )
+    onnx.add_argument(
+        "--layout", choices=("nchw", "nhwc"), help="the input's layout (default: from its shape)"
+    )
+    onnx.add_argument(
+        "--size", type=int, metavar="N", help="resize the shorter side to N, centre-crop N×N"
+    )
+    onnx.add_argument(
+        "--mean", metavar="R,G,B", help="normalization mean R,G,B (default: ImageNet's)"
+    )
+    onnx.add_argument(
+        "--std", metavar="R,G,B", help="normalization std R,G,B (default: ImageNet's)"
+    )
+    onnx.add_argument("--classes", metavar="FILE", help="class names, one per line")
     explain.set_defaults(handler=run_explain)
 
     layers = commands.add_parser(
@@ -150,25 +177,34 @@ def run_explain(args: argparse.Namespace) -> int:
     from salience.targets import parse_target
     from salience.zoo import load_model, model_spec
 
-    spec = model_spec(args.model)
-    names = list(spec.class_names())
+    adapter: Any = None
+    if _is_onnx(args.model):
+        adapter, model_name, preset, names = _onnx_model(args)
+    else:
+        given = [flag for flag in _ONNX_FLAGS if getattr(args, flag) is not None]
+        if given:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
+            raise ValueError(f"{flags} apply to .onnx models only, not to {args.model}")
+        spec = model_spec(args.model)
+        model_name, preset, names = spec.name, spec.preset, list(spec.class_names())
     methods = method_names(args.method)
     target = parse_target(args.target, names)
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     viz.colorize(torch.zeros(1, 1).numpy(), args.cmap)  # validates the colormap name early
-    prepared = [(item, spec.preset.prepare(item.source)) for item in _inputs(args.images)]
-    adapter = TorchAdapter(load_model(spec.name))
+    prepared = [(item, preset.prepare(item.source)) for item in _inputs(args.images)]
+    adapter = adapter or TorchAdapter(load_model(spec.name))
     output = Path(args.output)
     values = {
         "n_samples": args.samples, "noise": args.noise, "steps": args.steps,
         "baseline": args.baseline, "seed": args.seed, "layer": args.layer,
+        "window": args.window, "stride": args.stride, "n_masks": args.masks,
         "relu": not args.keep_negative, "progress": not args.quiet,
     }  # fmt: skip
     explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
 
     probabilities = [
-        _print_predictions(adapter, item, image, spec.name, names) for item, image in prepared
+        _print_predictions(adapter, item, image, model_name, names) for item, image in prepared
     ]
     sys.stdout.flush()
 
@@ -182,7 +218,7 @@ def run_explain(args: argparse.Namespace) -> int:
         )
         rows: list[list[Any]] = []
         for name, explanation in explanations.items():
-            explanation = explanation.with_names(names, model=spec.name)
+            explanation = explanation.with_names(names, model=model_name)
             maps = _write_outputs(explanation, image, output / f"{item.label}_{name}", args)
             for k, full in enumerate(maps):
                 if len(rows) <= k:
@@ -202,6 +238,60 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+_ONNX_FLAGS = ("input_name", "layout", "size", "mean", "std", "classes")
+
+
+def _is_onnx(model: str) -> bool:
+    """Whether ``--model`` names an ONNX file rather than a bundled model."""
+    from salience.registry import available
+    from salience.zoo import MODEL
+
+    if model.lower().endswith(".onnx"):
+        return True
+    return Path(model).is_file() and model.strip().lower() not in available(MODEL)
+
+
+def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"{flag} takes 3 comma-separated numbers R,G,B, got {text!r}")
+    return values
+
+
+def _onnx_model(args: argparse.Namespace) -> tuple[Any, str, Any, list[str]]:
+    """The adapter, name, preprocessing and class names of ``--model FILE.onnx``."""
+    import torch
+
+    from salience.adapters.onnx import OnnxAdapter
+
+    adapter = OnnxAdapter(args.model, input_name=args.input_name, layout=args.layout)
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be a positive int, got {args.size}")
+    preset = adapter.preset(
+        size=args.size, mean=_triple("--mean", args.mean), std=_triple("--std", args.std)
+    )
+    count = adapter.num_outputs
+    if count is None:  # a dynamic output size: run the model once to see it
+        count = int(adapter.forward(torch.zeros(1, 3, *preset.crop)).shape[-1])
+    if args.classes is not None:
+        text = Path(args.classes).read_text(encoding="utf-8")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        source = args.classes
+    else:
+        names = list(adapter.class_names() or [f"class {i}" for i in range(count)])
+        source = f"the metadata of {adapter.name}"
+    if len(names) != count:
+        raise ValueError(
+            f"{source} names {len(names)} classes but {adapter.name} has {count} outputs"
+        )
+    return adapter, adapter.name, preset, names
+
+
 def _print_predictions(
     adapter: TorchAdapter, item: _Input, image: PreparedImage, model_name: str, names: list[str]
 ) -> Tensor:
@@ -209,7 +299,7 @@ def _print_predictions(
     import torch
 
     probabilities = torch.softmax(adapter.forward(image.tensor), dim=1)[0]
-    top = probabilities.topk(5)
+    top = probabilities.topk(min(5, probabilities.numel()))
     print(f"{item.label}: top-5 predictions of {model_name}")
     for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
         print(f"  {rank + 1}. {names[i]:<28} {p:6.1%}  (class {i})")
@@ -306,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         GradientsUnavailableError,
         OSError,
         MemoryError,
+        ImportError,
     ) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"salience: error: {message}", file=sys.stderr)

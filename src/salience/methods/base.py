@@ -71,8 +71,8 @@ class Explainer(ABC):
         if self.needs_gradients and not self.adapter.differentiable:
             black_box = [m for m in available(EXPLAINER) if not get(EXPLAINER, m).needs_gradients]
             raise GradientsUnavailableError(
-                f"{self.name} needs gradients or layer activations, which a "
-                f"{type(self.adapter).__name__} model cannot give; methods for black-box models: "
+                f"{self.name} needs gradients or layer activations, which a black-box model "
+                f"({type(self.adapter).__name__}) cannot give; methods for black-box models: "
                 f"{', '.join(black_box) or 'none'}"
             )
 

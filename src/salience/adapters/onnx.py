@@ -1,0 +1,477 @@
+"""Run an ONNX model with onnxruntime: a black box that gives outputs, never gradients.
+
+Black-box methods (occlusion, RISE) explain such a model exactly as they explain a
+``torch.nn.Module``: they only call :meth:`OnnxAdapter.prepare_input` and
+:meth:`OnnxAdapter.forward`. Batches are NCHW torch tensors on the salience side whatever the
+model takes; an NHWC model gets its batches transposed. Methods that need gradients or layer
+activations raise :class:`~salience.adapters.base.GradientsUnavailableError`.
+
+onnxruntime (and onnx, to read the graph) come with the ``onnx`` extra:
+``pip install 'salience[onnx]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from salience.adapters.base import GradientsUnavailableError, Need, Outputs, ScoreFn
+from salience.images import IMAGENET_PRESET, ImagePreset
+
+LAYOUTS = ("nchw", "nhwc")
+INSTALL_HINT = "pip install 'salience[onnx]'"
+_SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(f"ONNX models need onnxruntime: {INSTALL_HINT}") from error
+    return onnxruntime
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return _ORT_PREFIX.sub("", lines[0]) if lines else type(error).__name__
+
+
+def _shape_text(shape: Sequence[object]) -> str:
+    """``(N, 3, 32, 32)``: the batch dimension as N, other unknown sizes as ?."""
+    dims = ["N" if i == 0 and not isinstance(d, int) else d for i, d in enumerate(shape)]
+    return "(" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in dims) + ")"
+
+
+def _static(shape: Sequence[object]) -> list[int | None]:
+    return [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+
+def infer_layout(shape: Sequence[object]) -> tuple[str, bool]:
+    """The layout of a 4-D input shape, and whether the shape said so unambiguously.
+
+    A channel dimension of size 1 or 3 at position 1 means NCHW, at position 3 NHWC; when both
+    or neither are (dynamic sizes, a 3×3 image), the answer is NCHW and ambiguous.
+    """
+    dims = _static(shape)
+    first, last = dims[1] in (1, 3), dims[3] in (1, 3)
+    if first != last:
+        return ("nchw" if first else "nhwc"), True
+    return "nchw", False
+
+
+def _floats(key: str, text: str) -> tuple[float, float, float]:
+    parts = [p for p in re.split(r"[\s,;]+", text.strip().strip("[]()")) if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"ONNX metadata {key!r} must be 3 comma-separated numbers; got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _size(key: str, text: str) -> int | tuple[int, int]:
+    parts = [p for p in re.split(r"[\s,x×]+", text.strip().strip("[]()")) if p]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise ValueError(f"ONNX metadata {key!r} must be a positive int (or H,W); got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def parse_class_names(text: str) -> tuple[str, ...]:
+    """Class names from metadata text: a JSON list or ``{index: name}`` object, else one name
+    per line, else comma-separated."""
+    stripped = text.strip()
+    if stripped[:1] in "[{":
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, list):
+            return tuple(str(v) for v in value)
+        if isinstance(value, dict):
+            try:
+                return tuple(str(value[k]) for k in sorted(value, key=int))
+            except ValueError:
+                pass
+    separator = "\n" if "\n" in stripped else ","
+    return tuple(part.strip() for part in stripped.split(separator) if part.strip())
+
+
+class OnnxAdapter:
+    """Adapter for an ``.onnx`` file, run by onnxruntime: outputs only (a black box).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ONNX model file.
+    input_name : str, optional
+        The input that receives the images; needed when the model has several inputs.
+    layout : {"nchw", "nhwc"}, optional
+        The layout of a 4-D image input. By default inferred from the input's static shape
+        (a dimension of size 1 or 3 at position 1 is NCHW, at position 3 NHWC), NCHW when the
+        shape does not tell. salience always hands NCHW batches; NHWC models get them transposed.
+    providers : sequence of str
+        onnxruntime execution providers, in order of preference.
+    threads : int, optional
+        onnxruntime's intra-op threads (default: onnxruntime's choice, every core).
+    other_inputs : mapping of str to array, optional
+        Constant values of the model's other inputs, fed with every batch. An array whose first
+        dimension is 1 is repeated along the batch when that input's batch size is dynamic.
+    strip_softmax : bool
+        Explain the logits when the model's output is computed by a final ``Softmax`` or
+        ``LogSoftmax`` node (that node is cut off; reading the graph needs the onnx package).
+
+    Notes
+    -----
+    Models whose input has a fixed batch size run in batches of that size; the last one is
+    padded and the padding's outputs dropped. Only the model's first output is used.
+    """
+
+    is_adapter = True
+    #: onnxruntime gives outputs only: no gradients, no layer activations.
+    differentiable = False
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        input_name: str | None = None,
+        layout: str | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+        other_inputs: Mapping[str, Any] | None = None,
+        strip_softmax: bool = True,
+    ) -> None:
+        if layout is not None and layout.lower() not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        ort = _onnxruntime()
+        self.path = Path(path)
+        self.name = self.path.name
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {os.fspath(path)}")
+        options = ort.SessionOptions()
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            options.intra_op_num_threads = threads
+        self._options = options
+        self._providers = list(providers)
+        self.session = self._session(os.fspath(self.path))
+        self.stripped_softmax = False
+        if strip_softmax:
+            self._strip_softmax()
+
+        inputs = {arg.name: arg for arg in self.session.get_inputs()}
+        names = ", ".join(inputs)
+        if input_name is None:
+            if len(inputs) != 1:
+                raise ValueError(
+                    f"{self.name} has {len(inputs)} inputs ({names}); choose the image input "
+                    "with input_name= (--input-name)"
+                )
+            input_name = next(iter(inputs))
+        elif input_name not in inputs:
+            raise ValueError(f"{self.name} has no input {input_name!r}; its inputs: {names}")
+        self.input_name = input_name
+        self.input_shape: list[object] = list(inputs[input_name].shape)
+        self._input_type = _NUMPY_TYPES.get(inputs[input_name].type)
+        if self._input_type is None:
+            raise ValueError(
+                f"input {input_name!r} of {self.name} takes {inputs[input_name].type}; salience "
+                "feeds float images (float, float16 or double)"
+            )
+        self.other_inputs = self._constants(inputs, other_inputs or {})
+
+        self.layout_inferred = layout is None
+        if len(self.input_shape) == 4:
+            if layout is None:
+                layout, _ = infer_layout(self.input_shape)
+            self.layout: str | None = layout.lower()
+        elif layout is not None:
+            raise ValueError(
+                f"input {input_name!r} of {self.name} has shape {_shape_text(self.input_shape)}; "
+                "a layout applies to 4-D image inputs only"
+            )
+        else:
+            self.layout = None
+        batch = self.input_shape[0] if self.input_shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    # -- loading -----------------------------------------------------------------------------
+    def _session(self, model: str | bytes) -> Any:
+        ort = _onnxruntime()
+        try:
+            return ort.InferenceSession(model, self._options, providers=self._providers)
+        except Exception as error:
+            raise ValueError(
+                f"{self.name} is not a valid ONNX model: {_first_line(error)}"
+            ) from error
+
+    def _strip_softmax(self) -> None:
+        """Cut a final Softmax/LogSoftmax off the first output, so that it gives logits."""
+        try:
+            import onnx
+        except ImportError as error:
+            raise ImportError(
+                f"reading the graph of an ONNX model needs onnx: {INSTALL_HINT} (or pass "
+                "strip_softmax=False)"
+            ) from error
+        proto = onnx.load(os.fspath(self.path), load_external_data=False)
+        graph = proto.graph
+        output = graph.output[0].name
+        producer = next((node for node in graph.node if output in node.output), None)
+        if producer is None or producer.op_type not in _SOFTMAX_OPS:
+            return
+        logits = producer.input[0]
+        elem_type = graph.output[0].type.tensor_type.elem_type
+        outputs = list(graph.output)
+        outputs[0] = onnx.helper.make_tensor_value_info(logits, elem_type, None)
+        del graph.output[:]
+        graph.output.extend(outputs)
+        if not any(output in node.input for node in graph.node) and output not in {
+            o.name for o in graph.output
+        }:
+            graph.node.remove(producer)
+        onnx.load_external_data_for_model(proto, os.fspath(self.path.parent))
+        self.session = self._session(proto.SerializeToString())
+        self.stripped_softmax = True
+
+    def _constants(self, inputs: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(given) - set(inputs))
+        if unknown or self.input_name in given:
+            bad = ", ".join(unknown) or self.input_name
+            raise ValueError(
+                f"other_inputs names {bad}, which is not another input of {self.name}; "
+                f"its inputs: {', '.join(inputs)}"
+            )
+        missing = [n for n in inputs if n != self.input_name and n not in given]
+        if missing:
+            needs = ", ".join(f"{n} {_shape_text(inputs[n].shape)}" for n in missing)
+            raise ValueError(
+                f"{self.name} also needs inputs {needs}; give them with other_inputs= "
+                "(salience feeds the images only)"
+            )
+        constants = {}
+        for name, value in given.items():
+            dtype = _NUMPY_TYPES.get(inputs[name].type)
+            array = np.asarray(value.cpu() if isinstance(value, Tensor) else value)
+            constants[name] = array.astype(dtype) if dtype is not None else array
+        return constants
+
+    # -- metadata ----------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's ``custom_metadata_map`` (key → text)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def num_outputs(self) -> int | None:
+        """The number of classes, when the first output's last dimension is static."""
+        shape = self.session.get_outputs()[0].shape
+        size = shape[-1] if len(shape) >= 2 else None
+        return size if isinstance(size, int) and size > 0 else None
+
+    def image_size(self) -> tuple[int, int] | None:
+        """(height, width) of the input's static shape, when it is an image input with one."""
+        if self.layout is None:
+            return None
+        dims = _static(self.input_shape)
+        height, width = (dims[2], dims[3]) if self.layout == "nchw" else (dims[1], dims[2])
+        return (height, width) if height and width else None
+
+    def preset(
+        self,
+        *,
+        size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> ImagePreset:
+        """The preprocessing of the model's images, from its metadata, with fallbacks.
+
+        Metadata keys (``custom_metadata_map``): ``mean`` and ``std`` (3 comma-separated numbers,
+        on RGB values in [0, 1]), ``size`` or ``crop`` (the centre crop, ``N`` or ``H,W``),
+        ``resize`` (the shorter side before cropping) and ``interpolation``.
+
+        Fallbacks: the crop is the input's static height and width, and the image's shorter side
+        is resized to it (no margin); with neither metadata nor a static size, ImageNet's
+        resize 256 / crop 224. ``mean`` and ``std`` default to ImageNet's
+        ``(0.485, 0.456, 0.406)`` and ``(0.229, 0.224, 0.225)`` — check that they are the
+        model's. Arguments override the metadata: ``size`` sets both the resize and the crop.
+        """
+        meta = self.metadata
+        crop: int | tuple[int, int] | None
+        resize: int | None
+        if size is not None:
+            crop, resize = size, size
+        else:
+            key = "size" if "size" in meta else "crop" if "crop" in meta else None
+            static = self.image_size()
+            if key is not None:
+                crop = _size(key, meta[key])
+            elif static is not None:
+                crop = static[0] if static[0] == static[1] else static
+            else:
+                crop = None
+            if "resize" in meta:
+                resize_value = _size("resize", meta["resize"])
+                if not isinstance(resize_value, int):
+                    raise ValueError(
+                        f"ONNX metadata 'resize' must be one int; got {meta['resize']!r}"
+                    )
+                resize = resize_value
+            elif crop is not None:
+                resize = crop if isinstance(crop, int) else max(crop)
+            else:
+                crop, resize = IMAGENET_PRESET.crop, IMAGENET_PRESET.resize_shorter
+        return ImagePreset(
+            resize_shorter=resize,
+            crop=crop,
+            mean=_channels(meta, "mean", mean),
+            std=_channels(meta, "std", std),
+            interpolation=meta.get("interpolation", "bilinear").strip().lower(),
+        )
+
+    def class_names(self) -> tuple[str, ...] | None:
+        """Class names from the metadata key ``class_names`` (or ``labels``), if any."""
+        meta = self.metadata
+        for key in ("class_names", "labels"):
+            if meta.get(key, "").strip():
+                return parse_class_names(meta[key])
+        return None
+
+    # -- the adapter contract ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Inputs live on the CPU (onnxruntime copies them where its provider runs)."""
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """salience hands float32 batches."""
+        return torch.float32
+
+    def layer_names(self) -> list[str]:
+        """None: an ONNX model's layers cannot be captured."""
+        return []
+
+    def expected_shape(self) -> list[int | None]:
+        """The input shape salience must hand (NCHW for images), None where any size goes."""
+        dims = _static(self.input_shape)
+        if self.layout == "nhwc":
+            dims = [dims[0], dims[3], dims[1], dims[2]]
+        return dims
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """``x`` as a float32 CPU batch, checked against the model's input shape."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
+        expected = self.expected_shape()
+        fits = x.ndim == len(expected) and all(
+            e is None or e == s for e, s in zip(expected[1:], x.shape[1:], strict=True)
+        )
+        if not fits:
+            raise ValueError(self._mismatch(tuple(x.shape)))
+        return x.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+    def _mismatch(self, got: tuple[int, ...]) -> str:
+        expected = self.expected_shape()
+        shown = [*expected]
+        shown[0] = None
+        text = (
+            f"{self.name} expects inputs of shape {_shape_text(shown)}, got {got} (its input "
+            f"{self.input_name!r} is {_shape_text(self.input_shape)}"
+        )
+        if self.layout is None:
+            return text + ")"
+        size = self.image_size()
+        size_hint = f"--size {size[0]}" if size is not None and size[0] == size[1] else "--size"
+        other = "nhwc" if self.layout == "nchw" else "nchw"
+        return (
+            f"{text}, read as {self.layout.upper()}); prepare images at the model's size "
+            f"({size_hint}) or give its layout (layout='{other}', --layout {other})"
+        )
+
+    def forward(self, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
+        """Outputs (logits) for a batch, in chunks of ``chunk_size`` (float32, CPU)."""
+        x = self.prepare_input(x)
+        count = x.shape[0]
+        size = self.fixed_batch or chunk_size or count
+        parts = []
+        for start in range(0, count, size):
+            chunk = x[start : start + size]
+            rows = chunk.shape[0]
+            if rows < size and self.fixed_batch is not None:
+                padding = chunk.new_zeros(size - rows, *chunk.shape[1:])
+                chunk = torch.cat([chunk, padding])
+            parts.append(self._run(chunk)[:rows])
+        return torch.cat(parts)
+
+    def _run(self, chunk: Tensor) -> Tensor:
+        if self.layout == "nhwc":
+            chunk = chunk.permute(0, 2, 3, 1)
+        feed = {self.input_name: np.ascontiguousarray(chunk.numpy(), dtype=self._input_type)}
+        for name, value in self.other_inputs.items():
+            repeat = value.ndim >= 1 and value.shape[0] == 1 and self.fixed_batch is None
+            feed[name] = np.repeat(value, chunk.shape[0], axis=0) if repeat else value
+        try:
+            output = self.session.run(None, feed)[0]
+        except Exception as error:
+            hint = ""
+            if self.layout is not None and self.layout_inferred:
+                hint = "; if the model takes channels-last images, pass layout='nhwc' (--layout)"
+            raise ValueError(
+                f"{self.name} failed on a batch of shape {tuple(chunk.shape)}: "
+                f"{_first_line(error)}{hint}"
+            ) from error
+        return torch.from_numpy(np.asarray(output, dtype=np.float32).copy())
+
+    def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
+        """Not available: an ONNX model gives its outputs only."""
+        from salience.registry import available, get
+
+        black_box = [m for m in available("method") if not get("method", m).needs_gradients]
+        raise GradientsUnavailableError(
+            f"{self.name} is an ONNX model: it gives outputs only, no gradients or layer "
+            f"activations; methods for black-box models: {', '.join(black_box) or 'none'}"
+        )
+
+    def __repr__(self) -> str:
+        layout = f", layout={self.layout!r}" if self.layout else ""
+        return f"OnnxAdapter({os.fspath(self.path)!r}, input_name={self.input_name!r}{layout})"
+
+
+def _channels(
+    meta: Mapping[str, str], key: str, given: Sequence[float] | None
+) -> tuple[float, float, float]:
+    """``mean`` or ``std``: as given, else from the metadata, else ImageNet's."""
+    if given is not None:
+        values = tuple(float(v) for v in given)
+        if len(values) != 3:
+            raise ValueError(f"{key} must have 3 values, one per RGB channel; got {len(values)}")
+        return values  # type: ignore[return-value]
+    if meta.get(key, "").strip():
+        return _floats(key, meta[key])
+    return getattr(IMAGENET_PRESET, key)
+
+
+__all__ = ["LAYOUTS", "OnnxAdapter", "infer_layout", "parse_class_names"]
