@@ -97,3 +97,18 @@ def test_bad_image_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert status == 2 and "cut.jpg" in err and err.count("\n") == 1
     status, _, err = run(capsys, "explain", str(tmp_path / "missing.png"), "-o", str(tmp_path))
     assert status == 2 and "missing.png" in err
+
+
+def test_black_box_methods_take_their_options_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run(
+        capsys, "explain", "--method", "occlusion,rise", "--window", "112", "--stride", "56",
+        "--masks", "16", "--baseline", "mean", "-o", str(tmp_path), "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    occlusion = json.loads((tmp_path / "chelsea_occlusion.json").read_text())
+    assert occlusion["params"] == {"window": [112, 112], "stride": [56, 56], "baseline": "mean"}
+    assert occlusion["shape"] == [1, 1, 224, 224]
+    rise = json.loads((tmp_path / "chelsea_rise.json").read_text())
+    assert rise["params"]["n_masks"] == 16 and rise["params"]["seed"] == 0
