@@ -174,7 +174,7 @@ class OutOfMemory:
     is_adapter = True
     differentiable = False
 
-    def forward(self, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")
 
 

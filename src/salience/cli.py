@@ -193,7 +193,8 @@ def run_explain(args: argparse.Namespace) -> int:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     viz.colorize(torch.zeros(1, 1).numpy(), args.cmap)  # validates the colormap name early
     prepared = [(item, preset.prepare(item.source)) for item in _inputs(args.images)]
-    adapter = adapter or TorchAdapter(load_model(spec.name))
+    # the bundled models are traceable: long perturbation runs use the fused copy
+    adapter = adapter or TorchAdapter(load_model(spec.name), fuse=True)
     output = Path(args.output)
     values = {
         "n_samples": args.samples, "noise": args.noise, "steps": args.steps,

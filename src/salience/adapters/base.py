@@ -97,8 +97,8 @@ class ModelAdapter(Protocol):
         """One forward pass (and a backward pass when ``need`` asks for gradients)."""
         ...
 
-    def forward(self, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
-        """Outputs (logits) without gradients, batched in chunks."""
+    def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
+        """Outputs (logits) without gradients, batched in chunks; ``bulk``: many passes follow."""
         ...
 
     def layer_names(self) -> Sequence[str]:

@@ -411,8 +411,11 @@ class OnnxAdapter:
             f"({size_hint}) or give its layout (layout='{other}', --layout {other})"
         )
 
-    def forward(self, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
-        """Outputs (logits) for a batch, in chunks of ``chunk_size`` (float32, CPU)."""
+    def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
+        """Outputs (logits) for a batch, in chunks of ``chunk_size`` (float32, CPU).
+
+        ``bulk`` (many passes follow) changes nothing: onnxruntime optimizes the graph itself.
+        """
         x = self.prepare_input(x)
         count = x.shape[0]
         size = self.fixed_batch or chunk_size or count

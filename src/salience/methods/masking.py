@@ -29,6 +29,10 @@ def weight_kind(outputs: Tensor, selection: Selection, score: str, softmax: bool
     return score
 
 
+BULK_PASSES = 256
+"""From this many masked inputs on, a fused copy pays back its tracing and warm-up (~2 s)."""
+
+
 class ChunkMemoryError(MemoryError):
     """A chunk of perturbed inputs does not fit in memory."""
 
@@ -86,7 +90,7 @@ def masked_scores(
         chosen = masks(rows).to(x)
         inputs = x * chosen if substrate is None else substrate + (x - substrate) * chosen
         try:
-            outputs = adapter.forward(inputs)
+            outputs = adapter.forward(inputs, bulk=count >= BULK_PASSES)
         except (MemoryError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
                 raise
