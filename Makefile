@@ -34,6 +34,7 @@ bench: $(STAMP)
 		grad-cam ttach opencv-python-headless
 	$(BIN)/python bench/methods.py
 	$(BIN)/python bench/cams.py
+	$(BIN)/python bench/perturbation.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
