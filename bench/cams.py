@@ -488,25 +488,6 @@ def perturbation_part(
 # -- peak memory -----------------------------------------------------------------------------------
 
 
-def memory_mib() -> dict[str, float]:
-    """Resident set size now (VmRSS) and its high-water mark (VmHWM), MiB, from /proc."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
-def reset_peak() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def rss_child(args: argparse.Namespace) -> None:
     """Child mode: RSS with the model loaded and run once, then the peak of one run; print JSON.
 
@@ -516,8 +497,8 @@ def rss_child(args: argparse.Namespace) -> None:
     """
     method, layer, chunk = args.rss_child
     model, x, _ = common.setup(args.threads)  # loads the model and runs it once
-    if reset_peak():
-        baseline, how = memory_mib()["VmRSS"], "VmRSS after resetting VmHWM"
+    if common.reset_peak():
+        baseline, how = common.memory_mib()["VmRSS"], "VmRSS after resetting VmHWM"
     else:
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         how = "ru_maxrss so far"
@@ -529,7 +510,9 @@ def rss_child(args: argparse.Namespace) -> None:
             model, method, layer=None if layer == AUTO else layer, chunk_size=int(chunk)
         )
         info = explainer(x).info
-    peak = memory_mib().get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = common.memory_mib().get(
+        "VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     result = {
         "baseline": baseline,
         "peak": peak,

@@ -180,3 +180,22 @@ def class_name(index: int) -> str:
     """The ImageNet class name shipped with the zoo."""
     names = (Path(zoo.__file__).parent / "imagenet_classes.txt").read_text().splitlines()
     return names[index] if 0 <= index < len(names) else str(index)
+
+
+def memory_mib() -> dict[str, float]:
+    """Resident set size now (VmRSS) and its high-water mark (VmHWM), MiB, from /proc."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True

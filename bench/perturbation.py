@@ -569,25 +569,6 @@ def chunks_part(args: argparse.Namespace, model: nn.Module, x: Tensor, target: i
 # -- peak memory -----------------------------------------------------------------------------------
 
 
-def memory_mib() -> dict[str, float]:
-    """Resident set size now (VmRSS) and its high-water mark (VmHWM), MiB, from /proc."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
-def reset_peak() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 class FirstChunksAdapter(TorchAdapter):
     """Runs the model on the first ``real`` batches of perturbed images only (memory runs).
 
@@ -635,15 +616,17 @@ def rss_child(args: argparse.Namespace) -> None:
         explainer = salience.Occlusion(
             adapter, window=WINDOW, stride=CHUNK_STRIDE, chunk_size=chunk
         )
-    if reset_peak():
-        baseline, how = memory_mib()["VmRSS"], "VmRSS after resetting VmHWM"
+    if common.reset_peak():
+        baseline, how = common.memory_mib()["VmRSS"], "VmRSS after resetting VmHWM"
     else:
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         how = "ru_maxrss so far"
     start = time.perf_counter()
     explainer(x, target)
     seconds = time.perf_counter() - start
-    peak = memory_mib().get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = common.memory_mib().get(
+        "VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     result = {
         "baseline": baseline,
         "peak": peak,
