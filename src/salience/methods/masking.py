@@ -101,12 +101,11 @@ def masked_scores(
             ) from error
         return target_scores(outputs, selection.repeat(inputs.shape[0]), kind)
 
-    parts = [
-        values
-        for _, values in map_in_chunks(
-            count, scores, chunk_size, progress=progress, description=description
-        )
-    ]
-    if not parts:
-        return torch.zeros((0, selection.k), dtype=x.dtype, device=x.device)
-    return torch.cat(parts)
+    # One result tensor up front: small per-chunk tensors kept between the large mask buffers
+    # fragmented the heap and made memory grow with the number of masks (bench/perturbation.py).
+    result = torch.zeros((count, selection.k), dtype=x.dtype, device=x.device)
+    for rows, values in map_in_chunks(
+        count, scores, chunk_size, progress=progress, description=description
+    ):
+        result[rows] = values
+    return result
