@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from salience.adapters.torch import TorchAdapter
     from salience.explanation import Explanation
     from salience.images import PreparedImage
+    from salience.loading import LoadedModel
 
 # Read by PyTorch when it starts; doubles no-grad batched throughput on small CPUs.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
@@ -42,9 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, or names of bundled photos (chelsea, coffee, rocket, astronaut); "
         "default: chelsea",
     )  # fmt: skip
-    explain.add_argument(
-        "--model", default="efficientnet_lite0", help="a bundled model, or an .onnx file"
-    )
     explain.add_argument(
         "--method", default=DEFAULT_METHODS,
         help=f"comma-separated methods (salience methods lists them); default {DEFAULT_METHODS}",
@@ -80,26 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
     explain.add_argument("-o", "--output", default="salience-out", help="output folder")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
-    onnx = explain.add_argument_group(
-        "ONNX models",
-        "a --model FILE.onnx runs black-box methods only; these override its metadata",
-    )
-    onnx.add_argument(
-        "--input-name", metavar="NAME", help="the image input of a model with several inputs"
-    )
-    onnx.add_argument(
-        "--layout", choices=("nchw", "nhwc"), help="the input's layout (default: from its shape)"
-    )
-    onnx.add_argument(
-        "--size", type=int, metavar="N", help="resize the shorter side to N, centre-crop N×N"
-    )
-    onnx.add_argument(
-        "--mean", metavar="R,G,B", help="normalization mean R,G,B (default: ImageNet's)"
-    )
-    onnx.add_argument(
-        "--std", metavar="R,G,B", help="normalization std R,G,B (default: ImageNet's)"
-    )
-    onnx.add_argument("--classes", metavar="FILE", help="class names, one per line")
+    add_model_arguments(explain)
     explain.set_defaults(handler=run_explain)
 
     layers = commands.add_parser(
@@ -122,6 +101,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     methods.set_defaults(handler=run_methods)
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and the flags that describe a model file's input."""
+    parser.add_argument(
+        "--model", default="efficientnet_lite0", help="a bundled model, or an .onnx file"
+    )
+    onnx = parser.add_argument_group(
+        "ONNX models",
+        "a --model FILE.onnx runs black-box methods only; these override its metadata",
+    )
+    onnx.add_argument(
+        "--input-name", metavar="NAME", help="the image input of a model with several inputs"
+    )
+    onnx.add_argument(
+        "--layout", choices=("nchw", "nhwc"), help="the input's layout (default: from its shape)"
+    )
+    onnx.add_argument(
+        "--size", type=int, metavar="N", help="resize the shorter side to N, centre-crop N×N"
+    )
+    onnx.add_argument(
+        "--mean", metavar="R,G,B", help="normalization mean R,G,B (default: ImageNet's)"
+    )
+    onnx.add_argument(
+        "--std", metavar="R,G,B", help="normalization std R,G,B (default: ImageNet's)"
+    )
+    onnx.add_argument("--classes", metavar="FILE", help="class names, one per line")
+
+
+def open_model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model named by ``--model`` and its input flags."""
+    from salience.loading import LoadOptions, is_onnx, open_model
+
+    options = LoadOptions(
+        input_name=args.input_name, layout=args.layout, size=args.size,
+        mean=_triple("--mean", args.mean), std=_triple("--std", args.std), classes=args.classes,
+    )  # fmt: skip
+    if not is_onnx(args.model) and (given := options.given()):
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
+        raise ValueError(f"{flags} apply to .onnx models only, not to {args.model}")
+    return open_model(args.model, options)
 
 
 @dataclass(frozen=True)
@@ -172,29 +192,17 @@ def run_explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from salience import viz
-    from salience.adapters.torch import TorchAdapter
     from salience.api import explain_all, make_explainer, method_options
     from salience.targets import parse_target
-    from salience.zoo import load_model, model_spec
 
-    adapter: Any = None
-    if _is_onnx(args.model):
-        adapter, model_name, preset, names = _onnx_model(args)
-    else:
-        given = [flag for flag in _ONNX_FLAGS if getattr(args, flag) is not None]
-        if given:
-            flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
-            raise ValueError(f"{flags} apply to .onnx models only, not to {args.model}")
-        spec = model_spec(args.model)
-        model_name, preset, names = spec.name, spec.preset, list(spec.class_names())
+    loaded = open_model_from_args(args)
+    adapter, model_name, names = loaded.adapter, loaded.name, loaded.class_names
     methods = method_names(args.method)
     target = parse_target(args.target, names)
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     viz.colorize(torch.zeros(1, 1).numpy(), args.cmap)  # validates the colormap name early
-    prepared = [(item, preset.prepare(item.source)) for item in _inputs(args.images)]
-    # the bundled models are traceable: long perturbation runs use the fused copy
-    adapter = adapter or TorchAdapter(load_model(spec.name), fuse=True)
+    prepared = [(item, loaded.preset.prepare(item.source)) for item in _inputs(args.images)]
     output = Path(args.output)
     values = {
         "n_samples": args.samples, "noise": args.noise, "steps": args.steps,
@@ -239,19 +247,6 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-_ONNX_FLAGS = ("input_name", "layout", "size", "mean", "std", "classes")
-
-
-def _is_onnx(model: str) -> bool:
-    """Whether ``--model`` names an ONNX file rather than a bundled model."""
-    from salience.registry import available
-    from salience.zoo import MODEL
-
-    if model.lower().endswith(".onnx"):
-        return True
-    return Path(model).is_file() and model.strip().lower() not in available(MODEL)
-
-
 def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -262,35 +257,6 @@ def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
     if len(values) != 3:
         raise ValueError(f"{flag} takes 3 comma-separated numbers R,G,B, got {text!r}")
     return values
-
-
-def _onnx_model(args: argparse.Namespace) -> tuple[Any, str, Any, list[str]]:
-    """The adapter, name, preprocessing and class names of ``--model FILE.onnx``."""
-    import torch
-
-    from salience.adapters.onnx import OnnxAdapter
-
-    adapter = OnnxAdapter(args.model, input_name=args.input_name, layout=args.layout)
-    if args.size is not None and args.size < 1:
-        raise ValueError(f"--size must be a positive int, got {args.size}")
-    preset = adapter.preset(
-        size=args.size, mean=_triple("--mean", args.mean), std=_triple("--std", args.std)
-    )
-    count = adapter.num_outputs
-    if count is None:  # a dynamic output size: run the model once to see it
-        count = int(adapter.forward(torch.zeros(1, 3, *preset.crop)).shape[-1])
-    if args.classes is not None:
-        text = Path(args.classes).read_text(encoding="utf-8")
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-        source = args.classes
-    else:
-        names = list(adapter.class_names() or [f"class {i}" for i in range(count)])
-        source = f"the metadata of {adapter.name}"
-    if len(names) != count:
-        raise ValueError(
-            f"{source} names {len(names)} classes but {adapter.name} has {count} outputs"
-        )
-    return adapter, adapter.name, preset, names
 
 
 def _print_predictions(
