@@ -277,10 +277,8 @@ def grid_figure(
     """
     _check_grid_shape(images, rows_of_maps, row_titles, column_titles)
     _import_matplotlib("grid_figure")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
 
     maps = [[as_2d_map(m) for m in row] for row in rows_of_maps]
     if signed is None:
@@ -289,14 +287,10 @@ def grid_figure(
     pictures = [_check_rgb_image(image, f"images[{row}]") for row, image in enumerate(images)]
     aspects = [picture.shape[0] / picture.shape[1] for picture in pictures]  # height / width
     n_columns = 1 + len(column_titles)
-    figure = Figure(
-        figsize=(
-            GRID_CELL_INCHES * n_columns + COLORBAR_INCHES,
-            sum(GRID_CELL_INCHES * aspect + TITLE_INCHES for aspect in aspects),
-        ),
-        layout="constrained",
+    figure = new_figure(
+        GRID_CELL_INCHES * n_columns + COLORBAR_INCHES,
+        sum(GRID_CELL_INCHES * aspect + TITLE_INCHES for aspect in aspects),
     )
-    FigureCanvasAgg(figure)
     axes = figure.subplots(
         len(pictures), n_columns, squeeze=False, gridspec_kw={"height_ratios": aspects}
     )
@@ -353,8 +347,6 @@ def save_grid(
     pathlib.Path
         The written path.
     """
-    if not (_is_real(dpi) and dpi > 0):
-        raise ValueError(f"dpi must be a positive number; got {dpi!r}")
     figure = grid_figure(
         images,
         rows_of_maps,
@@ -364,6 +356,27 @@ def save_grid(
         alpha=alpha,
         signed=signed,
     )
+    return save_figure(figure, path, dpi=dpi)
+
+
+def new_figure(width: float, height: float, feature: str = "plots") -> Figure:
+    """A matplotlib ``Figure`` of ``width``×``height`` inches with an Agg canvas (no pyplot).
+
+    Figures made this way are independent of pyplot's global state, so threads may draw at once.
+    """
+    _import_matplotlib(feature)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Render ``figure`` to PNG and write it atomically; return the written path."""
+    if not (_is_real(dpi) and dpi > 0):
+        raise ValueError(f"dpi must be a positive number; got {dpi!r}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     return _write_atomically(path, buffer.getvalue())

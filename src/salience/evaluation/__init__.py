@@ -1,0 +1,1 @@
+"""Checking saliency maps: faithfulness, sanity checks by randomization, agreement between methods."""
