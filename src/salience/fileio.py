@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -34,3 +38,19 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
     return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
+    """Write ``value`` as indented JSON (UTF-8, trailing newline) atomically."""
+    return write_bytes_atomic(path, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
+
+
+def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write records with the same keys as a CSV table with a header, atomically."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
