@@ -49,7 +49,8 @@ def clip_percentile(saliency: Tensor, percentile: float = 99.0) -> Tensor:
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
     flat = saliency.abs().flatten(-2)
-    bound = torch.quantile(flat.float(), percentile / 100.0, dim=-1).to(saliency.dtype)
+    exact = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    bound = torch.quantile(exact, percentile / 100.0, dim=-1).to(saliency.dtype)
     bound = bound[..., None, None]
     return saliency.clamp(min=-bound, max=bound)
 

@@ -14,7 +14,7 @@ import os
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
@@ -36,6 +36,12 @@ from salience.adapters.layers import (
     choose_layer,
     layer_name,
     trace_layers,
+)
+from salience.adapters.randomize import (
+    RandomizationUnit,
+    named_units,
+    randomization_units,
+    randomized_copy,
 )
 from salience.adapters.rules import backward_rule_mode
 
@@ -192,6 +198,35 @@ class TorchAdapter:
             return name
         layers, finished = self._traced(x)
         return choose_layer(layers, finished)
+
+    def randomization_units(
+        self, x: Tensor, layers: Sequence[str] | None = None
+    ) -> list[RandomizationUnit]:
+        """The blocks a randomization test re-initializes, from the top down.
+
+        Parameters
+        ----------
+        x : Tensor
+            An input, to see which modules run and in which order.
+        layers : sequence of str, optional
+            Module names to use as the units instead, in the order given.
+        """
+        if layers is not None:
+            return named_units(self.model, layers)
+        return randomization_units(self.model, self.layer_table(x))
+
+    def randomized(self, units: Sequence[RandomizationUnit], *, seed: int) -> TorchAdapter:
+        """An adapter of a copy of the model with ``units`` re-initialized (seeded).
+
+        The user's model is not touched; the copy is explained with this adapter's settings.
+        """
+        return TorchAdapter(
+            randomized_copy(self.model, units, seed),
+            inference_copy=self.inference_copy,
+            fold_batchnorm=self.fold_batchnorm,
+            channels_last=self.channels_last,
+            strip_softmax=self.strip_softmax,
+        )
 
     def _traced(self, x: Tensor) -> tuple[list[LayerInfo], list[str]]:
         sample = self.prepare_input(x)[:1]

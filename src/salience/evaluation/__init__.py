@@ -1,1 +1,1 @@
-"""Checking saliency maps: faithfulness, sanity checks by randomization, agreement between methods."""
+"""Checking saliency maps: faithfulness, sanity checks, agreement between methods."""
