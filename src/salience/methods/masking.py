@@ -49,6 +49,7 @@ def masked_scores(
     chunk_size: int,
     progress: bool = False,
     description: str = "",
+    bulk: bool | None = None,
 ) -> Tensor:
     """Scores of one sample under ``count`` masks: ``x · m + substrate · (1 − m)``.
 
@@ -74,6 +75,9 @@ def masked_scores(
         Show a progress bar.
     description : str
         The progress bar's label.
+    bulk : bool, optional
+        Whether many passes follow (the adapter may run a fused copy); None: from ``count``.
+        Callers that score several samples one after another pass True for the whole run.
 
     Returns
     -------
@@ -86,11 +90,13 @@ def masked_scores(
         When the first chunk does not fit in memory; the message gives a chunk size to try.
     """
 
+    bulk = count >= BULK_PASSES if bulk is None else bulk
+
     def scores(rows: slice) -> Tensor:
         chosen = masks(rows).to(x)
         inputs = x * chosen if substrate is None else substrate + (x - substrate) * chosen
         try:
-            outputs = adapter.forward(inputs, bulk=count >= BULK_PASSES)
+            outputs = adapter.forward(inputs, bulk=bulk)
         except (MemoryError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
                 raise
