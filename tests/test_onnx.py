@@ -463,4 +463,4 @@ def test_cli_one_line_errors(
     status, _, err = _cli(capsys, "explain", "--model", str(tmp_path / "none.onnx"), "-o", out)
     assert status == 2 and "no ONNX model at" in err
     status, _, err = _cli(capsys, "explain", "--layout", "nhwc", "--size", "32", "-o", out)
-    assert status == 2 and "--layout, --size apply to .onnx models only" in err
+    assert status == 2 and "--layout, --size apply to model files and factories" in err

@@ -492,18 +492,35 @@ class TorchAdapter:
 def as_adapter(model: object) -> Any:
     """Wrap a model in the right adapter; an adapter is returned as it is.
 
-    A ``torch.nn.Module`` gets a :class:`TorchAdapter`, a path to an ``.onnx`` file an
-    :class:`~salience.adapters.onnx.OnnxAdapter` (a black box: scores only).
+    A Keras model gets a :class:`~salience.adapters.keras.KerasAdapter`, a TorchScript module
+    or ``torch.export`` program a :class:`~salience.adapters.program.ProgramAdapter`, any other
+    ``torch.nn.Module`` a :class:`TorchAdapter`, a path to an ``.onnx`` file an
+    :class:`~salience.adapters.onnx.OnnxAdapter` (a black box: scores only), and any other
+    model file or name the adapter :func:`salience.loading.open_model` opens it with.
     """
     if isinstance(model, TorchAdapter) or getattr(model, "is_adapter", False):
         return model
+    from salience.adapters.keras import is_keras_model  # imports no Keras
+
+    if is_keras_model(model):
+        from salience.adapters.keras import KerasAdapter
+
+        return KerasAdapter(model)
+    if isinstance(model, torch.jit.ScriptModule | torch.export.ExportedProgram):
+        from salience.adapters.program import ProgramAdapter
+
+        return ProgramAdapter(model)
     if isinstance(model, nn.Module):
         return TorchAdapter(model)
     if isinstance(model, str | os.PathLike) and os.fspath(model).lower().endswith(".onnx"):
         from salience.adapters.onnx import OnnxAdapter
 
         return OnnxAdapter(model)
+    if isinstance(model, str | os.PathLike):
+        from salience.loading import open_model
+
+        return open_model(os.fspath(model)).adapter
     raise TypeError(
-        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module or the path of an "
-        ".onnx file"
+        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module, a Keras model or the "
+        "path of a model file"
     )

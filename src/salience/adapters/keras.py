@@ -1,0 +1,400 @@
+"""Run Keras 3 models on Keras' torch backend: every salience method, no TensorFlow needed.
+
+On the torch backend a Keras model is a ``torch.nn.Module`` whose layers compute with torch, so
+:class:`KerasAdapter` builds on :class:`~salience.adapters.torch.TorchAdapter`. What differs is
+handled at the boundary, on a private copy of the user's model:
+
+- salience hands NCHW batches; a channels-last model gets them transposed, and a layer's
+  channels-last output is seen as NCHW by the saliency methods (gradients flow through both).
+- Layers are named as in Keras (``block5_conv3``, ``conv2``): each becomes a named submodule of
+  :class:`KerasModule`, so CAMs and ``salience layers`` find them; nested models are searched too.
+- A final softmax (``Dense(..., activation="softmax")``, ``Activation("softmax")``, ``Softmax()``)
+  is made linear on the copy, so logits are explained (keras-vis' "softmax to linear" step).
+
+The copy is rebuilt whenever the user's weights change; the user's model is never modified.
+Keras is the ``keras`` extra: ``pip install 'salience[keras]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from salience.adapters.torch import TorchAdapter
+
+KERAS_INSTALL_HINT = "pip install 'salience[keras]'"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+_SOFTMAX_NAMES = frozenset({"softmax", "log_softmax"})
+#: Per user model and options: its private NCHW module (weakly keyed: dropped with the model).
+_MODULES: weakref.WeakKeyDictionary[Any, dict[tuple, KerasModule]] = weakref.WeakKeyDictionary()
+
+
+def import_keras() -> ModuleType:
+    """Import Keras 3 on its torch backend.
+
+    ``KERAS_BACKEND`` is set to ``torch`` when Keras has not been imported yet.
+
+    Raises
+    ------
+    ImportError
+        When Keras 3 is not installed, or was already imported with another backend.
+    """
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "torch"
+    try:
+        import keras
+    except ImportError as error:
+        raise ImportError(
+            f"Keras models need Keras 3 (run on its torch backend): {KERAS_INSTALL_HINT}"
+        ) from error
+    version = str(getattr(keras, "__version__", "0"))
+    if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 3:
+        raise ImportError(f"salience needs Keras 3, found Keras {version}: {KERAS_INSTALL_HINT}")
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise ImportError(
+            f"Keras was already imported with the {backend} backend; salience runs Keras models "
+            "on the torch backend: set KERAS_BACKEND=torch before anything imports keras"
+        )
+    return keras
+
+
+def is_keras_model(model: object) -> bool:
+    """Whether ``model`` is a Keras model (never imports Keras: none exists before it is)."""
+    keras = sys.modules.get("keras")
+    model_class = getattr(keras, "Model", None)
+    return isinstance(model_class, type) and isinstance(model, model_class)
+
+
+def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) -> Any:
+    """Load a ``.keras`` file (or a legacy ``.h5`` that Keras 3 reads) without compiling it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model file.
+    trust_code : bool
+        Allow Lambda layers, whose Python code the file carries (Keras' ``safe_mode=False``).
+    """
+    keras = import_keras()
+    name = Path(path).name
+    try:
+        return keras.saving.load_model(os.fspath(path), compile=False, safe_mode=not trust_code)
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        if "safe_mode" in str(error) or "Lambda" in str(error):
+            raise ValueError(
+                f"{name} holds Python code (a Lambda layer) that would run when loading it; if "
+                "you trust the file, pass --trust-pickle (trust_pickle=True)"
+            ) from error
+        raise ValueError(
+            f"{name} cannot be read as a Keras 3 model ({reason}); save it again with "
+            "model.save('model.keras')"
+        ) from error
+
+
+def _weights_fingerprint(model: Any) -> tuple:
+    """A key that changes whenever any variable of the Keras model is reassigned or updated."""
+    values = [variable.value for variable in model.weights]
+    return tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in values)
+
+
+def _keras_layers(keras: ModuleType, model: Any) -> Iterator[Any]:
+    """Every layer of ``model``, nested models' layers included, in model order."""
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _keras_layers(keras, layer)
+
+
+def _output_layer(keras: ModuleType, model: Any) -> Any | None:
+    """The layer that computes a functional or Sequential model's (first) output."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    layer = getattr(history, "operation", None)
+    if layer is None and model.layers:
+        layer = model.layers[-1]
+    if isinstance(layer, keras.Model):
+        return _output_layer(keras, layer)
+    return layer
+
+
+def strip_final_softmax(keras: ModuleType, model: Any) -> bool:
+    """Make a final softmax of ``model`` linear, in place; whether there was one.
+
+    Only for a private copy: the model then returns logits.
+    """
+    layer = _output_layer(keras, model)
+    if layer is None:
+        return False
+    activation = getattr(layer, "activation", None)
+    if getattr(activation, "__name__", None) in _SOFTMAX_NAMES:
+        layer.activation = keras.activations.linear
+        return True
+    if isinstance(layer, keras.layers.Softmax):
+        layer.call = lambda inputs, mask=None: inputs
+        return True
+    return False
+
+
+def ends_in_softmax(model: Any) -> bool:
+    """Whether a Keras model's output layer applies a softmax."""
+    keras = import_keras()
+    layer = _output_layer(keras, model)
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) in _SOFTMAX_NAMES or isinstance(
+        layer, keras.layers.Softmax
+    )
+
+
+class KerasLayer(nn.Module):
+    """A Keras layer's output, seen channels-first: where salience's hooks attach."""
+
+    def forward(self, output: Any) -> Any:
+        """The output itself; hooks on this module may read or replace it."""
+        return output
+
+
+@functools.cache
+def _tap_class(keras_class: str) -> type[KerasLayer]:
+    """A :class:`KerasLayer` subclass named after the Keras class (``salience layers`` shows it)."""
+    return type(keras_class, (KerasLayer,), {"__module__": __name__})
+
+
+class KerasModule(nn.Module):
+    """A Keras model as a channels-first torch module whose submodules carry its layer names.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The user's model; never modified. A private copy runs (rebuilt when the model's weights
+        change); a model that cannot be copied (a subclassed model whose class Keras cannot
+        find) runs itself, with hooks present only during a call.
+    layout : {"nhwc", "nchw"}
+        The layout the Keras model takes.
+    strip_softmax : bool
+        Explain the logits of a model whose output layer applies a softmax.
+
+    Notes
+    -----
+    Layers are reachable by their Keras name when it is unique in the model and a valid module
+    name. A layer output of 4 or more dimensions is moved to channels-first for the hooks; other
+    outputs (``(N, T, D)`` tokens, ``(N, C)`` vectors) are seen as they are.
+    """
+
+    def __init__(self, model: Any, *, layout: str = "nhwc", strip_softmax: bool = True) -> None:
+        super().__init__()
+        self._keras_module = import_keras()
+        self._source = weakref.ref(model)
+        self.layout = layout
+        self.strip_softmax = strip_softmax
+        self.stripped_softmax = False
+        self._fingerprint: tuple | None = None
+        self._running: list[Any] = []  # the model that runs; a list keeps it out of the tree
+        self._layers: dict[str, Any] = {}
+        self.refresh()
+        for name, layer in self._layers.items():
+            if not hasattr(self, name):  # a name like "forward" cannot be a submodule
+                self.add_module(name, _tap_class(type(layer).__name__)())
+
+    @property
+    def keras_model(self) -> Any:
+        """The Keras model that runs: the private copy (or the user's model, if not copyable)."""
+        return self._running[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's variables live."""
+        for variable in self.keras_model.weights:
+            return variable.value.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the model's variables."""
+        for variable in self.keras_model.weights:
+            if variable.value.is_floating_point():
+                return variable.value.dtype
+        return torch.float32
+
+    def refresh(self) -> None:
+        """Rebuild the private copy if the user's weights changed since it was made."""
+        source = self._source()
+        if source is None:
+            raise ReferenceError("the Keras model of this adapter no longer exists")
+        fingerprint = _weights_fingerprint(source)
+        if fingerprint == self._fingerprint:
+            return
+        keras = self._keras_module
+        try:
+            running = copy.deepcopy(source)
+        except Exception as error:
+            running = source
+            if self.strip_softmax and ends_in_softmax(source):
+                warnings.warn(
+                    f"cannot copy this Keras model ({str(error).splitlines()[0]}); its final "
+                    "softmax is kept, so probabilities are explained, not logits",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        else:
+            for variable in running.weights:
+                variable.value.requires_grad_(False)
+            if self.strip_softmax:
+                self.stripped_softmax = strip_final_softmax(keras, running)
+        layers: dict[str, Any] = {}
+        seen: set[str] = set()
+        for layer in _keras_layers(keras, running):
+            if layer.name in seen:
+                layers.pop(layer.name, None)  # ambiguous: two layers share the name
+            elif layer.name and "." not in layer.name:
+                layers[layer.name] = layer
+            seen.add(layer.name)
+        self._running[:] = [running]
+        self._layers = layers
+        self._fingerprint = fingerprint
+
+    def _through(self, tap: nn.Module) -> Callable[..., Any]:
+        channels_last = self.layout == "nhwc"
+
+        def hook(_layer: Any, _inputs: tuple, output: Any) -> Any:
+            if channels_last and isinstance(output, Tensor) and output.ndim >= 4:
+                return tap(output.movedim(-1, 1)).movedim(1, -1)
+            return tap(output)
+
+        return hook
+
+    def forward(self, x: Tensor) -> Any:
+        """The model's (first) output for an NCHW batch ``x``."""
+        if self.layout == "nhwc" and x.ndim >= 4:
+            x = x.movedim(1, -1)
+        with ExitStack() as hooks:
+            for name, tap in self.named_children():
+                layer = self._layers.get(name)
+                if layer is not None and (tap._forward_hooks or tap._forward_pre_hooks):
+                    hooks.callback(layer.register_forward_hook(self._through(tap)).remove)
+            output = self.keras_model(x)
+        if isinstance(output, list | tuple) and output:
+            return output[0]
+        return output
+
+
+def keras_module(model: Any, *, layout: str = "nhwc", strip_softmax: bool = True) -> KerasModule:
+    """The private :class:`KerasModule` of ``model`` for these options, made once per model."""
+    modules = _MODULES.setdefault(model, {})
+    key = (layout, strip_softmax)
+    if key not in modules:
+        modules[key] = KerasModule(model, layout=layout, strip_softmax=strip_softmax)
+    return modules[key]
+
+
+def keras_input_shape(model: Any) -> tuple[int | None, ...] | None:
+    """The static shape of a Keras model's first input (batch included), when it has one."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return None
+    return tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+
+
+class KerasAdapter(TorchAdapter):
+    """Adapter for Keras 3 models, run on Keras' torch backend.
+
+    Every method works as on a ``torch.nn.Module``: gradients, CAMs on layers named as in Keras,
+    guided backprop, perturbations. Batches are NCHW as everywhere in salience.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model (functional, Sequential, or subclassed); it is never modified.
+    layout : {"nhwc", "nchw"}, optional
+        The layout the model takes; by default read from its input shape, else Keras'
+        ``image_data_format``.
+    strip_softmax : bool
+        Explain the logits when the output layer applies a softmax (on a private copy).
+    """
+
+    def __init__(
+        self, model: Any, *, layout: str | None = None, strip_softmax: bool = True
+    ) -> None:
+        keras = import_keras()
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
+        self.keras_model = model
+        layout = (layout or _default_layout(keras, model)).lower()
+        if layout not in ("nhwc", "nchw"):
+            raise ValueError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
+        module = keras_module(model, layout=layout, strip_softmax=strip_softmax)
+        # The module runs a private copy already: no second copy, no fusion.
+        super().__init__(module, inference_copy=False, fold_batchnorm=False, strip_softmax=False)
+        self.layout = layout
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's variables live."""
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the model's variables."""
+        return self.model.dtype
+
+    @property
+    def stripped_softmax(self) -> bool:
+        """Whether a final softmax is bypassed (logits are explained)."""
+        return self.model.stripped_softmax
+
+    def layer_names(self) -> list[str]:
+        """The Keras names of the layers that can be captured."""
+        return [name for name, _ in self.model.named_children()]
+
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) of the model's static input shape, if it has one."""
+        shape = keras_input_shape(self.keras_model)
+        if shape is None or len(shape) != 4:
+            return None
+        height, width = (shape[1], shape[2]) if self.layout == "nhwc" else (shape[2], shape[3])
+        return (height, width) if height and width else None
+
+    @contextmanager
+    def _runnable(self, sample: Tensor, layer: str | None = None) -> Iterator[nn.Module]:
+        self.model.refresh()
+        with super()._runnable(sample, layer) as model:
+            yield model
+
+
+def _default_layout(keras: ModuleType, model: Any) -> str:
+    from salience.adapters.onnx import infer_layout
+
+    shape = keras_input_shape(model)
+    if shape is not None and len(shape) == 4:
+        layout, certain = infer_layout(shape)
+        if certain:
+            return layout
+    return "nhwc" if keras.config.image_data_format() == "channels_last" else "nchw"
+
+
+__all__ = [
+    "KERAS_INSTALL_HINT",
+    "KerasAdapter",
+    "KerasModule",
+    "import_keras",
+    "is_keras_model",
+    "load_keras_model",
+]
