@@ -1,0 +1,178 @@
+"""Drive the viewer page in headless Chromium with Selenium (the browser test, the docs screenshot).
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package (in the ``dev``
+extra). Chromium starts with the flags that keep it off the network, in a fresh profile.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+)  # fmt: skip
+INSTALL_HINT = (
+    "the browser test needs Chromium and its driver: apt-get install chromium chromium-driver "
+    "(Debian), or set SALIENCE_SKIP_BROWSER=1 to skip it"
+)
+
+
+def missing_browser() -> str | None:
+    """Why the page cannot be driven here (with how to fix it), or None when it can."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            return f"{path} is missing; {INSTALL_HINT}"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "the selenium package is missing; pip install -e '.[dev]'"
+    return None
+
+
+@contextmanager
+def chromium(width: int = 1400, height: int = 1000) -> Iterator[Any]:
+    """A headless Chromium WebDriver with a fresh profile, quit (and the profile removed) after."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if problem := missing_browser():
+        raise RuntimeError(problem)
+    profile = tempfile.mkdtemp(prefix="salience-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+_PREDICTIONS = """
+return [...document.querySelectorAll('#predictions li[data-index]')].map((li) => li.textContent);
+"""
+_CANVAS_PIXELS = """
+return [...document.querySelectorAll('.card canvas.map-canvas')].map((canvas) => {
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let sum = 0;
+  for (let i = 0; i < data.length; i += 1) sum += data[i];
+  return {method: canvas.closest('.card').dataset.method, width: canvas.width,
+          height: canvas.height, sum: sum, sample: Array.from(data.slice(0, 4 * 4096))};
+});
+"""
+_CANVAS_EQUALS_PHOTO = """
+const photo = state.photo.data;
+return [...document.querySelectorAll('.card canvas.map-canvas')].map((canvas) => {
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  if (data.length !== photo.length) return false;
+  for (let i = 0; i < data.length; i += 1) if (data[i] !== photo[i]) return false;
+  return true;
+});
+"""
+
+
+class ViewerPage:
+    """The viewer page in a browser, seen as a person uses it.
+
+    Parameters
+    ----------
+    driver : selenium WebDriver
+        E.g. from :func:`chromium`.
+    url : str
+        The server's base URL.
+    timeout : float
+        Seconds to wait for the page to react.
+    """
+
+    def __init__(self, driver: Any, url: str, timeout: float = 60.0) -> None:
+        self.driver = driver
+        self.url = url
+        self.timeout = timeout
+
+    def _find(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def _all(self, css: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def wait(self, condition: Callable[[], Any], what: str, timeout: float | None = None) -> Any:
+        """Wait until ``condition()`` is truthy; raise with the page's message otherwise."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.1)
+        message = self._find("#message").text
+        raise TimeoutError(f"timed out waiting for {what}; the page says: {message!r}")
+
+    def open(self) -> None:
+        """Load the page and wait for its menus."""
+        self.driver.get(self.url + "/")
+        self.wait(lambda: self._find("body").get_attribute("data-ready") == "1", "the menus")
+
+    def upload(self, path: str | Path) -> list[str]:
+        """Choose an image file with the file picker; return the top-5 lines shown."""
+        self._find("#file").send_keys(str(Path(path).resolve()))
+        return self.wait(lambda: self.driver.execute_script(_PREDICTIONS), "the predictions")
+
+    def choose_methods(self, names: Sequence[str]) -> None:
+        """Tick exactly these methods."""
+        for box in self._all('input[name="method"]'):
+            if box.is_selected() != (box.get_attribute("value") in names):
+                box.click()
+
+    def explain(self) -> None:
+        """Press Explain."""
+        self._find("#explain").click()
+
+    def wait_for_maps(self, count: int, timeout: float | None = None) -> None:
+        """Wait until ``count`` maps are drawn and the job is over."""
+
+        def ready() -> bool:
+            drawn = len(self._all('.card[data-state="done"] canvas.map-canvas'))
+            return drawn >= count and self._find("#cancel").get_attribute("hidden") is not None
+
+        self.wait(ready, f"{count} maps", timeout)
+
+    def progress_text(self) -> str:
+        """The progress line."""
+        return self._find("#progress-text").text
+
+    def canvas_pixels(self) -> list[dict[str, Any]]:
+        """For each drawn map: its method, size, pixel sum and its first 4096 RGBA pixels."""
+        return self.driver.execute_script(_CANVAS_PIXELS)
+
+    def canvases_equal_photo(self) -> list[bool]:
+        """For each drawn map: whether its pixels are exactly the photo's."""
+        return self.driver.execute_script(_CANVAS_EQUALS_PHOTO)
+
+    def press_on_slider(self, element_id: str, *keys: str) -> str:
+        """Focus a slider and press keys on it (e.g. Keys.HOME); return its new value."""
+        slider = self._find(f"#{element_id}")
+        slider.send_keys(*keys)
+        return slider.get_attribute("value")
+
+    def screenshot(self, path: str | Path) -> Path:
+        """Save a PNG of the page, scrolled to its top (atomically)."""
+        from salience.fileio import write_bytes_atomic
+
+        self.driver.execute_script("window.scrollTo(0, 0);")
+
+        return write_bytes_atomic(path, self.driver.get_screenshot_as_png())

@@ -1,0 +1,277 @@
+"""Explanation requests as jobs: run in the worker pool, watched, kept (bounded) for download.
+
+A job explains one image with several methods. Single-pass methods (gradients, gradient CAMs)
+share one pass (``salience.api.explain_all``); each multi-pass method then runs on its own, so
+the page sees each map as soon as it is done and a progress count while a slow one runs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from salience.images import PreparedImage
+from salience.loading import LoadedModel
+from salience.server.errors import ApiError, classify
+from salience.server.limits import RequestRejectedError
+from salience.server.service import DisplayOptions, RenderedMap, View, render
+from salience.server.watch import Watch
+
+QUEUED, RUNNING, DONE, FAILED, STOPPED = "queued", "running", "done", "failed", "stopped"
+
+
+class Job:
+    """One explanation request: an image, explainers built for it, and what they produced.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        The served model.
+    image : PreparedImage
+        The uploaded image, prepared for the model.
+    explainers : sequence of Explainer
+        Built on a :class:`~salience.server.watch.WatchedAdapter` watched by ``watch``.
+    target, score
+        As for ``salience.api.explain_all`` (``target`` already parsed).
+    display : DisplayOptions
+        How the server renders its overlay PNGs.
+    watch : Watch
+        The job's clock, cancel flag and pass counters.
+    request : dict
+        The request's parameters, echoed in the job's JSON.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        image: PreparedImage,
+        explainers: Sequence[Any],
+        *,
+        target: Any,
+        score: str,
+        display: DisplayOptions,
+        watch: Watch,
+        request: dict[str, Any],
+    ) -> None:
+        self.id = secrets.token_hex(16)
+        self.model = model
+        self.explainers = list(explainers)
+        self.target = target
+        self.score = score
+        self.display = display
+        self.watch = watch
+        self.request = request
+        self.status = QUEUED
+        self.error: ApiError | None = None
+        self.maps: list[RenderedMap] = []
+        self.view_png = b""
+        self._image: PreparedImage | None = image
+        self._lock = threading.Lock()
+        self._methods = {
+            e.name: {"name": e.name, "status": QUEUED, "passes": 0, "seconds": None, "error": None}
+            for e in self.explainers
+        }
+        self._group_start: tuple[float, int] = (0.0, 0)
+        self.size = 0
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Compute every map; never raises (a failure is recorded in :attr:`error`)."""
+        from salience.api import explain_all
+        from salience.server.service import png_bytes
+
+        self.watch.start()
+        self._set(status=RUNNING)
+        image = self._image
+        try:
+            assert image is not None
+            view = View.of(image)
+            self.view_png = png_bytes(view.image)
+            single = [e for e in self.explainers if e.single_pass]
+            groups = ([single] if single else []) + [
+                [e] for e in self.explainers if not e.single_pass
+            ]
+            probabilities = self._probabilities(image)
+            for group in groups:
+                self._start_group(group)
+                results = explain_all(
+                    group[0].adapter, image.tensor, group, target=self.target,
+                    score=self.score, class_names=self.model.class_names,
+                )  # fmt: skip
+                for name, explanation in results.items():
+                    explanation = explanation.with_names(self.model.class_names, self.model.name)
+                    rendered = [
+                        render(explanation, k, view, self.display, probabilities)
+                        for k in range(explanation.targets.shape[1])
+                    ]
+                    self._finish_method(name, rendered)
+            self._set(status=DONE)
+        except Exception as error:  # the job reports every failure as JSON
+            self._fail(classify(error))
+        finally:
+            self._image = None  # the decoded photo is not kept once the maps are made
+            self.size = len(self.view_png) + sum(
+                len(data) for rendered in self.maps for data, _ in rendered.files.values()
+            )
+
+    def _probabilities(self, image: PreparedImage) -> dict[int, float]:
+        logits = self.model.adapter.forward(image.tensor)[0].float()
+        probabilities = torch.softmax(logits, dim=0)
+        return {i: float(p) for i, p in enumerate(probabilities.tolist())}
+
+    def _start_group(self, group: Sequence[Any]) -> None:
+        with self._lock:
+            self._group_start = (time.monotonic(), self.watch.counters()[0])
+            for explainer in group:
+                self._methods[explainer.name]["status"] = RUNNING
+
+    def _finish_method(self, name: str, rendered: list[RenderedMap]) -> None:
+        with self._lock:
+            started, passes = self._group_start
+            state = self._methods[name]
+            state.update(
+                status=DONE,
+                seconds=round(time.monotonic() - started, 3),
+                passes=self.watch.counters()[0] - passes,
+            )
+            self.maps.extend(rendered)
+
+    def _fail(self, error: ApiError) -> None:
+        with self._lock:
+            self.error = error
+            self.status = STOPPED if error.kind in ("time_limit", "cancelled") else FAILED
+            for state in self._methods.values():
+                if state["status"] in (QUEUED, RUNNING):
+                    state.update(status=self.status, error=error.message)
+
+    def _set(self, **values: Any) -> None:
+        with self._lock:
+            for key, value in values.items():
+                setattr(self, key, value)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job stopped, successfully or not."""
+        return self.status in (DONE, FAILED, STOPPED)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def snapshot(self, base: str = "/api/jobs") -> dict[str, Any]:
+        """The job as JSON: status, progress per method, the finished maps with their files."""
+        passes, samples = self.watch.counters()
+        with self._lock:
+            methods = [dict(state) for state in self._methods.values()]
+            started, group_passes = self._group_start
+            for state in methods:
+                if state["status"] == RUNNING:
+                    state["passes"] = passes - group_passes
+                    state["seconds"] = round(time.monotonic() - started, 3)
+            url = f"{base}/{self.id}"
+            maps = [
+                {
+                    **rendered.meta,
+                    "files": {name: f"{url}/maps/{i}/{name}" for name in rendered.files},
+                }
+                for i, rendered in enumerate(self.maps)
+            ]
+            return {
+                "id": self.id,
+                "status": self.status,
+                "model": self.model.name,
+                "request": self.request,
+                "elapsed": round(self.watch.elapsed(), 3),
+                "time_limit": self.watch.time_limit,
+                "passes": passes,
+                "samples": samples,
+                "image": f"{url}/image.png" if self.view_png else None,
+                "methods": methods,
+                "maps": maps,
+                "error": None if self.error is None else self.error.body(),
+            }
+
+    def file(self, index: int, name: str) -> tuple[bytes, str]:
+        """One file of one finished map.
+
+        Raises
+        ------
+        RequestRejectedError
+            404 when the job has no such map or file.
+        """
+        with self._lock:
+            if 0 <= index < len(self.maps) and name in self.maps[index].files:
+                return self.maps[index].files[name]
+        raise RequestRejectedError(
+            404, "not_found", f"job {self.id} has no map {index} file {name!r}"
+        )
+
+
+class JobStore:
+    """The jobs the server knows: a bounded number pending, a bounded memory of finished ones.
+
+    Parameters
+    ----------
+    max_pending : int
+        Jobs queued or running at once; more are refused (503).
+    max_finished : int
+        Finished jobs kept for download; the oldest are forgotten first.
+    max_bytes : int
+        Total size of the files of the finished jobs kept.
+    """
+
+    def __init__(
+        self, max_pending: int, max_finished: int = 32, max_bytes: int = 256 * 1024 * 1024
+    ) -> None:
+        self.max_pending = max_pending
+        self.max_finished = max_finished
+        self.max_bytes = max_bytes
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, job: Job) -> None:
+        """Register a new job, or refuse it when too many are pending."""
+        with self._lock:
+            pending = sum(1 for known in self._jobs.values() if not known.finished)
+            if pending >= self.max_pending:
+                raise RequestRejectedError(
+                    503, "busy",
+                    f"the server is busy with {pending} requests; try again in a moment",
+                )  # fmt: skip
+            self._jobs[job.id] = job
+
+    def get(self, job_id: str) -> Job:
+        """The job ``job_id``; 404 when unknown or forgotten."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise RequestRejectedError(
+                404, "not_found",
+                f"no job {job_id[:40]!r}: it never existed or was forgotten to free memory; "
+                "send the request again",
+            )  # fmt: skip
+        return job
+
+    def prune(self) -> None:
+        """Forget the oldest finished jobs beyond the count and memory bounds."""
+        with self._lock:
+            finished = [job for job in self._jobs.values() if job.finished]
+            total = sum(job.size for job in finished)
+            while finished and (len(finished) > self.max_finished or total > self.max_bytes):
+                oldest = finished.pop(0)
+                total -= oldest.size
+                del self._jobs[oldest.id]
+
+    def cancel_all(self) -> None:
+        """Ask every unfinished job to stop (the server is shutting down)."""
+        with self._lock:
+            for job in self._jobs.values():
+                if not job.finished:
+                    job.watch.cancel()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)

@@ -1,0 +1,220 @@
+"""What the server accepts: body size, image type (by content), pixel count, time per request.
+
+Nothing here needs FastAPI: :class:`BodySizeLimit` is a plain ASGI middleware.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+IMAGE_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
+    ("PNG", ((0, b"\x89PNG\r\n\x1a\n"),)),
+    ("JPEG", ((0, b"\xff\xd8\xff"),)),
+    ("WEBP", ((0, b"RIFF"), (8, b"WEBP"))),
+    ("BMP", ((0, b"BM"),)),
+    ("GIF", ((0, b"GIF87a"),)),
+    ("GIF", ((0, b"GIF89a"),)),
+)
+"""Each accepted format's magic bytes: (offset, bytes) pairs that must all match."""
+ALLOWED_IMAGE_TYPES = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class RequestRejectedError(ValueError):
+    """A request the server refuses; ``status`` is the HTTP status and ``kind`` a short code."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's limits on a request.
+
+    Attributes
+    ----------
+    max_upload_bytes : int
+        Largest request body; larger ones are refused before they are read.
+    max_pixels : int
+        Largest ``width * height`` of an uploaded image, checked from its header before decoding
+        (a decompression bomb is refused without being decompressed).
+    time_limit : float
+        Seconds one explanation request may compute; it stops at the next model pass after that.
+    max_pending : int
+        Requests computing or waiting for a worker; more are refused as busy.
+    max_top_k : int
+        Largest ``top-K`` target.
+    """
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    time_limit: float = 120.0
+    max_pending: int = 64
+    max_top_k: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "max_pending", "max_top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.time_limit > 0:
+            raise ValueError(
+                f"time_limit must be a positive number of seconds, got {self.time_limit}"
+            )
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The accepted image format whose magic bytes start ``data``; None if none matches."""
+    for name, signature in IMAGE_SIGNATURES:
+        if all(data[offset : offset + len(magic)] == magic for offset, magic in signature):
+            return name
+    return None
+
+
+def check_image_upload(data: bytes, limits: Limits) -> str:
+    """Check an uploaded image's size and type by its content; return its format.
+
+    Raises
+    ------
+    RequestRejectedError
+        413 for an upload over the size limit, 400 for an empty one, 415 for content that is not
+        one of the accepted image types (whatever its file name or declared type says).
+    """
+    if not data:
+        raise RequestRejectedError(
+            400, "empty_image", "the uploaded image is empty; send an image file"
+        )
+    if len(data) > limits.max_upload_bytes:
+        raise RequestRejectedError(
+            413, "too_large",
+            f"the image is {len(data):,} bytes, over the limit of {limits.max_upload_bytes:,}; "
+            "send a smaller file",
+        )  # fmt: skip
+    kind = sniff_image_type(data)
+    if kind is None:
+        raise RequestRejectedError(
+            415, "not_an_image",
+            f"the upload is not an image of an accepted type ({', '.join(ALLOWED_IMAGE_TYPES)}); "
+            "send a PNG, JPEG, WebP, BMP or GIF file",
+        )  # fmt: skip
+    width, height = _header_size(data, kind)
+    if width * height > limits.max_pixels:
+        raise RequestRejectedError(
+            413, "too_many_pixels",
+            f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
+            f"{limits.max_pixels:,}; downscale it",
+        )  # fmt: skip
+    return kind
+
+
+def _header_size(data: bytes, kind: str) -> tuple[int, int]:
+    """Width and height from the image's header, without decoding its pixels."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    not_readable = RequestRejectedError(
+        415, "not_an_image", f"the upload starts like a {kind} file but is not a readable image"
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                found, size = image.format, image.size
+    except Image.DecompressionBombError as error:  # far beyond any limit: refused unread
+        raise RequestRejectedError(
+            413, "too_many_pixels", f"the image has too many pixels ({error}); downscale it"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise not_readable from None
+    if found is None or found.upper() != kind:
+        raise not_readable
+    return size
+
+
+def json_error(status: int, kind: str, message: str) -> tuple[dict[str, Any], bytes]:
+    """The ASGI start message and body of a JSON error ``{"error", "kind", "status"}``."""
+    body = json.dumps({"error": message, "kind": kind, "status": status}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
+    }
+    return start, body
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse a request body over ``max_bytes`` with a 413 JSON error.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a body
+    without one (chunked) is counted as it arrives and refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _message(self) -> str:
+        return (
+            f"the request body is over the limit of {self.max_bytes:,} bytes; send a smaller image"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = -1
+            if size < 0 or size > self.max_bytes:
+                message = self._message() if size >= 0 else "the Content-Length header is invalid"
+                start, body = json_error(413 if size >= 0 else 400, "too_large", message)
+                await send(start)
+                await send({"type": "http.response.body", "body": body})
+                return
+        received = 0
+        started = responded = False
+
+        async def counted_receive() -> Message:
+            # Past the limit: answer 413 now, and tell the app the client went away.
+            nonlocal received, responded
+            if responded:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes and not started:
+                    responded = True
+                    start, body = json_error(413, "too_large", self._message())
+                    await send(start)
+                    await send({"type": "http.response.body", "body": body})
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if responded:  # after our 413 the app's own answer is dropped
+                return
+            started = True
+            await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)

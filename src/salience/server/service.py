@@ -1,0 +1,334 @@
+"""What the server computes, without HTTP: models loaded once, menus, predictions, rendered maps.
+
+The models are opened once (:class:`ModelPool`) and shared by every request; each request builds
+its own explainers (stateless configuration) on a :class:`~salience.server.watch.WatchedAdapter`,
+so concurrent requests never share per-call state.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from salience.images import CropGeometry, PreparedImage
+from salience.loading import LoadedModel
+from salience.postprocess import REDUCTIONS, to_display
+from salience.server.limits import RequestRejectedError
+
+VIEW_MAX_SIDE = 640
+"""Longest side of the photo the page shows (and the maps are rendered on)."""
+PREDICTIONS = 5
+SHOWN_COLORMAPS = ("jet", "viridis", "inferno", "magma", "hot", "gray", "RdBu_r")
+
+
+class ModelPool:
+    """The models a server explains, opened once and shared by all requests.
+
+    Parameters
+    ----------
+    models : sequence of LoadedModel
+        The opened models (``salience.loading.open_model``); the first is the default.
+    """
+
+    def __init__(self, models: Sequence[LoadedModel]) -> None:
+        if not models:
+            raise ValueError("give at least one model to serve")
+        self._models = {model.name: model for model in models}
+        if len(self._models) != len(models):
+            raise ValueError("two served models have the same name; give each model once")
+        self.default = models[0].name
+        self._samples: dict[str, torch.Tensor] = {}
+
+    def names(self) -> list[str]:
+        """The served model names, the default first."""
+        return list(self._models)
+
+    def get(self, name: str | None) -> LoadedModel:
+        """The served model ``name`` (None: the default).
+
+        Raises
+        ------
+        RequestRejectedError
+            400 for a name that is not served; nothing is ever opened from a request.
+        """
+        key = self.default if name is None or name == "" else name
+        model = self._models.get(key)
+        if model is None:
+            raise RequestRejectedError(
+                400, "unknown_model",
+                f"model {str(name)[:80]!r} is not served here; choose one of "
+                f"{', '.join(self._models)} (GET /api/models)",
+            )  # fmt: skip
+        return model
+
+    def sample_input(self, model: LoadedModel) -> torch.Tensor:
+        """A zero input of the model's size (for layer tables)."""
+        if model.name not in self._samples:
+            height, width = _input_size(model)
+            self._samples[model.name] = torch.zeros(1, 3, height, width)
+        return self._samples[model.name]
+
+
+def _input_size(model: LoadedModel) -> tuple[int, int]:
+    crop = model.preset.crop
+    if isinstance(crop, tuple):
+        return int(crop[0]), int(crop[1])
+    side = model.preset.resize_shorter or 224
+    return side, side
+
+
+def model_summary(model: LoadedModel, default: bool) -> dict[str, Any]:
+    """What the page shows about a model."""
+    height, width = _input_size(model)
+    return {
+        "name": model.name,
+        "default": default,
+        "classes": len(model.class_names),
+        "input_size": [height, width],
+        "differentiable": bool(getattr(model.adapter, "differentiable", True)),
+    }
+
+
+def method_catalog() -> list[dict[str, Any]]:
+    """Every registered method with its family, paper and whether it runs many passes."""
+    from salience.api import method_options
+    from salience.methods.base import EXPLAINER
+    from salience.methods.cam import CAMExplainer
+    from salience.registry import available, get
+
+    catalog = []
+    for name in available(EXPLAINER, sort=False):
+        method = get(EXPLAINER, name)
+        doc = (method.__doc__ or "").strip().splitlines()
+        catalog.append(
+            {
+                "name": name,
+                "description": doc[0] if doc else "",
+                "paper": method.paper,
+                "needs_gradients": bool(method.needs_gradients),
+                "cam": issubclass(method, CAMExplainer),
+                "slow": not method.single_pass,
+                "options": sorted(method_options(name, dict.fromkeys(METHOD_OPTION_NAMES))),
+            }
+        )
+    return catalog
+
+
+METHOD_OPTION_NAMES = (
+    "n_samples", "noise", "steps", "baseline", "n_masks", "window", "stride", "layer", "relu",
+    "seed",
+)  # fmt: skip
+"""The method options a request may set (``salience.api.method_options`` picks per method)."""
+
+
+def layer_catalog(pool: ModelPool, model: LoadedModel) -> dict[str, Any]:
+    """A model's layers with their output shapes, and the layer CAMs use by default."""
+    from salience.adapters.layers import LayerError
+
+    adapter = model.adapter
+    if not getattr(adapter, "differentiable", True) or not hasattr(adapter, "layer_table"):
+        return {"model": model.name, "default": None, "layers": []}
+    sample = pool.sample_input(model)
+    try:
+        default = adapter.resolve_layer(None, sample)
+    except LayerError:
+        default = None
+    layers = [
+        {
+            "name": info.name,
+            "kind": info.kind,
+            "shape": list(info.shape[1:]) if info.shape is not None else None,
+            "spatial": bool(info.spatial),
+        }
+        for info in adapter.layer_table(sample)
+    ]
+    return {"model": model.name, "default": default, "layers": layers}
+
+
+def predictions(model: LoadedModel, image: PreparedImage, k: int = PREDICTIONS) -> list[dict]:
+    """The model's ``k`` most probable classes for one prepared image."""
+    logits = model.adapter.forward(image.tensor)[0].float()
+    probabilities = torch.softmax(logits, dim=0)
+    top = probabilities.topk(min(k, probabilities.numel()))
+    names = model.class_names
+    return [
+        {
+            "index": int(i),
+            "name": names[i] if 0 <= i < len(names) else str(i),
+            "probability": float(p),
+            "logit": float(logits[i]),
+        }
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class DisplayOptions:
+    """How the server renders its own overlays (the page re-renders maps in the browser).
+
+    Attributes
+    ----------
+    reduce : str
+        Channel reduction of input-sized maps.
+    smooth : float
+        Gaussian σ in pixels of the map.
+    percentile : float
+        Clip the overlay's map at this percentile of ``|map|``.
+    cmap : str
+        Colormap of the overlay PNG.
+    alpha : float
+        Opacity of the overlay PNG's colours.
+    """
+
+    reduce: str = "abs_max"
+    smooth: float = 0.0
+    percentile: float = 99.0
+    cmap: str = "jet"
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.reduce not in REDUCTIONS:
+            raise RequestRejectedError(
+                400, "bad_option",
+                f"unknown channel reduction {self.reduce!r}; choose one of {', '.join(REDUCTIONS)}",
+            )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class View:
+    """The photo as the page shows it, and where the model's input lies on it."""
+
+    image: np.ndarray
+    geometry: CropGeometry
+
+    @classmethod
+    def of(cls, prepared: PreparedImage, max_side: int = VIEW_MAX_SIDE) -> View:
+        """The original photo, shrunk to ``max_side`` on its longer side when larger."""
+        original = prepared.original
+        height, width = original.shape[:2]
+        scale = min(1.0, max_side / max(height, width))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        if size != (height, width):
+            shrunk = Image.fromarray(original).resize((size[1], size[0]), Image.Resampling.BOX)
+            original = np.asarray(shrunk)
+        # to_original scales by resized/original, so the same crop maps onto the smaller photo
+        geometry = CropGeometry(size, prepared.geometry.resized_size, prepared.geometry.crop_box)
+        return cls(original, geometry)
+
+    def place(self, saliency: torch.Tensor) -> np.ndarray:
+        """A map on the model's input, drawn onto the view (NaN where the model saw nothing)."""
+        return self.geometry.to_original(saliency.numpy())
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode a uint8 image as PNG (as :func:`salience.viz.save_png` does, in memory)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """Encode an array in NumPy's ``.npy`` format."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class RenderedMap:
+    """One map, ready to serve: metadata plus its files.
+
+    Attributes
+    ----------
+    meta : dict
+        Method, target, score, shapes, the method's parameters and diagnostics.
+    files : dict of str to (bytes, str)
+        ``overlay.png`` (the server's rendering), ``map.npy`` (the method's raw map at its native
+        resolution) and ``display.f32`` (the map normalized to [0, 1] on the view, float32
+        little-endian, NaN outside the model's crop; the page colours it itself), with their
+        media types.
+    """
+
+    meta: dict[str, Any]
+    files: dict[str, tuple[bytes, str]]
+
+
+def render(
+    explanation: Any,
+    target: int,
+    view: View,
+    display: DisplayOptions,
+    probabilities: Mapping[int, float],
+) -> RenderedMap:
+    """Render map ``target`` of a one-image explanation for the page and the API."""
+    from salience import viz
+
+    raw = explanation.map(0, target)
+    normalized = to_display(raw, reduce=display.reduce, percentile=None, smooth=display.smooth)
+    clipped = to_display(
+        raw, reduce=display.reduce, percentile=display.percentile, smooth=display.smooth
+    )
+    on_view = view.place(normalized).astype("<f4")
+    overlay = viz.overlay(view.image, view.place(clipped), alpha=display.alpha, cmap=display.cmap)
+    index = int(explanation.targets[0, target])
+    names = explanation.target_names
+    meta = {
+        "method": explanation.method,
+        "target": index,
+        "target_name": names[0][target] if names else None,
+        "rank": target,
+        "score": float(explanation.scores[0, target]),
+        "score_kind": explanation.score_kind,
+        "probability": probabilities.get(index),
+        "native_shape": list(raw.shape),
+        "display_shape": list(on_view.shape),
+        "params": explanation.metadata()["params"],
+        "info": explanation.metadata()["info"],
+    }
+    files = {
+        "overlay.png": (png_bytes(overlay), "image/png"),
+        "map.npy": (npy_bytes(raw.numpy().astype(np.float32)), "application/octet-stream"),
+        "display.f32": (on_view.tobytes(), "application/octet-stream"),
+    }
+    return RenderedMap(meta, files)
+
+
+def colormap_tables(names: Sequence[str] = SHOWN_COLORMAPS) -> dict[str, list[list[int]]]:
+    """256-entry RGB tables of the colormaps the page offers (matplotlib's, via salience.viz)."""
+    from salience import viz
+
+    ramp = np.linspace(0.0, 1.0, 256)[None, :]
+    return {name: viz.colorize(ramp, name, signed=False, rgba=False)[0].tolist() for name in names}
+
+
+def agreement_of(maps: Sequence[RenderedMap], top_fraction: float) -> dict[str, Any]:
+    """Pairwise agreement (``salience.evaluation.agreement``) of the first map of each method.
+
+    Raises
+    ------
+    RequestRejectedError
+        400 with fewer than two methods; 501 where the evaluation module is not installed.
+    """
+    try:
+        from salience.evaluation.agreement import agreement
+    except ImportError:
+        raise RequestRejectedError(
+            501, "not_available", "this installation has no salience.evaluation.agreement"
+        ) from None
+    first = {}
+    for rendered in maps:
+        name = rendered.meta["method"]
+        if name not in first:
+            data = rendered.files["map.npy"][0]
+            first[name] = torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+    if len(first) < 2:
+        raise RequestRejectedError(
+            400, "too_few_methods", "agreement compares the maps of at least 2 methods"
+        )
+    return agreement(first, top_fraction=top_fraction).to_dict()

@@ -1,0 +1,424 @@
+// salience viewer: upload an image, choose methods, see the maps side by side.
+// The server sends each map normalized to [0, 1] on the photo (float32, NaN outside the model's
+// crop); colormap, percentile clip and opacity are applied here, on canvases, without recomputing.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 300;
+
+const state = {
+  file: null,
+  models: [],
+  colormaps: {},
+  methods: [],
+  job: null, // id of the running job
+  polling: null,
+  photo: null, // ImageData of the photo the maps are drawn on
+  cards: new Map(), // map index -> {canvas, values, sorted}
+};
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("application/json") ? await response.json() : await response.arrayBuffer();
+  if (!response.ok) {
+    const message = body && body.error ? body.error : `${response.status} ${response.statusText}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function say(text, isError = false) {
+  const box = $("message");
+  box.textContent = text;
+  box.classList.toggle("error", isError);
+}
+
+// -- menus -------------------------------------------------------------------------------------
+async function loadMenus() {
+  const [models, methods, colormaps] = await Promise.all([
+    api("/api/models"), api("/api/methods"), api("/api/colormaps"),
+  ]);
+  state.models = models;
+  for (const model of models) {
+    const option = new Option(`${model.name} (${model.classes} classes)`, model.name, model.default, model.default);
+    $("model").add(option);
+  }
+  state.colormaps = colormaps;
+  for (const name of Object.keys(colormaps)) $("cmap").add(new Option(name, name));
+  state.methods = methods;
+  await modelChanged();
+}
+
+function renderMethods() {
+  const box = $("methods");
+  box.textContent = "";
+  const model = selectedModel();
+  const families = [
+    ["gradients", (m) => !m.cam && m.needs_gradients],
+    ["class activation maps", (m) => m.cam],
+    ["black-box (perturbation)", (m) => !m.needs_gradients],
+  ];
+  for (const [title, belongs] of families) {
+    const members = state.methods.filter(belongs);
+    if (!members.length) continue;
+    const heading = document.createElement("div");
+    heading.className = "family";
+    heading.textContent = title;
+    box.append(heading);
+    for (const method of members) {
+      const label = document.createElement("label");
+      label.title = `${method.description}${method.paper ? " [" + method.paper + "]" : ""}`;
+      const box_ = document.createElement("input");
+      box_.type = "checkbox";
+      box_.value = method.name;
+      box_.name = "method";
+      box_.checked = method.name === "gradcam";
+      box_.disabled = model && !model.differentiable && method.needs_gradients;
+      label.append(box_, " " + method.name);
+      if (method.slow) {
+        const tag = document.createElement("span");
+        tag.className = "slow";
+        tag.textContent = "slow";
+        label.append(tag);
+      }
+      box.append(label);
+    }
+  }
+}
+
+function selectedModel() {
+  return (state.models || []).find((m) => m.name === $("model").value);
+}
+
+async function modelChanged() {
+  const name = $("model").value;
+  renderMethods();
+  const [classes, layers] = await Promise.all([
+    api(`/api/models/${encodeURIComponent(name)}/classes`),
+    api(`/api/models/${encodeURIComponent(name)}/layers`),
+  ]);
+  const list = $("class-names");
+  list.textContent = "";
+  for (const item of classes) list.append(new Option(item));
+  const layer = $("layer");
+  layer.textContent = "";
+  layer.add(new Option(layers.default ? `auto (${layers.default})` : "auto", "auto"));
+  for (const info of layers.layers.filter((l) => l.spatial)) {
+    layer.add(new Option(`${info.name} ${info.shape ? info.shape.join("×") : ""}`, info.name));
+  }
+  if (state.file) predict();
+}
+
+// -- image -------------------------------------------------------------------------------------
+function useFile(file) {
+  if (!file) return;
+  state.file = file;
+  const thumb = $("thumb");
+  if (thumb.src) URL.revokeObjectURL(thumb.src);
+  thumb.src = URL.createObjectURL(file);
+  thumb.hidden = false;
+  $("explain").disabled = false;
+  predict();
+}
+
+async function predict() {
+  const form = new FormData();
+  form.append("image", state.file);
+  form.append("model", $("model").value);
+  const list = $("predictions");
+  list.innerHTML = '<li class="muted">predicting…</li>';
+  try {
+    const result = await api("/api/predict", { method: "POST", body: form });
+    list.textContent = "";
+    for (const p of result.predictions) {
+      const item = document.createElement("li");
+      item.title = "explain this class";
+      item.dataset.index = p.index;
+      item.textContent = `${p.name} ${(100 * p.probability).toFixed(1)}%`;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.max(1, 100 * p.probability)}%`;
+      item.append(bar);
+      item.addEventListener("click", () => {
+        $("class-name").value = p.name;
+        document.querySelector('input[name="target"][value="class"]').checked = true;
+      });
+      list.append(item);
+    }
+    say("");
+  } catch (error) {
+    list.innerHTML = "";
+    say(error.message, true);
+  }
+}
+
+function setUpDrop() {
+  const zone = $("drop");
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    useFile(event.dataTransfer.files[0]);
+  });
+  $("file").addEventListener("change", (event) => useFile(event.target.files[0]));
+}
+
+// -- explaining --------------------------------------------------------------------------------
+function targetValue() {
+  const kind = document.querySelector('input[name="target"]:checked').value;
+  if (kind === "topk") return `top-${$("topk").value}`;
+  if (kind === "class") return $("class-name").value.trim() || "predicted";
+  return "predicted";
+}
+
+async function explain() {
+  const methods = [...document.querySelectorAll('input[name="method"]:checked')].map((b) => b.value);
+  if (!methods.length) { say("choose at least one method", true); return; }
+  stopPolling();
+  const form = new FormData();
+  form.append("image", state.file);
+  form.append("model", $("model").value);
+  form.append("methods", methods.join(","));
+  form.append("target", targetValue());
+  for (const field of ["samples", "steps", "masks", "window", "stride", "layer", "score"]) {
+    form.append(field, $(field).value);
+  }
+  $("grid").textContent = "";
+  $("agreement").hidden = true;
+  state.cards.clear();
+  state.photo = null;
+  say("");
+  try {
+    const job = await api("/api/jobs", { method: "POST", body: form });
+    state.job = job.id;
+    $("explain").disabled = true;
+    $("cancel").hidden = false;
+    showPlaceholders(job);
+    await update(job);
+    if (!finished(job)) state.polling = setInterval(poll, POLL_MS);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+function finished(job) {
+  return ["done", "failed", "stopped"].includes(job.status);
+}
+
+async function poll() {
+  if (!state.job || state.busy) return;
+  state.busy = true;
+  try {
+    await update(await api(`/api/jobs/${state.job}`));
+  } catch (error) {
+    say(error.message, true);
+    stopPolling();
+  } finally {
+    state.busy = false;
+  }
+}
+
+function stopPolling() {
+  if (state.polling) clearInterval(state.polling);
+  state.polling = null;
+  $("explain").disabled = !state.file;
+  $("cancel").hidden = true;
+}
+
+function showPlaceholders(job) {
+  for (const method of job.methods) {
+    const card = document.createElement("div");
+    card.className = "card";
+    card.dataset.method = method.name;
+    card.dataset.state = method.status;
+    card.innerHTML = `<h3></h3><div class="sub"></div><div class="waiting"><div class="spinner"></div><span class="status"></span></div>`;
+    card.querySelector("h3").textContent = method.name;
+    $("grid").append(card);
+  }
+}
+
+async function update(job) {
+  const progress = $("progress");
+  const done = job.methods.filter((m) => m.status === "done").length;
+  progress.hidden = false;
+  const bar = $("progress-bar");
+  if (finished(job)) { bar.max = 1; bar.value = 1; } else { bar.removeAttribute("value"); }
+  $("progress-text").textContent =
+    `${done} of ${job.methods.length} methods done · ${job.passes} model passes · ${job.elapsed.toFixed(1)} s` +
+    (finished(job) ? "" : ` (limit ${job.time_limit} s)`);
+  for (const method of job.methods) {
+    const card = [...$("grid").querySelectorAll(".card")].find((c) => c.dataset.method === method.name && !c.dataset.index);
+    if (!card || method.status === "done") continue;
+    card.dataset.state = method.status;
+    const text = method.status === "running"
+      ? `running · ${method.passes} passes · ${(method.seconds || 0).toFixed(1)} s`
+      : method.error || method.status;
+    card.querySelector(".status").textContent = text;
+  }
+  if (job.image && !state.photo) state.photo = await loadPhoto(job.image);
+  for (let index = 0; index < job.maps.length; index += 1) {
+    if (!state.cards.has(index)) await showMap(index, job.maps[index]);
+  }
+  if (finished(job)) {
+    stopPolling();
+    if (job.error) say(job.error.error, true);
+    else if (job.methods.length > 1) showAgreement(job.id);
+  }
+}
+
+async function loadPhoto(url) {
+  const blob = await (await fetch(url)).blob();
+  const bitmap = await createImageBitmap(blob);
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  return context.getImageData(0, 0, bitmap.width, bitmap.height);
+}
+
+async function showMap(index, meta) {
+  state.cards.set(index, null); // claimed: a later poll does not load it twice
+  const values = new Float32Array(await api(meta.files["display.f32"]));
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort();
+  const [height, width] = meta.display_shape;
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  canvas.className = "map-canvas";
+  const entry = { canvas, values, sorted, meta };
+  state.cards.set(index, entry);
+
+  const sameMethod = [...$("grid").querySelectorAll(".card")].filter((c) => c.dataset.method === meta.method);
+  const placeholder = sameMethod.find((c) => !c.dataset.index);
+  const card = document.createElement("div");
+  card.className = "card";
+  card.dataset.method = meta.method;
+  card.dataset.index = String(index);
+  card.dataset.state = "done";
+  const title = document.createElement("h3");
+  title.textContent = meta.method;
+  const sub = document.createElement("div");
+  sub.className = "sub";
+  const probability = meta.probability == null ? "" : ` ${(100 * meta.probability).toFixed(1)}%`;
+  sub.textContent = `${meta.target_name ?? meta.target}${probability}`;
+  const links = document.createElement("div");
+  links.className = "links";
+  const png = document.createElement("a");
+  png.textContent = "download PNG";
+  png.addEventListener("click", () => canvas.toBlob((blob) => save(blob, `${meta.method}-${meta.target}.png`)));
+  const npy = document.createElement("a");
+  npy.textContent = "raw map (.npy)";
+  npy.href = meta.files["map.npy"];
+  npy.download = `${meta.method}-${meta.target}.npy`;
+  links.append(png, npy);
+  card.append(title, sub, canvas, links);
+  if (placeholder) placeholder.replaceWith(card);
+  else if (sameMethod.length) sameMethod[sameMethod.length - 1].after(card);
+  else $("grid").append(card);
+  draw(entry);
+}
+
+function save(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+// -- drawing -----------------------------------------------------------------------------------
+function percentile(sorted, p) {
+  if (!sorted.length) return 0;
+  const position = (p / 100) * (sorted.length - 1);
+  const low = Math.floor(position);
+  const high = Math.min(sorted.length - 1, low + 1);
+  return sorted[low] + (sorted[high] - sorted[low]) * (position - low);
+}
+
+function draw(entry) {
+  if (!entry || !state.photo) return;
+  const { canvas, values, sorted } = entry;
+  const alpha = Number($("opacity").value) / 100;
+  const table = state.colormaps[$("cmap").value];
+  let low = percentile(sorted, Number($("clip-low").value));
+  let high = percentile(sorted, Number($("clip-high").value));
+  if (!(high > low)) { low = 0; high = 1; }
+  const photo = state.photo.data;
+  const context = canvas.getContext("2d");
+  const out = context.createImageData(canvas.width, canvas.height);
+  const pixels = out.data;
+  for (let i = 0; i < values.length; i += 1) {
+    const o = 4 * i;
+    const v = values[i];
+    if (Number.isNaN(v)) {
+      pixels[o] = photo[o]; pixels[o + 1] = photo[o + 1]; pixels[o + 2] = photo[o + 2];
+    } else {
+      const t = Math.min(1, Math.max(0, (v - low) / (high - low)));
+      const colour = table[Math.round(t * 255)];
+      pixels[o] = alpha * colour[0] + (1 - alpha) * photo[o];
+      pixels[o + 1] = alpha * colour[1] + (1 - alpha) * photo[o + 1];
+      pixels[o + 2] = alpha * colour[2] + (1 - alpha) * photo[o + 2];
+    }
+    pixels[o + 3] = 255;
+  }
+  context.putImageData(out, 0, 0);
+}
+
+function redrawAll() {
+  $("opacity-value").textContent = (Number($("opacity").value) / 100).toFixed(2);
+  $("clip-low-value").textContent = `${$("clip-low").value}%`;
+  $("clip-high-value").textContent = `${$("clip-high").value}%`;
+  for (const entry of state.cards.values()) draw(entry);
+}
+
+async function showAgreement(jobId) {
+  try {
+    const result = await api(`/api/jobs/${jobId}/agreement`);
+    const box = $("agreement");
+    const names = result.methods;
+    let html = `<h3>Agreement (Spearman rank correlation / top-${Math.round(100 * result.top_fraction)}% IoU)</h3><table><tr><th></th>`;
+    html += names.map((n) => `<th>${escapeHtml(n)}</th>`).join("") + "</tr>";
+    names.forEach((row, i) => {
+      html += `<tr><th>${escapeHtml(row)}</th>`;
+      names.forEach((_, j) => {
+        html += `<td>${result.spearman[i][j].toFixed(2)} / ${result.iou[i][j].toFixed(2)}</td>`;
+      });
+      html += "</tr>";
+    });
+    box.innerHTML = html + "</table>";
+    box.hidden = false;
+  } catch (error) {
+    // agreement is optional (fewer than two methods, or not installed): nothing to show
+  }
+}
+
+function escapeHtml(text) {
+  const span = document.createElement("span");
+  span.textContent = text;
+  return span.innerHTML;
+}
+
+async function cancel() {
+  if (!state.job) return;
+  try { await api(`/api/jobs/${state.job}`, { method: "DELETE" }); } catch (error) { say(error.message, true); }
+}
+
+// -- start -------------------------------------------------------------------------------------
+function start() {
+  setUpDrop();
+  $("model").addEventListener("change", modelChanged);
+  $("explain").addEventListener("click", explain);
+  $("cancel").addEventListener("click", cancel);
+  for (const id of ["opacity", "cmap", "clip-low", "clip-high"]) {
+    $(id).addEventListener("input", redrawAll);
+    $(id).addEventListener("change", redrawAll);
+  }
+  loadMenus()
+    .then(() => { document.body.dataset.ready = "1"; })
+    .catch((error) => say(error.message, true));
+}
+
+start();
