@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 DEFAULT_METHODS = "gradient,guided_backprop,smoothgrad,integrated_gradients"
+SANITY_METHODS = "gradient,gradient_x_input,guided_backprop,integrated_gradients,smoothgrad,gradcam"
+COMPARE_METHODS = "gradient,smoothgrad,integrated_gradients,gradcam,rise"
+EVALUATE_METHODS = "gradient,gradcam,rise"
 PROGRESS_THRESHOLD = 3
 
 
@@ -38,46 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain images with a bundled model or an ONNX file",
         description="Print the top-5 predictions and write overlays, a grid and raw maps.",
     )
-    explain.add_argument(
-        "images", nargs="*", metavar="IMAGE",
-        help="image files, or names of bundled photos (chelsea, coffee, rocket, astronaut); "
-        "default: chelsea",
-    )  # fmt: skip
+    _add_images_argument(explain)
     explain.add_argument(
         "--method", default=DEFAULT_METHODS,
         help=f"comma-separated methods (salience methods lists them); default {DEFAULT_METHODS}",
     )  # fmt: skip
-    explain.add_argument(
-        "--target", default="predicted",
-        help="predicted | class INDEX | class NAME | top-K (default: predicted)",
-    )  # fmt: skip
-    explain.add_argument("--score", choices=("logit", "probability"), default="logit")
-    explain.add_argument("--samples", type=int, default=50, help="SmoothGrad/VarGrad samples")
-    explain.add_argument("--noise", type=float, default=0.15, help="SmoothGrad σ / input range")
-    explain.add_argument("--steps", type=int, default=50, help="Integrated Gradients steps")
-    explain.add_argument(
-        "--baseline", default="zeros", help="IG and occlusion baseline: zeros | mean | blur"
-    )
-    explain.add_argument("--window", type=int, default=16, help="occlusion window (pixels)")
-    explain.add_argument("--stride", type=int, default=8, help="occlusion stride (pixels)")
-    explain.add_argument("--masks", type=int, default=4000, help="RISE masks")
-    explain.add_argument(
-        "--layer", default="auto",
-        help="CAM layer name (salience layers MODEL lists them); default: the last feature map",
-    )  # fmt: skip
-    explain.add_argument(
-        "--keep-negative", action="store_true", help="CAMs: no ReLU, keep negative evidence"
-    )
-    explain.add_argument("--seed", type=int, default=0, help="seed of random methods")
+    add_method_arguments(explain)
     explain.add_argument("--reduce", default="abs_max", help="channel reduction for display")
     explain.add_argument(
         "--percentile", type=float, default=99.0, help="clip display maps at this percentile"
     )
     explain.add_argument("--smooth", type=float, default=0.0, help="Gaussian σ (pixels)")
-    explain.add_argument("--cmap", default="jet", help="colormap (jet, viridis, inferno, ...)")
-    explain.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
-    explain.add_argument("-o", "--output", default="salience-out", help="output folder")
-    explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_overlay_arguments(explain)
+    _add_output_arguments(explain)
     add_model_arguments(explain)
     explain.set_defaults(handler=run_explain)
 
@@ -87,9 +63,116 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every module the model runs on one input, with its output shape; the "
         "layer CAMs use by default is marked.",
     )
-    layers.add_argument("model", nargs="?", default="efficientnet_lite0", help="a bundled model")
+    layers.add_argument("model", nargs="?", default="efficientnet_lite0", help=MODEL_HELP)
     layers.add_argument("--all", action="store_true", help="also layers without a spatial output")
+    add_model_file_arguments(layers)
     layers.set_defaults(handler=run_layers)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="faithfulness of methods: deletion and insertion AUC (RISE), with a random baseline",
+        description="Explain each image with each method, delete the most salient pixels first "
+        "(to zeros) and insert them first (into a blurred copy), and print the area under each "
+        "score curve: deletion lower is better, insertion higher. The maps explain and the "
+        "curves measure the --score of the explained class (default: probability, as RISE). "
+        "Writes faithfulness.csv, .json and .png.",
+    )
+    _add_images_argument(evaluate)
+    evaluate.add_argument(
+        "--method", default=EVALUATE_METHODS,
+        help=f"comma-separated methods (salience methods lists them); default {EVALUATE_METHODS}",
+    )  # fmt: skip
+    add_method_arguments(evaluate)
+    evaluate.set_defaults(score="probability")
+    evaluate.add_argument(
+        "--step", type=int, metavar="N", help="pixels changed per step (default: image width)"
+    )
+    _add_output_arguments(evaluate)
+    add_model_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    sanity = commands.add_parser(
+        "sanity",
+        help="sanity checks: do the maps change when the model's weights are randomized?",
+        description="The model-parameter randomization test of Adebayo et al. (2018): "
+        "re-initialize the model block by block from the top (cascading: cumulatively; "
+        "independent: one block at a time) and compare each method's maps with its maps on the "
+        "trained model (Spearman of absolute and signed maps, SSIM, HOG). With --data, the data "
+        "randomization test instead: a small CNN trained on scikit-learn's digits with true and "
+        "with permuted labels. Writes figures, CSV and JSON.",
+    )
+    _add_images_argument(sanity)
+    sanity.add_argument(
+        "--method", default=SANITY_METHODS,
+        help=f"comma-separated methods; default {SANITY_METHODS}",
+    )  # fmt: skip
+    sanity.add_argument(
+        "--mode", choices=("cascading", "independent", "both"), default="cascading",
+        help="how the blocks are randomized (default: cascading)",
+    )  # fmt: skip
+    sanity.add_argument(
+        "--layers", metavar="A,B,...",
+        help="the blocks to randomize, top first (default: every block with weights)",
+    )  # fmt: skip
+    sanity.add_argument(
+        "--threshold", type=float, default=0.5,
+        help="verdict threshold on the mean rank correlation of the absolute maps (default 0.5)",
+    )  # fmt: skip
+    sanity.add_argument(
+        "--data", action="store_true",
+        help="run the data randomization test on the digits instead (no images, no --model)",
+    )  # fmt: skip
+    add_method_arguments(sanity)
+    _add_output_arguments(sanity)
+    add_model_arguments(sanity)
+    sanity.set_defaults(handler=run_sanity)
+
+    compare = commands.add_parser(
+        "compare",
+        help="agreement between methods: maps side by side and pairwise similarity",
+        description="Explain each image with several methods; write the maps side by side "
+        "(IMAGE_compare.png) and the pairwise agreement matrix (Spearman rank correlation and "
+        "intersection over union of the top pixels) as a figure and JSON.",
+    )
+    _add_images_argument(compare)
+    compare.add_argument(
+        "--method", default=COMPARE_METHODS,
+        help=f"comma-separated methods, at least 2 (or cams); default {COMPARE_METHODS}",
+    )  # fmt: skip
+    compare.add_argument(
+        "--top", type=float, default=10.0, metavar="PERCENT",
+        help="the top percent of pixels whose overlap is measured (default 10)",
+    )  # fmt: skip
+    add_method_arguments(compare)
+    _add_overlay_arguments(compare)
+    _add_output_arguments(compare)
+    add_model_arguments(compare)
+    compare.set_defaults(handler=run_compare)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the web viewer and HTTP API: explain images in the browser",
+        description="Serve a page where you drop an image, choose methods and see the maps side "
+        "by side, and the same service as an HTTP API (docs at /docs). Needs "
+        "pip install 'salience[server]'.",
+    )
+    serve.add_argument(
+        "--model", action="append", metavar="MODEL",
+        help="a model to serve (repeat, or separate with commas); default efficientnet_lite0",
+    )  # fmt: skip
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, help="threads computing maps (default: the cores)")
+    serve.add_argument(
+        "--time-limit", type=float, default=120.0, help="seconds one request may compute"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (MB)")
+    serve.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest image (width × height)"
+    )
+    serve.set_defaults(handler=run_serve)
 
     models = commands.add_parser("models", help="list the bundled models")
     models.set_defaults(handler=run_models)
@@ -103,44 +186,136 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and the flags that describe a model file's input."""
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", default="salience-out", help="output folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_overlay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cmap", default="jet", help="colormap (jet, viridis, inferno, ...)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+
+
+def _add_images_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="efficientnet_lite0", help="a bundled model, or an .onnx file"
+        "images", nargs="*", metavar="IMAGE",
+        help="image files, or names of bundled photos (chelsea, coffee, rocket, astronaut); "
+        "default: chelsea",
+    )  # fmt: skip
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--target``, ``--score`` and the methods' options (samples, steps, layer, seed, ...)."""
+    parser.add_argument(
+        "--target", default="predicted",
+        help="predicted | class INDEX | class NAME | top-K (default: predicted)",
+    )  # fmt: skip
+    parser.add_argument("--score", choices=("logit", "probability"), default="logit")
+    parser.add_argument("--samples", type=int, default=50, help="SmoothGrad/VarGrad samples")
+    parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad σ / input range")
+    parser.add_argument("--steps", type=int, default=50, help="Integrated Gradients steps")
+    parser.add_argument(
+        "--baseline", default="zeros", help="IG and occlusion baseline: zeros | mean | blur"
     )
-    onnx = parser.add_argument_group(
-        "ONNX models",
-        "a --model FILE.onnx runs black-box methods only; these override its metadata",
+    parser.add_argument("--window", type=int, default=16, help="occlusion window (pixels)")
+    parser.add_argument("--stride", type=int, default=8, help="occlusion stride (pixels)")
+    parser.add_argument("--masks", type=int, default=4000, help="RISE masks")
+    parser.add_argument(
+        "--layer", default="auto",
+        help="CAM layer name (salience layers MODEL lists them); default: the last feature map",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-negative", action="store_true", help="CAMs: no ReLU, keep negative evidence"
     )
-    onnx.add_argument(
-        "--input-name", metavar="NAME", help="the image input of a model with several inputs"
+    parser.add_argument("--seed", type=int, default=0, help="seed of random methods")
+
+
+def method_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The methods' options from :func:`add_method_arguments`'s flags (for ``method_options``).
+
+    ``progress`` is on unless the command has a ``--quiet`` flag that is set.
+    """
+    return {
+        "n_samples": args.samples, "noise": args.noise, "steps": args.steps,
+        "baseline": args.baseline, "seed": args.seed, "layer": args.layer,
+        "window": args.window, "stride": args.stride, "n_masks": args.masks,
+        "relu": not args.keep_negative, "progress": not getattr(args, "quiet", False),
+    }  # fmt: skip
+
+
+MODEL_HELP = (
+    "a bundled model (salience models), package.module:function, or a model file: .pt "
+    "(TorchScript), .pt2 (torch.export), .pth/.safetensors (state dict, with --factory), "
+    ".keras/.h5 (Keras 3), .onnx"
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and the flags that say how to open a model file and describe its input."""
+    parser.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP)
+    add_model_file_arguments(parser)
+
+
+def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say how to open a model file and override what it says of its input."""
+    source = parser.add_argument_group("model files")
+    source.add_argument(
+        "--factory", metavar="PKG.MOD:FN",
+        help="the function that builds the architecture of a state dict file",
+    )  # fmt: skip
+    source.add_argument(
+        "--weights", metavar="FILE", help="weights (.safetensors, .pth) for a factory --model"
     )
-    onnx.add_argument(
+    source.add_argument(
+        "--trust-pickle", action="store_true",
+        help="open a pickled full model (or a Keras Lambda layer): runs code from the file",
+    )  # fmt: skip
+    source.add_argument(
+        "--input-name", metavar="NAME", help="the image input of an ONNX model with several inputs"
+    )
+    preset = parser.add_argument_group(
+        "input preprocessing",
+        "override the preset sidecar beside the model file (MODEL.preset.toml or .json), the "
+        "model's metadata and its input shape",
+    )
+    preset.add_argument("--preset", metavar="FILE", help="a preset sidecar (TOML or JSON)")
+    preset.add_argument(
         "--layout", choices=("nchw", "nhwc"), help="the input's layout (default: from its shape)"
     )
-    onnx.add_argument(
+    preset.add_argument(
         "--size", type=int, metavar="N", help="resize the shorter side to N, centre-crop N×N"
     )
-    onnx.add_argument(
-        "--mean", metavar="R,G,B", help="normalization mean R,G,B (default: ImageNet's)"
+    preset.add_argument(
+        "--mean", metavar="R,G,B", help="normalization mean per channel (default: ImageNet's)"
     )
-    onnx.add_argument(
-        "--std", metavar="R,G,B", help="normalization std R,G,B (default: ImageNet's)"
+    preset.add_argument(
+        "--std", metavar="R,G,B", help="normalization std per channel (default: ImageNet's)"
     )
-    onnx.add_argument("--classes", metavar="FILE", help="class names, one per line")
+    preset.add_argument(
+        "--scale", type=float, metavar="S", help="the model takes pixels (0-255) × S, e.g. 1/255"
+    )
+    preset.add_argument("--channel-order", choices=("rgb", "bgr"), help="the model's channel order")
+    preset.add_argument("--classes", metavar="FILE", help="class names, one per line")
 
 
 def open_model_from_args(args: argparse.Namespace) -> LoadedModel:
-    """The model named by ``--model`` and its input flags."""
-    from salience.loading import LoadOptions, is_onnx, open_model
+    """The model named by ``--model`` (or ``salience layers MODEL``) and its file flags."""
+    from salience.loading import BUNDLED, LoadOptions, model_kind, open_model
 
+    scale = args.scale
+    if scale is not None and not scale > 0:
+        raise ValueError(f"--scale must be a positive number, got {scale}")
     options = LoadOptions(
         input_name=args.input_name, layout=args.layout, size=args.size,
         mean=_triple("--mean", args.mean), std=_triple("--std", args.std), classes=args.classes,
+        scale=scale, channel_order=args.channel_order, preset=args.preset,
+        factory=args.factory, weights=args.weights, trust_pickle=args.trust_pickle,
     )  # fmt: skip
-    if not is_onnx(args.model) and (given := options.given()):
+    if model_kind(args.model, options) == BUNDLED and (given := options.given()):
         flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
-        raise ValueError(f"{flags} apply to .onnx models only, not to {args.model}")
+        raise ValueError(
+            f"{flags} apply to model files and factories, not to the bundled model {args.model}"
+        )
     return open_model(args.model, options)
 
 
@@ -204,12 +379,7 @@ def run_explain(args: argparse.Namespace) -> int:
     viz.colorize(torch.zeros(1, 1).numpy(), args.cmap)  # validates the colormap name early
     prepared = [(item, loaded.preset.prepare(item.source)) for item in _inputs(args.images)]
     output = Path(args.output)
-    values = {
-        "n_samples": args.samples, "noise": args.noise, "steps": args.steps,
-        "baseline": args.baseline, "seed": args.seed, "layer": args.layer,
-        "window": args.window, "stride": args.stride, "n_masks": args.masks,
-        "relu": not args.keep_negative, "progress": not args.quiet,
-    }  # fmt: skip
+    values = method_values(args)
     explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
 
     probabilities = [
@@ -296,6 +466,204 @@ def _write_outputs(
     return maps
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``salience evaluate``: deletion and insertion AUC per method, with a random baseline."""
+    import torch
+
+    from salience.evaluation.faithfulness import evaluate_methods
+    from salience.targets import parse_target
+
+    if args.step is not None and args.step < 1:
+        raise ValueError(f"--step must be >= 1 pixel, got {args.step}")
+    loaded = open_model_from_args(args)
+    methods = method_names(args.method)
+    target = parse_target(args.target, loaded.class_names)
+    inputs = _inputs(args.images)
+    x = torch.cat([loaded.preset.prepare(item.source).tensor for item in inputs])
+    report = evaluate_methods(
+        loaded.adapter, x, methods, labels=[item.label for item in inputs], target=target,
+        score=args.score, class_names=loaded.class_names, pixels_per_step=args.step,
+        **method_values(args),  # with seed (also the random baseline's) and progress
+    )  # fmt: skip
+    print(f"faithfulness of {loaded.name} on {len(inputs)} image(s), {args.score} of the class:")
+    print(report.format_table())
+    output = Path(args.output)
+    report.save(output, model=loaded.name)
+    print(f"wrote faithfulness.csv, faithfulness.json and faithfulness.png to {output}/")
+    return 0
+
+
+def run_sanity(args: argparse.Namespace) -> int:
+    """``salience sanity``: model-parameter (or, with ``--data``, data) randomization test."""
+    import torch
+
+    methods = method_names(args.method)
+    values = method_values(args)
+    output = Path(args.output)
+    if args.data:
+        return _run_data_randomization(args, methods, values, output)
+    loaded = open_model_from_args(args)
+    x = torch.cat([loaded.preset.prepare(item.source).tensor for item in _inputs(args.images)])
+    layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
+    modes = ("cascading", "independent") if args.mode == "both" else (args.mode,)
+    from salience.evaluation.randomization import sanity_check
+
+    for mode in modes:
+        result = sanity_check(
+            loaded.adapter, x, methods, mode=mode, layers=layers, target=args.target,
+            score=args.score, class_names=loaded.class_names, threshold=args.threshold,
+            **values,
+        )  # fmt: skip
+        _print_sanity(result, loaded.name, len(x))
+        written = result.save(output)
+        print(f"wrote {', '.join(path.name for path in written)} to {output}/")
+    return 0
+
+
+def _print_sanity(result: Any, model: str, images: int) -> None:
+    """The sanity table: similarity after the top block, half the blocks, all; the verdicts."""
+    means = result.mean("spearman_abs")
+    steps = len(result.steps)
+    half = (steps - 1) // 2
+    print(
+        f"{result.mode} randomization of {model}: {steps} blocks, {images} image(s); "
+        "rank correlation of the absolute maps with the trained model's"
+    )
+    first, middle = f"{result.steps[0]}", f"{result.steps[half]}"
+    print(f"  {'method':<22} {first:>12} {middle:>12} {result.steps[-1]:>12}  verdict")
+    for m, method in enumerate(result.methods):
+        verdict = result.verdicts()[method]
+        print(
+            f"  {method:<22} {means[m, 0]:>12.2f} {means[m, half]:>12.2f} {means[m, -1]:>12.2f}"
+            f"  {verdict.text}"
+        )
+
+
+def _run_data_randomization(
+    args: argparse.Namespace, methods: list[str], values: dict[str, Any], output: Path
+) -> int:
+    from salience.evaluation.data_randomization import data_randomization_test
+
+    if args.images or args.model != "efficientnet_lite0" or args.layers:
+        raise ValueError(
+            "--data trains its own models on the digits: drop IMAGE, --model, --layers"
+        )
+    result = data_randomization_test(methods, progress=values.pop("progress"), **values)
+    print("data randomization on the 8×8 digits (maps of held-out digits, their true class):")
+    for trained in result.models:
+        print(
+            f"  {trained.labeling} labels: {trained.epochs} epochs, training accuracy "
+            f"{trained.train_accuracy:.1%}, test accuracy {trained.test_accuracy:.1%}"
+        )
+    print(f"  {'method':<22} " + " ".join(f"{m:>15}" for m in result.metrics))
+    for row in result.rows():
+        print(f"  {row['method']:<22} " + " ".join(f"{row[m]:>15.2f}" for m in result.metrics))
+    written = result.save(output)
+    print(f"wrote {', '.join(path.name for path in written)} to {output}/")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``salience compare``: several methods' maps side by side, and how much they agree."""
+    from salience import viz
+    from salience.api import explain_all, make_explainer, method_options
+    from salience.evaluation.agreement import agreement
+    from salience.evaluation.plots import agreement_figure
+    from salience.postprocess import to_display
+    from salience.targets import parse_target
+
+    methods = method_names(args.method)
+    if len(methods) < 2:
+        raise ValueError(f"compare needs at least 2 methods, got {', '.join(methods) or 'none'}")
+    if not 0 < args.top <= 100:
+        raise ValueError(f"--top must be a percentage in (0, 100], got {args.top}")
+    loaded = open_model_from_args(args)
+    target = parse_target(args.target, loaded.class_names)
+    values = method_values(args)
+    explainers = [make_explainer(loaded.adapter, m, **method_options(m, values)) for m in methods]
+    output = Path(args.output)
+    for item in _inputs(args.images):
+        image = loaded.preset.prepare(item.source)
+        found = explain_all(
+            loaded.adapter, image.tensor, explainers, target=target, score=args.score,
+            class_names=loaded.class_names,
+        )  # fmt: skip
+        maps = {name: e.map(0, 0) for name, e in found.items()}
+        result = agreement(maps, top_fraction=args.top / 100.0)
+        first = next(iter(found.values()))
+        index = int(first.targets[0, 0])
+        title = loaded.class_names[index] if index >= 0 else "custom target"
+        shown = [
+            image.geometry.to_original(to_display(m, size=result.size).numpy())
+            for m in maps.values()
+        ]
+        written = [
+            viz.save_grid(
+                output / f"{item.label}_compare.png", [image.original], [shown],
+                row_titles=[title], column_titles=list(maps), cmap=args.cmap, alpha=args.alpha,
+            ),
+            viz.save_figure(agreement_figure(result), output / f"{item.label}_agreement.png"),
+            result.save_json(output / f"{item.label}_agreement.json"),
+        ]  # fmt: skip
+        _print_agreement(item.label, title, result)
+        print(f"wrote {', '.join(path.name for path in written)} to {output}/")
+    return 0
+
+
+def _print_agreement(label: str, title: str, result: Any) -> None:
+    width = max(len(m) for m in result.methods)
+    print(
+        f"{label} ({title}): Spearman rank correlation above the diagonal, "
+        f"top-{result.top_fraction:.0%} IoU below"
+    )
+    print("  " + " " * width + " ".join(f"{m[:10]:>10}" for m in result.methods))
+    for i, method in enumerate(result.methods):
+        cells = []
+        for j in range(len(result.methods)):
+            value = result.spearman[i, j] if j > i else result.iou[i, j] if j < i else None
+            cells.append(f"{'—':>10}" if value is None else f"{value:>10.2f}")
+        print(f"  {method:<{width}}" + " ".join(cells))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``salience serve``: open the models once, then serve the page and the API."""
+    try:
+        import uvicorn
+
+        from salience.server.app import create_app
+    except ImportError as error:
+        raise ImportError(
+            f"salience serve needs FastAPI and uvicorn ({error}); pip install 'salience[server]'"
+        ) from error
+    from salience.loading import open_model
+    from salience.server.limits import Limits
+
+    names = [
+        name.strip() for given in args.model or ["efficientnet_lite0"]
+        for name in given.split(",") if name.strip()
+    ]  # fmt: skip
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    limits = Limits(
+        max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
+        max_pixels=args.max_pixels, time_limit=args.time_limit,
+    )  # fmt: skip
+    models = [open_model(name) for name in dict.fromkeys(names)]
+    app = create_app(models, limits=limits, workers=args.workers)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"salience: warning: listening on {args.host}; anyone who can reach this address can "
+            "use the server (it has no authentication)",
+            file=sys.stderr,
+        )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    served = ", ".join(model.name for model in models)
+    print(f"salience: serving {served} at http://{host}:{args.port}/ (API docs at /docs)")
+    sys.stdout.flush()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def run_models(_args: argparse.Namespace) -> int:
     """``salience models``."""
     from salience.registry import available
@@ -323,19 +691,21 @@ def run_methods(_args: argparse.Namespace) -> int:
 def run_layers(args: argparse.Namespace) -> int:
     """``salience layers``: the model's layers, their output shapes, the default CAM layer."""
     from salience.adapters.layers import LayerError
-    from salience.adapters.torch import TorchAdapter
-    from salience.zoo import DEFAULT_SAMPLE, SAMPLE_IMAGES, load_model, model_spec
+    from salience.zoo import DEFAULT_SAMPLE, SAMPLE_IMAGES
 
-    spec = model_spec(args.model)
-    sample = spec.preset.prepare(SAMPLE_IMAGES[DEFAULT_SAMPLE]()).tensor
-    adapter = TorchAdapter(load_model(spec.name))
+    loaded = open_model_from_args(args)
+    adapter = loaded.adapter
+    if not getattr(adapter, "differentiable", True):
+        raise LayerError(f"{loaded.name} is a black box (ONNX): salience cannot see its layers")
+    sample = loaded.preset.prepare(SAMPLE_IMAGES[DEFAULT_SAMPLE]()).tensor
     try:
         default = adapter.resolve_layer(None, sample)
     except LayerError:
         default = None
+    table = adapter.layer_table(sample)
     shape = "×".join(map(str, sample.shape))
-    print(f"layers of {spec.name} on a {shape} input (* = the CAM default):")
-    for info in adapter.layer_table(sample):
+    print(f"layers of {loaded.name} on a {shape} input (* = the CAM default):")
+    for info in table:
         if not (args.all or info.spatial or info.name == default):
             continue
         shape = "×".join(map(str, info.shape[1:])) if info.shape is not None else "(not a tensor)"

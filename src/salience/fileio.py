@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    umask = os.umask(0o022)  # reading the umask means setting it: done once, at import
+    os.umask(umask)
+    return umask
+
+
+NEW_FILE_MODE = 0o666 & ~_read_umask()
+"""The mode ``open()`` gives a new file; written files get it too (mkstemp's is 0600)."""
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
@@ -28,6 +38,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield temporary
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
+            os.fchmod(written.fileno(), NEW_FILE_MODE)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

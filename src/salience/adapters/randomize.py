@@ -9,11 +9,12 @@ Units are the model's parameterized children in call order, with a container of 
 normalization layer joined to the unit that runs just before it (a convolution and its
 BatchNorm are one unit).
 
-New weights: He et al.'s truncated normal for weight tensors of 2 or more dimensions (variance
-2/fan_in after the cut at 2σ), so a signal neither vanishes nor explodes through randomized layers; zero
-biases; normalization layers reset to the identity (weight 1, bias 0, running mean 0, variance 1);
-any other parameter from N(0, 0.02²). Each unit gets its own generator, seeded from the seed and
-the unit's name, so a unit's new weights are the same in cascading and independent tests.
+New weights: He et al.'s truncated normal for weight tensors of 2 or more dimensions
+(variance 2/fan_in after the cut at 2σ), so a signal neither vanishes nor explodes through
+randomized layers; zero biases; normalization layers reset to the identity (weight 1, bias 0,
+running mean 0, variance 1); any other parameter from N(0, 0.02²). Each unit gets its own
+generator, seeded from the seed and the unit's name, so a unit's new weights are the same in
+cascading and independent tests.
 """
 
 from __future__ import annotations

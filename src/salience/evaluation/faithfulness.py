@@ -18,8 +18,6 @@ rank and scores them through the adapter (inference mode; any black box, ONNX in
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import time
@@ -36,6 +34,7 @@ from tqdm.auto import tqdm
 from salience.adapters.torch import as_adapter
 from salience.api import make_explainer, method_options
 from salience.explanation import Explanation
+from salience.fileio import write_csv_atomic, write_json_atomic
 from salience.methods.base import Explainer
 from salience.methods.masking import BULK_PASSES, masked_scores
 from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
@@ -52,7 +51,7 @@ from salience.targets import (
 )
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 DELETION = "deletion"
 INSERTION = "insertion"
@@ -441,26 +440,35 @@ class FaithfulnessReport:
             )
         return "\n".join(lines)
 
-    def to_csv(self) -> str:
-        """One row per method and image, then one ``mean`` row per method."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["method", "image", "deletion_auc", "insertion_auc", "seconds"])
+    def rows(self) -> list[dict[str, Any]]:
+        """The table: one row per method and image, then one ``mean`` row per method."""
+        rows = []
         for entry in self.methods:
             per_image = zip(
                 self.images, entry.deletion.auc.tolist(), entry.insertion.auc.tolist(),
                 entry.seconds, strict=True,
             )  # fmt: skip
             for image, deleted, inserted, seconds in per_image:
-                writer.writerow(
-                    [entry.method, image, f"{deleted:.6f}", f"{inserted:.6f}", f"{seconds:.6f}"]
-                )
-            row = entry.summary()
-            writer.writerow([
-                entry.method, "mean", f"{row['deletion_auc']:.6f}", f"{row['insertion_auc']:.6f}",
-                f"{row['seconds']:.6f}",
-            ])  # fmt: skip
-        return buffer.getvalue()
+                rows.append(_row(entry.method, image, deleted, inserted, seconds))
+            mean = entry.summary()
+            rows.append(
+                _row(entry.method, "mean", mean["deletion_auc"], mean["insertion_auc"],
+                     mean["seconds"])
+            )  # fmt: skip
+        return rows
+
+    def save(self, folder: str | os.PathLike[str], *, model: str | None = None) -> list[Path]:
+        """Write ``faithfulness.csv``, ``.json`` and the curves ``.png`` atomically."""
+        from salience.evaluation.plots import faithfulness_figure
+        from salience.viz import save_figure
+
+        stem = Path(folder) / "faithfulness"
+        summary = self.to_dict() if model is None else {"model": model, **self.to_dict()}
+        return [
+            write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
+            write_json_atomic(stem.with_suffix(".json"), summary),
+            save_figure(faithfulness_figure(self), stem.with_suffix(".png")),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The whole report, JSON-ready."""
@@ -579,41 +587,11 @@ def _random_maps(x: Tensor, seed: int | None) -> tuple[Tensor, tuple[float, ...]
     return maps, ((time.perf_counter() - start) / len(x),) * len(x)
 
 
-def curves_figure(report: FaithfulnessReport) -> Figure:
-    """Deletion and insertion curves side by side: each method's mean over the images.
-
-    The legend gives each method's mean area; the random baseline is dashed.
-    """
-    from salience import viz
-
-    figure = viz.new_figure(10.0, 4.0, "faithfulness curves")
-    axes = figure.subplots(1, 2, sharey=True)
-    for axis, mode in zip(axes, MODES, strict=True):
-        better = "lower" if mode == DELETION else "higher"
-        for entry in report.methods:
-            curve: CurveResult = getattr(entry, mode)
-            style = {"linestyle": "--", "color": "gray"} if entry.method == RANDOM_METHOD else {}
-            axis.plot(
-                curve.fractions.numpy(), curve.scores.mean(dim=0).numpy(),
-                label=f"{entry.method} (AUC {curve.mean_auc:.3f})", **style,
-            )  # fmt: skip
-        axis.set_title(f"{mode} ({better} AUC is better)")
-        verb = "deleted" if mode == DELETION else "inserted"
-        axis.set_xlabel(f"fraction of pixels {verb}, most salient first")
-        axis.set_xlim(0.0, 1.0)
-        axis.legend(fontsize="small")
-    kind = report.methods[0].deletion.score_kind if report.methods else "probability"
-    axes[0].set_ylabel(f"{kind} of the explained class (mean of {len(report.images)} images)")
-    return figure
-
-
-def save_curves(
-    report: FaithfulnessReport, path: str | os.PathLike[str], *, dpi: int = 100
-) -> Path:
-    """Write :func:`curves_figure` as PNG, atomically; return the path."""
-    from salience import viz
-
-    return viz.save_figure(curves_figure(report), path, dpi=dpi)
+def _row(method: str, image: str, deleted: float, inserted: float, seconds: float) -> dict:
+    return {
+        "method": method, "image": image, "deletion_auc": round(deleted, 6),
+        "insertion_auc": round(inserted, 6), "seconds": round(seconds, 6),
+    }  # fmt: skip
 
 
 def _check_images(x: Tensor) -> None:

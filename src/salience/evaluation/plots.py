@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from salience.evaluation.agreement import Agreement
     from salience.evaluation.data_randomization import DataRandomizationResult
+    from salience.evaluation.faithfulness import FaithfulnessReport
     from salience.evaluation.randomization import SanityResult
 
 CELL_INCHES = 1.3
@@ -120,4 +121,32 @@ def data_randomization_figure(result: DataRandomizationResult) -> Figure:
         for t in result.models
     )
     figure.suptitle(f"data randomization ({accuracies})", fontsize=9)
+    return figure
+
+
+def faithfulness_figure(report: FaithfulnessReport) -> Figure:
+    """Deletion and insertion curves side by side: each method's mean over the images.
+
+    The legend gives each method's mean area; the random baseline is dashed.
+    """
+    from salience.evaluation.faithfulness import DELETION, MODES, RANDOM_METHOD
+
+    figure = new_figure(10.0, 4.0, "faithfulness curves")
+    axes = figure.subplots(1, 2, sharey=True)
+    for axis, mode in zip(axes, MODES, strict=True):
+        better = "lower" if mode == DELETION else "higher"
+        for entry in report.methods:
+            curve = getattr(entry, mode)
+            style = {"linestyle": "--", "color": "gray"} if entry.method == RANDOM_METHOD else {}
+            axis.plot(
+                curve.fractions.numpy(), curve.scores.mean(dim=0).numpy(),
+                label=f"{entry.method} (AUC {curve.mean_auc:.3f})", **style,
+            )  # fmt: skip
+        axis.set_title(f"{mode} ({better} AUC is better)")
+        verb = "deleted" if mode == DELETION else "inserted"
+        axis.set_xlabel(f"fraction of pixels {verb}, most salient first")
+        axis.set_xlim(0.0, 1.0)
+        axis.legend(fontsize="small")
+    kind = report.methods[0].deletion.score_kind if report.methods else "probability"
+    axes[0].set_ylabel(f"{kind} of the explained class (mean of {len(report.images)} images)")
     return figure
