@@ -485,3 +485,34 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main(["serve"]) == 2
     assert "pip install 'salience[server]'" in capsys.readouterr().err
+
+
+def test_sanity_endpoint_equals_the_library_and_refuses_slow_methods(
+    client: TestClient, model: nn.Module
+) -> None:
+    from salience.evaluation.randomization import sanity_check
+
+    data = photo(11)
+    fields = {"methods": "gradient,guided_backprop,gradcam", "blocks": "2", "seed": "4"}
+    response = client.post("/api/sanity", files=upload(data), data=fields)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    x = PRESET.prepare(data).tensor
+    layers = [unit.name for unit in TorchAdapter(model).randomization_units(x)[:2]]
+    expected = sanity_check(
+        model, x, ["gradient", "guided_backprop", "gradcam"], layers=layers, seed=4,
+        progress=False,
+    )  # fmt: skip
+    assert body["model"] == "tiny" and body["steps"] == layers
+    for metric in expected.metrics:
+        for m, method in enumerate(expected.methods):
+            np.testing.assert_allclose(
+                body["mean"][metric][method], expected.mean(metric)[m], atol=1e-9
+            )
+    assert body["verdicts"]["gradient"]["threshold"] == 0.5
+
+    slow = client.post("/api/sanity", files=upload(data), data={"methods": "smoothgrad"})
+    assert slow.status_code == 400 and slow.json()["kind"] == "bad_method"
+    assert "salience sanity" in slow.json()["error"]
+    too_many = client.post("/api/sanity", files=upload(data), data={"blocks": "50"})
+    assert too_many.status_code == 422 and too_many.json()["kind"] == "invalid_request"

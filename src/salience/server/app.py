@@ -11,6 +11,7 @@ Endpoints (OpenAPI docs at ``/docs``):
   ``DELETE /api/jobs/{id}`` cancels it
 - ``GET /api/jobs/{id}/image.png``, ``/api/jobs/{id}/maps/{i}/{overlay.png|map.npy|display.f32}``
 - ``GET /api/jobs/{id}/agreement`` pairwise agreement of the job's maps
+- ``POST /api/sanity`` an image → the randomization test over the model's top blocks
 
 Every rejected request gets a JSON error ``{"error", "kind", "status"}``. Nothing in a request
 names a file: models are the ones opened at start, static files are read into memory at start,
@@ -46,6 +47,7 @@ from salience.server.errors import ApiError, classify
 from salience.server.form import ExplainForm, explain_form, plan_request
 from salience.server.jobs import Job, JobStore
 from salience.server.limits import BodySizeLimit, Limits, RequestRejectedError, check_image_upload
+from salience.server.sanity import SanityForm, check_methods, run_sanity
 from salience.server.service import (
     ModelPool,
     agreement_of,
@@ -262,9 +264,20 @@ def create_app(
         headers = {"content-disposition": f'{disposition}; filename="{filename}"'}
         return Response(data, media_type=kind, headers=headers)
 
-    # A sanity-check endpoint (salience.evaluation.randomization.sanity_check) is left out on
-    # purpose: it explains one randomized model copy per block, minutes on a CPU, too slow for
-    # a request. It would run as a Job like the explanations, with its own progress.
+    @app.post("/api/sanity", summary="Randomize the top blocks; do the maps change?")
+    async def sanity(form: Annotated[SanityForm, Depends()]) -> dict[str, Any]:
+        loaded = pool.get(form.model)
+        names = check_methods(form)
+        prepared = await read_image(form.image, loaded)
+        future = executor.submit(run_sanity, form, names, loaded, prepared)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), limits.time_limit)
+        except TimeoutError as error:
+            raise TimeLimitExceededError(
+                f"the sanity check took longer than {limits.time_limit:g} s; ask for fewer "
+                "blocks or methods"
+            ) from error
+
     @app.get("/api/jobs/{job_id}/agreement", summary="Pairwise agreement of a job's maps")
     def job_agreement(
         job_id: JobId, top_fraction: Annotated[float, Query(gt=0, le=1)] = 0.1
