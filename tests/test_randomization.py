@@ -16,6 +16,7 @@ import salience
 from conftest import SmallCNN, assert_same_state, model_state
 from salience.adapters.layers import LayerError
 from salience.adapters.randomize import (
+    RandomizationError,
     RandomizationUnit,
     randomization_units,
     randomized_copy,
@@ -194,7 +195,7 @@ def test_bad_requests_are_refused(blocks: Blocks, photos: Tensor) -> None:
     class BlackBox:
         is_adapter = True
 
-    with pytest.raises(TypeError, match=r"pass a torch\.nn\.Module"):
+    with pytest.raises(RandomizationError, match=r"pass a torch\.nn\.Module"):
         sanity_check(BlackBox(), photos, METHODS, progress=False)
 
 

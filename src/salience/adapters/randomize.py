@@ -45,6 +45,10 @@ TRUNCATED_STD = 0.8796256610342398
 """The standard deviation of a unit normal cut at ±2: draws are scaled up by its inverse."""
 
 
+class RandomizationError(ValueError):
+    """A model that cannot be randomized: a black box, or one that cannot be copied."""
+
+
 @dataclass(frozen=True)
 class RandomizationUnit:
     """A block that is re-initialized as one step.
@@ -177,7 +181,7 @@ def randomized_copy(model: nn.Module, units: Sequence[RandomizationUnit], seed: 
     try:
         duplicate = copy.deepcopy(model)
     except Exception as error:
-        raise TypeError(
+        raise RandomizationError(
             f"randomization works on a copy of the model, and copy.deepcopy failed: {error}"
         ) from error
     for unit in units:

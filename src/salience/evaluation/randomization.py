@@ -25,6 +25,7 @@ import numpy as np
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salience.adapters.randomize import RandomizationError
 from salience.adapters.torch import as_adapter
 from salience.evaluation.similarity import SIMILARITY_METRICS, comparable, similarities
 from salience.fileio import write_csv_atomic, write_json_atomic
@@ -258,7 +259,7 @@ def sanity_check(
         raise ValueError("name at least one method to test")
     adapter = as_adapter(model)
     if not hasattr(adapter, "randomized"):
-        raise TypeError(
+        raise RandomizationError(
             "the randomization test re-initializes the model's weights, which "
             f"{type(adapter).__name__} cannot do: pass a torch.nn.Module"
         )
