@@ -186,3 +186,31 @@ def test_bad_keras_files_give_one_line_errors(
         open_model(str(saved))
     assert str(caught.value).endswith("pip install 'salience[keras]'")
     assert main(["explain", "--model", str(saved), "-o", str(tmp_path / "out")]) == 2
+
+
+def test_sanity_checks_randomize_a_copy_layer_by_layer(trained: object, batch: Tensor) -> None:
+    from salience.evaluation.randomization import sanity_check
+
+    weights = [np.array(w) for w in trained.get_weights()]
+    adapter = as_adapter(trained)
+    units = adapter.randomization_units(batch)
+    assert [unit.name for unit in units] == ["dense", "conv2", "conv1"]
+    copy = adapter.randomized(units[:1], seed=3).keras_model
+    for layer in ("conv1", "conv2"):  # untouched below the randomized block
+        for a, b in zip(
+            trained.get_layer(layer).get_weights(), copy.get_layer(layer).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    kernel, bias = copy.get_layer("dense").get_weights()
+    assert not np.array_equal(kernel, trained.get_layer("dense").get_weights()[0])
+    assert np.array_equal(bias, np.zeros_like(bias))
+    assert float(np.std(kernel)) == pytest.approx(np.sqrt(2 / 16), rel=0.3)  # He, fan-in 16
+
+    first = sanity_check(trained, batch, ["gradient", "gradcam"], seed=1, progress=False)
+    again = sanity_check(trained, batch, ["gradient", "gradcam"], seed=1, progress=False)
+    assert first.steps == ("dense", "conv2", "conv1")
+    np.testing.assert_array_equal(first.similarity, again.similarity)
+    after = trained.get_weights()
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(weights, after, strict=True))
+    with pytest.raises(LookupError, match="no layer 'conv9'"):
+        adapter.randomization_units(batch, ["conv9"])

@@ -152,7 +152,7 @@ def test_each_step_equals_explaining_the_randomized_model_directly(
                 random_model, photos, method=method, target=trained_classes
             )
             for n in range(2):
-                found = similarities(reference.map(n), randomized.map(n), (16, 16))
+                found = similarities(reference.map(n), randomized.map(n), (32, 32))  # 16×16, ×2
                 expected = [found[metric] for metric in SIMILARITY_METRICS]
                 np.testing.assert_allclose(result.similarity[m, step, n], expected, atol=1e-6)
 

@@ -12,6 +12,7 @@ from scipy.stats import rankdata
 from salience.evaluation.agreement import agreement
 from salience.evaluation.similarity import (
     comparable,
+    comparison_size,
     hog_similarity,
     similarities,
     spearman,
@@ -73,8 +74,10 @@ def test_ssim_and_hog_are_one_for_equal_maps_and_lower_for_different_ones() -> N
     blob = np.exp(-((np.arange(32)[:, None] - 16) ** 2 + (np.arange(32) - 16) ** 2) / 40.0)
     shifted = np.roll(blob, 2, axis=1)
     assert ssim(blob, shifted) > ssim(blob, a)  # a shifted blob is closer than noise
-    with pytest.raises(ValueError, match="at least 7"):
-        ssim(np.zeros((5, 5)), np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="at least 11"):
+        ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+    assert comparison_size((8, 8)) == (32, 32) and comparison_size((12, 20)) == (36, 60)
+    assert comparison_size((224, 224)) == (224, 224)
 
 
 def test_top_k_iou_counts_the_shared_top_pixels() -> None:

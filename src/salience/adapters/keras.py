@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import sys
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from salience.adapters.layers import LayerError
+from salience.adapters.randomize import (
+    OTHER_STD,
+    RandomizationError,
+    RandomizationUnit,
+    he_truncated_normal,
+    unit_generator,
+)
 from salience.adapters.torch import TorchAdapter
 
 KERAS_INSTALL_HINT = "pip install 'salience[keras]'"
@@ -372,11 +381,88 @@ class KerasAdapter(TorchAdapter):
         height, width = (shape[1], shape[2]) if self.layout == "nhwc" else (shape[2], shape[3])
         return (height, width) if height and width else None
 
+    def randomization_units(
+        self, x: Tensor, layers: Sequence[str] | None = None
+    ) -> list[RandomizationUnit]:
+        """The Keras layers a randomization test re-initializes, from the output down.
+
+        Layers with weights, in model order, a normalization layer joined to the layer before
+        it; or the layers named in ``layers``, in that order.
+        """
+        keras = import_keras()
+        model = self.keras_model
+        if layers is not None:
+            units = []
+            for name in layers:
+                try:
+                    layer = model.get_layer(name)
+                except ValueError as error:
+                    raise LayerError(f"the Keras model has no layer {name!r}") from error
+                if not layer.weights:
+                    raise LayerError(f"layer {name!r} has no parameters to randomize")
+                units.append(RandomizationUnit(name, (name,)))
+            return units
+        groups: list[list[str]] = []
+        for layer in _keras_layers(keras, model):
+            if not layer.weights or isinstance(layer, keras.Model):
+                continue
+            if groups and isinstance(layer, _keras_norm_types(keras)):
+                groups[-1].append(layer.name)
+            else:
+                groups.append([layer.name])
+        if not groups:
+            raise LayerError("the Keras model has no parameters to randomize")
+        return [RandomizationUnit(group[0], tuple(group)) for group in reversed(groups)]
+
+    def randomized(self, units: Sequence[RandomizationUnit], *, seed: int) -> KerasAdapter:
+        """An adapter of a copy of the Keras model with ``units`` re-initialized (seeded).
+
+        The rules of :mod:`salience.adapters.randomize`, with Keras' kernel layout: fan-in is
+        the product of a kernel's dimensions but the last (as Keras' own initializers count it).
+        """
+        keras = import_keras()
+        try:
+            duplicate = copy.deepcopy(self.keras_model)
+        except Exception as error:
+            raise RandomizationError(
+                f"randomization works on a copy of the model, and copying it failed: {error}"
+            ) from error
+        for unit in units:
+            generator = unit_generator(seed, unit, torch.device("cpu"))
+            for name in unit.modules:
+                _reinitialize_keras_layer(keras, duplicate.get_layer(name), generator)
+        return KerasAdapter(duplicate, layout=self.layout, strip_softmax=self.model.strip_softmax)
+
     @contextmanager
     def _runnable(self, sample: Tensor, layer: str | None = None) -> Iterator[nn.Module]:
         self.model.refresh()
         with super()._runnable(sample, layer) as model:
             yield model
+
+
+def _keras_norm_types(keras: ModuleType) -> tuple[type, ...]:
+    layers = keras.layers
+    return (layers.BatchNormalization, layers.LayerNormalization, layers.GroupNormalization)
+
+
+_NORM_VALUES = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}
+
+
+def _reinitialize_keras_layer(keras: ModuleType, layer: Any, generator: torch.Generator) -> None:
+    """New weights for one Keras layer, drawn from ``generator`` (see ``randomized``)."""
+    norm = isinstance(layer, _keras_norm_types(keras))
+    for variable in layer.weights:
+        name = variable.path.rsplit("/", 1)[-1]
+        shape = tuple(variable.shape)
+        if norm:
+            values = torch.full(shape, _NORM_VALUES.get(name, 0.0))
+        elif len(shape) >= 2:
+            values = he_truncated_normal(shape, math.prod(shape[:-1]), generator)
+        elif name == "bias":
+            values = torch.zeros(shape)
+        else:
+            values = he_truncated_normal(shape, 1, generator, std=OTHER_STD)
+        variable.assign(values.to(variable.value.dtype).numpy())
 
 
 def _default_layout(keras: ModuleType, model: Any) -> str:

@@ -40,7 +40,7 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 """Layers that belong to the layer that runs before them."""
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
-_OTHER_STD = 0.02
+OTHER_STD = 0.02
 TRUNCATED_STD = 0.8796256610342398
 """The standard deviation of a unit normal cut at ±2: draws are scaled up by its inverse."""
 
@@ -133,12 +133,17 @@ def unit_generator(seed: int, unit: RandomizationUnit, device: torch.device) -> 
     return generator
 
 
-def _truncated_normal(tensor: Tensor, std: float, generator: torch.Generator) -> None:
-    """Fill ``tensor`` with normal draws cut at 2 standard deviations, of std ``std``."""
-    values = torch.randn(tensor.shape, generator=generator, device=tensor.device)
+def he_truncated_normal(
+    shape: Sequence[int], fan_in: int, generator: torch.Generator, *, std: float | None = None
+) -> Tensor:
+    """Normal draws cut at 2 standard deviations, of std √(2/fan_in) (or ``std``) after the cut."""
+    std = math.sqrt(2.0 / max(fan_in, 1)) if std is None else std
+    values = torch.randn(tuple(shape), generator=generator, device=generator.device)
     while (outside := values.abs() > 2.0).any():  # redraw beyond the cut
-        values[outside] = torch.randn(int(outside.sum()), generator=generator, device=tensor.device)
-    tensor.copy_(values * (std / TRUNCATED_STD))
+        values[outside] = torch.randn(
+            int(outside.sum()), generator=generator, device=generator.device
+        )
+    return values * (std / TRUNCATED_STD)
 
 
 def _reinitialize_module(module: nn.Module, generator: torch.Generator) -> None:
@@ -153,12 +158,11 @@ def _reinitialize_module(module: nn.Module, generator: torch.Generator) -> None:
         return
     for name, parameter in module.named_parameters(recurse=False):
         if parameter.ndim >= 2:
-            fan_in = parameter[0].numel()
-            _truncated_normal(parameter, math.sqrt(2.0 / fan_in), generator)
+            parameter.copy_(he_truncated_normal(parameter.shape, parameter[0].numel(), generator))
         elif name == "bias":
             parameter.zero_()
         else:
-            _truncated_normal(parameter, _OTHER_STD, generator)
+            parameter.copy_(he_truncated_normal(parameter.shape, 1, generator, std=OTHER_STD))
 
 
 @torch.no_grad()

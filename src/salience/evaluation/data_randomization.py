@@ -25,11 +25,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from salience.adapters.randomize import initialize
-from salience.evaluation.similarity import SIMILARITY_METRICS, comparable, similarities
+from salience.evaluation.similarity import (
+    SIMILARITY_METRICS,
+    comparable,
+    comparison_size,
+    similarities,
+)
 from salience.fileio import write_csv_atomic, write_json_atomic
 
 LABELINGS: tuple[str, ...] = ("true", "permuted")
-COMPARE_SIZE = (32, 32)
+COMPARE_SIZE = comparison_size((8, 8))
 """The size digit maps are compared at (SSIM's Gaussian window is 11 pixels wide)."""
 TEST_FRACTION = 1 / 6
 MEMORIZED = 0.99

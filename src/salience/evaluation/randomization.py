@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 
 from salience.adapters.randomize import RandomizationError
 from salience.adapters.torch import as_adapter
-from salience.evaluation.similarity import SIMILARITY_METRICS, comparable, similarities
+from salience.evaluation.similarity import (
+    SIMILARITY_METRICS,
+    comparable,
+    comparison_size,
+    similarities,
+)
 from salience.fileio import write_csv_atomic, write_json_atomic
 from salience.targets import Custom, TargetLike, parse_target, resolve
 
@@ -282,7 +287,7 @@ def sanity_check(
     fixed = _fixed_target(adapter, inputs, target, class_names)
     reference = maps_of(adapter, fixed)
     bar.update()
-    size = tuple(inputs.shape[-2:])
+    size = comparison_size(tuple(inputs.shape[-2:]))
     count = inputs.shape[0]
     similarity = np.zeros((len(methods), len(units), count, len(SIMILARITY_METRICS)))
     maps = np.zeros((len(methods), total, *size), dtype=np.float32)

@@ -10,6 +10,7 @@ pixel.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -22,6 +23,8 @@ SIMILARITY_METRICS: tuple[str, ...] = ("spearman_abs", "spearman_signed", "ssim"
 
 PERCENTILE = 99.0
 """Magnitudes above this percentile are clipped before comparing (the paper's choice)."""
+MIN_COMPARED_SIDE = 32
+"""Smaller maps are compared upsampled (SSIM's Gaussian window is 11 pixels wide)."""
 
 
 def comparable(saliency: Tensor, size: tuple[int, int], *, signed: bool) -> np.ndarray:
@@ -78,8 +81,11 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0) -> float:
     from skimage.metrics import structural_similarity
 
     a, b = _same_shape(a, b)
-    if min(a.shape) < 7:
-        raise ValueError(f"SSIM needs maps of at least 7×7 pixels, got {a.shape}")
+    if min(a.shape) < 11:
+        raise ValueError(
+            f"SSIM with a Gaussian window of σ 1.5 needs maps of at least 11×11 pixels, got "
+            f"{a.shape}; compare at comparison_size(...)"
+        )
     value = structural_similarity(
         a, b, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
     )
@@ -148,6 +154,13 @@ def similarities(reference: Tensor, other: Tensor, size: tuple[int, int]) -> dic
     return {name: measures[name]() for name in SIMILARITY_METRICS}
 
 
+def comparison_size(size: tuple[int, int], minimum: int = MIN_COMPARED_SIDE) -> tuple[int, int]:
+    """The size maps of inputs of ``size`` are compared at: scaled up by a whole factor until
+    the shorter side is at least ``minimum``."""
+    factor = max(1, math.ceil(minimum / max(1, min(size))))
+    return int(size[0]) * factor, int(size[1]) * factor
+
+
 def map_size(saliency: Tensor) -> tuple[int, int]:
     """The spatial size ``(H, W)`` of a map ``(C, H, W)`` or ``(H, W)``."""
     return int(saliency.shape[-2]), int(saliency.shape[-1])
@@ -162,6 +175,7 @@ __all__ = [
     "PERCENTILE",
     "SIMILARITY_METRICS",
     "comparable",
+    "comparison_size",
     "hog_features",
     "hog_similarity",
     "largest_size",
