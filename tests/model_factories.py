@@ -33,3 +33,35 @@ def digits_net() -> nn.Module:
 def not_a_model() -> str:
     """A factory that returns something salience cannot explain."""
     return "a string"
+
+
+def seeded_digits_net() -> nn.Module:
+    """A :class:`DigitsNet` with fixed weights (seed 0) and no biases: the same model in every
+    process, not too sure of itself."""
+    import torch
+
+    model = DigitsNet()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            scale = 0.3 if name.endswith("weight") else 0.0
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    return model
+
+
+class _Slow(nn.Module):
+    def __init__(self, model: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.model = model
+        self.seconds = seconds
+
+    def forward(self, x: Tensor) -> Tensor:
+        import time
+
+        time.sleep(self.seconds)
+        return self.model(x)
+
+
+def slow_digits_net() -> nn.Module:
+    """:func:`seeded_digits_net` taking 20 ms more per forward pass (to interrupt jobs midway)."""
+    return _Slow(seeded_digits_net(), 0.02)

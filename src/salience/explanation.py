@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from salience.fileio import atomic_path, write_bytes_atomic
+from salience.fileio import write_bytes_atomic
 
 FORMAT_VERSION = 1
 
@@ -94,15 +95,25 @@ class Explanation:
             "info": _jsonable(self.info),
         }
 
+    def to_bytes(self, *, compress: bool = True) -> tuple[bytes, bytes]:
+        """What :meth:`save` writes: the ``.npz`` (the maps) and the ``.json`` (the metadata).
+
+        ``compress=False`` stores the maps uncompressed: much faster for input-sized maps (whose
+        float noise compresses little); :meth:`load` reads both.
+        """
+        buffer = io.BytesIO()
+        (np.savez_compressed if compress else np.savez)(buffer, attributions=self.numpy())
+        return buffer.getvalue(), json.dumps(self.metadata(), indent=2).encode()
+
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Write ``PATH.npz`` (the maps) and ``PATH.json`` (the metadata) atomically."""
         base = Path(path)
         if base.suffix in (".npz", ".json"):
             base = base.with_suffix("")
         npz, sidecar = base.with_suffix(".npz"), base.with_suffix(".json")
-        with atomic_path(npz) as temporary, open(temporary, "wb") as handle:
-            np.savez_compressed(handle, attributions=self.numpy())
-        write_bytes_atomic(sidecar, json.dumps(self.metadata(), indent=2).encode())
+        maps, metadata = self.to_bytes()
+        write_bytes_atomic(npz, maps)
+        write_bytes_atomic(sidecar, metadata)
         return npz, sidecar
 
     @classmethod

@@ -188,6 +188,36 @@ def _write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
     return write_bytes_atomic(target, data)
 
 
+def encode_png(image: np.ndarray, *, compress_level: int = 6) -> bytes:
+    """A uint8 image encoded as PNG, in memory.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        uint8 (H, W), (H, W, 3) or (H, W, 4).
+    compress_level : int
+        zlib level, 0-9: 1 encodes a photo-sized overlay about 4× faster than the default 6,
+        in a somewhat larger file.
+
+    Returns
+    -------
+    bytes
+        The PNG file's content.
+    """
+    array = np.asarray(image)
+    valid_shape = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    if array.dtype != np.uint8 or not valid_shape or array.size == 0:
+        raise ValueError(
+            f"a PNG takes a uint8 (H, W), (H, W, 3) or (H, W, 4) array; "
+            f"got {array.dtype} {array.shape}; convert with np.clip(x, 0, 255).astype(np.uint8)"
+        )
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(
+        buffer, format="PNG", compress_level=compress_level
+    )
+    return buffer.getvalue()
+
+
 def save_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write a uint8 image as PNG, atomically; parent folders are created.
 
@@ -203,16 +233,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
     pathlib.Path
         The written path.
     """
-    array = np.asarray(image)
-    valid_shape = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
-    if array.dtype != np.uint8 or not valid_shape or array.size == 0:
-        raise ValueError(
-            f"save_png takes a uint8 (H, W), (H, W, 3) or (H, W, 4) array; "
-            f"got {array.dtype} {array.shape}; convert with np.clip(x, 0, 255).astype(np.uint8)"
-        )
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-    return _write_atomically(path, buffer.getvalue())
+    return _write_atomically(path, encode_png(image))
 
 
 def _check_grid_shape(

@@ -1,0 +1,196 @@
+"""The job's ``index.html``: every image with its overlays as thumbnails, sortable in the browser.
+
+One self-contained page (no network, no server: open the file) beside ``items/``. Each row shows
+the image and one thumbnail per method (linked to the full-size overlay), the prediction, its
+probability, the label and whether it is correct, the AUCs, the time and any error. Clicking a
+column header sorts by it (again: the other way); empty cells stay last, ties keep the
+table's order.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from salience.fileio import write_bytes_atomic
+from salience.runner.manifest import ITEMS
+from salience.runner.results import auc_columns
+from salience.runner.work import DONE, IMAGE_THUMBNAIL, method_thumbnail
+
+INDEX_NAME = "index.html"
+
+_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.3em; margin: 0 0 .3em; }
+p.summary { color: #555; margin: 0 0 1em; }
+table { border-collapse: collapse; }
+th, td { padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }
+td { vertical-align: middle; }
+th[data-sort] { cursor: pointer; user-select: none; white-space: nowrap; }
+th[data-sort]:hover { background: #eef; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; }
+th[aria-sort="descending"]::after { content: " \\25BC"; }
+td.thumbs, td.num, td.label { white-space: nowrap; }
+td.thumbs img { display: inline-block; margin-right: 4px; vertical-align: middle; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.wrong td.correct { color: #b00; font-weight: bold; }
+tr.right td.correct { color: #070; }
+tr.failed td { background: #fee; }
+td.error { color: #b00; max-width: 30em; }
+"""
+
+_SCRIPT = """
+(() => {
+  const body = document.querySelector('#results tbody');
+  const value = (row, key, type) => {
+    const text = row.getAttribute('data-' + key);
+    if (text === null || text === '') return null;
+    return type === 'number' ? Number(text) : text;
+  };
+  document.querySelectorAll('#results th[data-sort]').forEach((th) => {
+    th.addEventListener('click', () => {
+      const key = th.dataset.sort, type = th.dataset.type;
+      const current = th.getAttribute('aria-sort');
+      const descending = current ? current === 'ascending' : type === 'number';
+      document.querySelectorAll('#results th').forEach((h) => h.removeAttribute('aria-sort'));
+      th.setAttribute('aria-sort', descending ? 'descending' : 'ascending');
+      const rows = [...body.rows].map((row) => (
+        {row, i: Number(row.dataset.index), v: value(row, key, type)}));
+      rows.sort((a, b) => {
+        if (a.v === null || b.v === null) return (a.v === null) - (b.v === null) || a.i - b.i;
+        const order = type === 'number' ? a.v - b.v : String(a.v).localeCompare(String(b.v));
+        return (descending ? -order : order) || a.i - b.i;
+      });
+      rows.forEach(({row}) => body.appendChild(row));
+    });
+  });
+})();
+"""
+
+
+def write_index(
+    folder: str | os.PathLike[str],
+    rows: Sequence[dict[str, Any]],
+    *,
+    methods: Sequence[str],
+    model: str,
+    auc: bool,
+) -> Path:
+    """Write ``index.html`` for the results table ``rows`` (see :mod:`salience.runner.results`)."""
+    page = render_index(rows, methods=methods, model=model, auc=auc)
+    return write_bytes_atomic(Path(folder) / INDEX_NAME, page.encode("utf-8"))
+
+
+def render_index(
+    rows: Sequence[dict[str, Any]], *, methods: Sequence[str], model: str, auc: bool
+) -> str:
+    """The page's HTML."""
+    done = sum(row["status"] == DONE for row in rows)
+    judged = [row for row in rows if row["correct"] is not None]
+    accuracy = (
+        f", {sum(row['correct'] for row in judged)} of {len(judged)} correct"
+        if judged else ""
+    )  # fmt: skip
+    failed = sum(row["status"] == "failed" for row in rows)
+    headers = [
+        '<th data-sort="path" data-type="text">image</th>',
+        f"<th>{html.escape(' · '.join(['image', *methods]))}</th>",
+        '<th data-sort="predicted" data-type="text">prediction</th>',
+        '<th data-sort="probability" data-type="number">confidence</th>',
+        '<th data-sort="label" data-type="text">label</th>',
+        '<th data-sort="correct" data-type="number">correct</th>',
+        *(
+            f'<th data-sort="{_attribute(column)}" data-type="number">{html.escape(column)}</th>'
+            for column in (auc_columns(methods) if auc else [])
+        ),
+        '<th data-sort="seconds" data-type="number">seconds</th>',
+        '<th data-sort="error" data-type="text">error</th>',
+    ]
+    folder = os.path.commonpath([os.path.dirname(os.path.abspath(row["path"])) for row in rows])
+    body = "\n".join(
+        _row(index, row, os.path.relpath(os.path.abspath(row["path"]), folder), methods, auc)
+        for index, row in enumerate(rows)
+    )
+    title = f"salience batch: {len(rows)} images, {model}"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
+        f"<h1>{html.escape(title)}</h1>\n"
+        f'<p class="summary">{done} explained, {failed} failed{accuracy}; '
+        f"methods {html.escape(', '.join(methods))}. Click a column to sort.</p>\n"
+        f'<table id="results"><thead><tr>{"".join(headers)}</tr></thead><tbody>\n{body}\n'
+        f"</tbody></table>\n<script>{_SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc: bool) -> str:
+    """One table row; ``name`` is the image's path shown (relative to the images' folder)."""
+    done = row["status"] == DONE
+    folder = f"{ITEMS}/{quote(row['key'])}"
+    correct = row["correct"]
+    classes = ["failed" if row["status"] == "failed" else ""]
+    classes.append("" if correct is None else "right" if correct else "wrong")
+    data = {
+        "index": str(index),
+        "path": row["path"],
+        "predicted": row["predicted_class"] or "",
+        "probability": _number(row["probability"]),
+        "label": row["label_class"] or "",
+        "correct": "" if correct is None else str(int(correct)),
+        "seconds": _number(row["seconds"]),
+        "error": row["error"] or "",
+    }
+    cells = [
+        f'<td class="path" title="{html.escape(row["path"])}">{html.escape(name)}</td>',
+        f'<td class="thumbs">{_thumbnails(folder, methods) if done else ""}</td>',
+        f"<td>{html.escape(row['predicted_class'] or '')}</td>",
+        f'<td class="num">{_percent(row["probability"])}</td>',
+        f'<td class="label">{html.escape(row["label_class"] or "")}</td>',
+        f'<td class="correct">{"" if correct is None else "✓" if correct else "✗"}</td>',
+    ]
+    if auc:
+        for column in auc_columns(methods):
+            data[_attribute(column)] = _number(row.get(column))
+            cells.append(f'<td class="num">{_fixed(row.get(column), 3)}</td>')
+    cells.append(f'<td class="num">{_fixed(row["seconds"], 2)}</td>')
+    cells.append(f'<td class="error">{html.escape(row["error"] or "")}</td>')
+    attributes = " ".join(
+        f'data-{name}="{html.escape(value, quote=True)}"' for name, value in data.items()
+    )
+    class_names = " ".join(name for name in classes if name)
+    return f'<tr class="{class_names}" {attributes}>{"".join(cells)}</tr>'
+
+
+def _thumbnails(folder: str, methods: Sequence[str]) -> str:
+    images = [(f"{folder}/{IMAGE_THUMBNAIL}", f"{folder}/{IMAGE_THUMBNAIL}", "image")]
+    images += [
+        (f"{folder}/{method_thumbnail(method)}", f"{folder}/{quote(method)}.png", method)
+        for method in methods
+    ]
+    return "".join(
+        f'<a href="{html.escape(target)}"><img src="{html.escape(source)}" '
+        f'alt="{html.escape(name)}" title="{html.escape(name)}" loading="lazy"></a>'
+        for source, target, name in images
+    )
+
+
+def _attribute(column: str) -> str:
+    """A column's name as the suffix of a ``data-`` attribute."""
+    return re.sub(r"[^a-z0-9_-]", "_", column.lower())
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"

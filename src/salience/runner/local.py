@@ -1,0 +1,141 @@
+"""The local engine: a pool of worker processes on this machine, one per core by default.
+
+Workers are started with ``spawn`` (they inherit the environment, ``THP_MEM_ALLOC_ENABLE``
+included), run torch with ONE thread each (``torch.set_num_threads(1)``: N single-threaded
+workers beat N threads per image on small CPUs and keep the maps independent of the worker
+count), ignore Ctrl-C (the job stops them), open the model once, and leave when the job's
+process is gone. At most two tasks per worker are in flight, so the job reads images only
+shortly before they are needed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from salience.runner.spec import JobSpec
+from salience.runner.work import ItemResult, Task
+
+IN_FLIGHT_PER_WORKER = 2
+_POLL_SECONDS = 1.0
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class WorkerError(RuntimeError):
+    """A worker could not start or died; the job stops (re-running it resumes)."""
+
+
+class LocalEngine:
+    """Runs items in worker processes on this machine.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes; default: one per core.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and not (isinstance(workers, int) and workers >= 1):
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        self.workers = workers or available_cores()
+
+    def describe(self) -> str:
+        """The engine in a few words, for the job's messages."""
+        return f"local engine, {self.workers} worker process{'es' if self.workers > 1 else ''}"
+
+    def results(self, spec: JobSpec, tasks: Iterable[Task]) -> Iterator[ItemResult]:
+        """Results of ``tasks`` as they finish (in any order)."""
+        context = multiprocessing.get_context("spawn")
+        inbox: Any = context.Queue()
+        outbox: Any = context.Queue()
+        processes = [
+            context.Process(target=_serve, args=(spec, inbox, outbox), daemon=True)
+            for _ in range(self.workers)
+        ]
+        for process in processes:
+            process.start()
+        finished = False
+        try:
+            pending, source = 0, iter(tasks)
+            while True:
+                while pending < IN_FLIGHT_PER_WORKER * self.workers:
+                    task = next(source, None)
+                    if task is None:
+                        break
+                    inbox.put(task)
+                    pending += 1
+                if pending == 0:
+                    break
+                result = _next_result(outbox, processes)
+                pending -= 1
+                yield result
+            for _ in processes:
+                inbox.put(None)
+            finished = True
+        finally:
+            for process in processes:
+                process.join(timeout=5.0 if finished else 0.0)
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
+            inbox.cancel_join_thread()
+            inbox.close()
+            outbox.close()
+
+
+def _next_result(outbox: Any, processes: list[Any]) -> ItemResult:
+    """The next result; raises when a worker reports an error or dies."""
+    while True:
+        try:
+            result = outbox.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            dead = [p for p in processes if not p.is_alive()]
+            if dead:
+                raise WorkerError(
+                    f"a worker process died (exit code {dead[0].exitcode}; out of memory?); "
+                    "re-run the same command to resume"
+                ) from None
+            continue
+        if isinstance(result, str):
+            raise WorkerError(result)
+        return result
+
+
+def _serve(spec: JobSpec, inbox: Any, outbox: Any) -> None:
+    """A worker process: one torch thread, the model opened once, tasks until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    from salience.runner.work import ItemWorker
+
+    torch.set_num_threads(1)
+    try:
+        worker = ItemWorker(spec)
+    except Exception as error:  # reported to the job, which stops with it
+        outbox.put(f"a worker could not open the model {spec.model}: {error}")
+        return  # the queue is flushed before the process ends
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            task = inbox.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                outbox.cancel_join_thread()  # nobody reads the results any more
+                return  # the job was killed: leave too
+            continue
+        if task is None:
+            return
+        outbox.put(worker.process(task))

@@ -1,0 +1,183 @@
+"""What a batch job computes: the model (named by a string), methods, options, what to write.
+
+A :class:`JobSpec` holds only strings, numbers and :class:`~salience.loading.LoadOptions`, so it
+travels to worker processes and Ray actors by pickling; each worker opens the model from it once.
+Its :meth:`~JobSpec.fingerprint` is the hash of every setting that changes an item's files: an
+item finished under another fingerprint is computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from salience.loading import LoadOptions
+from salience.methods.base import EXPLAINER
+from salience.postprocess import REDUCTIONS
+from salience.registry import get
+from salience.targets import SCORE_KINDS
+
+LAYOUT_VERSION = 1
+"""The layout of a job's output folder; part of every fingerprint."""
+_FILE_OPTIONS = ("preset", "factory", "weights", "classes")
+
+
+@dataclass(frozen=True)
+class DisplayOptions:
+    """How each map is drawn on its image: post-processing, colours, thumbnail size.
+
+    Attributes
+    ----------
+    reduce : str
+        Channel reduction (:func:`salience.postprocess.reduce_channels`).
+    percentile : float
+        Clip the display map at this percentile of its absolute values.
+    smooth : float
+        Gaussian σ in pixels of the map; 0 for none.
+    cmap : str
+        Colormap of the overlays.
+    alpha : float
+        Overlay opacity in [0, 1].
+    thumbnail : int
+        Longest side of the index page's thumbnails, pixels.
+    """
+
+    reduce: str = "abs_max"
+    percentile: float = 99.0
+    smooth: float = 0.0
+    cmap: str = "jet"
+    alpha: float = 0.5
+    thumbnail: int = 128
+
+    def __post_init__(self) -> None:
+        if self.reduce not in REDUCTIONS:
+            raise ValueError(
+                f"unknown reduction {self.reduce!r}; choose one of {', '.join(REDUCTIONS)}"
+            )
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"the percentile must be in (0, 100], got {self.percentile}")
+        if not self.smooth >= 0.0:
+            raise ValueError(f"the smoothing σ must be >= 0 pixels, got {self.smooth}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"the opacity (alpha) must be in [0, 1], got {self.alpha}")
+        if not (isinstance(self.thumbnail, int) and self.thumbnail >= 16):
+            raise ValueError(f"thumbnails must be an int >= 16 pixels, got {self.thumbnail!r}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A batch explanation job, independent of its inputs and of the engine that runs it.
+
+    Attributes
+    ----------
+    model : str
+        A bundled model's name, ``package.module:function`` or a model file
+        (:func:`salience.loading.open_model`).
+    load_options : LoadOptions
+        How to open the model file and override its preprocessing.
+    methods : tuple of str
+        Registered method names.
+    options : mapping
+        The methods' options (``n_samples``, ``layer``, ``seed``, ...), given to each method
+        that accepts them (:func:`salience.api.method_options`).
+    target : str or int
+        ``predicted``, a class index or name, or ``top-K``.
+    score : {"logit", "probability"}
+        The score the maps explain.
+    auc : bool
+        Also play deletion and insertion (RISE) on each map and record their areas; the curves
+        follow the explained class and measure its softmax probability.
+    pixels_per_step : int, optional
+        Pixels changed per step of those curves (default: the image width).
+    display : DisplayOptions
+        How the overlays and thumbnails are drawn.
+    """
+
+    model: str = "efficientnet_lite0"
+    load_options: LoadOptions = field(default_factory=LoadOptions)
+    methods: tuple[str, ...] = ("gradient",)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    target: str | int = "predicted"
+    score: str = "logit"
+    auc: bool = False
+    pixels_per_step: int | None = None
+    display: DisplayOptions = field(default_factory=DisplayOptions)
+
+    def __post_init__(self) -> None:
+        methods = tuple(self.methods)
+        if not methods:
+            raise ValueError("a batch job needs at least one method; salience methods lists them")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"each method may be asked for once; got {', '.join(methods)}")
+        for method in methods:
+            get(EXPLAINER, method)  # unknown names fail before any work
+        object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "options", dict(self.options))
+        if "progress" in self.options:
+            raise ValueError("progress is the engine's business; leave it out of the options")
+        if self.score not in SCORE_KINDS:
+            raise ValueError(f"unknown score {self.score!r}; choose {' or '.join(SCORE_KINDS)}")
+        if self.pixels_per_step is not None and not (
+            isinstance(self.pixels_per_step, int) and self.pixels_per_step >= 1
+        ):
+            raise ValueError(f"pixels per step must be an int >= 1, got {self.pixels_per_step!r}")
+
+    def with_absolute_paths(self) -> JobSpec:
+        """The same job with the files it names made absolute, for workers in other folders."""
+        model = self.model
+        if Path(model).exists():
+            model = str(Path(model).resolve())
+        changes = {
+            name: str(Path(value).resolve())
+            for name in _FILE_OPTIONS
+            if isinstance(value := getattr(self.load_options, name), str) and Path(value).exists()
+        }
+        return replace(self, model=model, load_options=replace(self.load_options, **changes))
+
+    def describe(self) -> dict[str, Any]:
+        """The job's settings as JSON-ready values."""
+        return {
+            "model": self.model,
+            "load_options": _plain(asdict(self.load_options)),
+            "methods": list(self.methods),
+            "options": _plain(self.options),
+            "target": self.target,
+            "score": self.score,
+            "auc": self.auc,
+            "pixels_per_step": self.pixels_per_step,
+            "display": asdict(self.display),
+        }
+
+    def fingerprint(self) -> str:
+        """The hash of the settings and of the model files (size and modification time)."""
+        named = [self.model, *(getattr(self.load_options, name) for name in _FILE_OPTIONS)]
+        files = {name: _file_stamp(name) for name in named if isinstance(name, str)}
+        content = {
+            "layout": LAYOUT_VERSION,
+            **self.describe(),
+            "files": {name: stamp for name, stamp in files.items() if stamp is not None},
+        }
+        text = json.dumps(content, sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _file_stamp(name: str) -> list[int] | None:
+    """``[size, mtime_ns]`` of an existing file (a changed model file changes the fingerprint)."""
+    path = Path(name)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, mappings with string keys: what ``json`` writes and reads back."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value

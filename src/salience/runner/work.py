@@ -1,0 +1,182 @@
+"""The work on one image, the same in every engine: explain it and encode its files in memory.
+
+A worker (a process of the local pool, a Ray actor) builds one :class:`ItemWorker` from the
+:class:`~salience.runner.spec.JobSpec`: the model is opened once, the explainers built once.
+Each :class:`Task` carries the image's bytes, read by the job, so workers need no access to the
+input files; each :class:`ItemResult` carries the item's files as bytes and its record, which the
+job writes into the output folder. A bad image gives a failed result with its error, not an
+exception.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from salience import viz
+from salience.api import explain_all, make_explainer, method_options
+from salience.evaluation.faithfulness import MODES, CausalMetric
+from salience.images import PreparedImage
+from salience.loading import open_model
+from salience.postprocess import to_display
+from salience.runner.inputs import BatchItem
+from salience.runner.spec import JobSpec
+from salience.targets import as_score_matrix, parse_target
+
+DONE, FAILED = "done", "failed"
+PNG_LEVEL = 1
+IMAGE_THUMBNAIL = "image.thumb.png"
+"""The image's own thumbnail, in every finished item's folder."""
+
+
+def method_thumbnail(method: str) -> str:
+    """The file name of a method's overlay thumbnail (first target)."""
+    return f"{method}.thumb.png"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image to explain: the item and its file's bytes (or why they could not be read)."""
+
+    item: BatchItem
+    data: bytes | None
+    error: str | None = None
+
+
+def read_task(item: BatchItem) -> Task:
+    """Read the item's file; an unreadable file makes a task that fails with the reason."""
+    try:
+        return Task(item, Path(item.path).read_bytes())
+    except OSError as error:
+        return Task(item, None, f"cannot read {item.path}: {error.strerror or error}")
+
+
+@dataclass
+class ItemResult:
+    """What the job writes for one item.
+
+    Attributes
+    ----------
+    key : str
+        The item's key (its output folder).
+    record : dict
+        ``status`` (``done`` or ``failed``), ``error``, the prediction, the explained classes,
+        the AUCs, ``seconds`` and the ``files``.
+    files : dict of str to bytes
+        File name (inside the item's folder) → content.
+    """
+
+    key: str
+    record: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class ItemWorker:
+    """Opens the job's model once and explains images one by one.
+
+    Parameters
+    ----------
+    spec : JobSpec
+        The job.
+    """
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.loaded = open_model(spec.model, spec.load_options)
+        adapter = self.loaded.adapter
+        self.explainers = [
+            make_explainer(adapter, method, **method_options(method, spec.options))
+            for method in spec.methods
+        ]
+        self.target = parse_target(spec.target, self.loaded.class_names)
+        self.metrics = (
+            [CausalMetric(adapter, mode, pixels_per_step=spec.pixels_per_step) for mode in MODES]
+            if spec.auc
+            else []
+        )
+
+    def process(self, task: Task) -> ItemResult:
+        """Explain one image; any error of this image makes a failed result."""
+        start = time.perf_counter()
+        if task.data is None:
+            return _failed(task.item, task.error or "no data", start)
+        try:
+            image = self.loaded.preset.prepare(task.data)
+            record, files = self._explain(image)
+        except Exception as error:  # one bad image fails alone; the job goes on
+            return _failed(task.item, _first_line(error), start)
+        record["seconds"] = time.perf_counter() - start
+        record["files"] = sorted(files)
+        return ItemResult(task.item.key, record, files)
+
+    def _explain(self, image: PreparedImage) -> tuple[dict[str, Any], dict[str, bytes]]:
+        spec, names = self.spec, self.loaded.class_names
+        adapter = self.loaded.adapter
+        probabilities = torch.softmax(as_score_matrix(adapter.forward(image.tensor)), dim=1)[0]
+        predicted = int(probabilities.argmax())
+        explanations = explain_all(
+            adapter, image.tensor, self.explainers, target=self.target, score=spec.score,
+            class_names=names,
+        )  # fmt: skip
+        display = spec.display
+        files = {IMAGE_THUMBNAIL: _png(thumbnail(image.original, display.thumbnail))}
+        auc: dict[str, dict[str, float]] = {}
+        for method, explanation in explanations.items():
+            explanation = explanation.with_names(names, model=self.loaded.name)
+            files[f"{method}.npz"], files[f"{method}.json"] = explanation.to_bytes(compress=False)
+            count = explanation.targets.shape[1]
+            for k in range(count):
+                shown = to_display(
+                    explanation.map(0, k), reduce=display.reduce,
+                    percentile=display.percentile, smooth=display.smooth,
+                )  # fmt: skip
+                full = image.geometry.to_original(shown.numpy())
+                overlay = viz.overlay(image.original, full, alpha=display.alpha, cmap=display.cmap)
+                suffix = f"_top{k + 1}" if count > 1 else ""
+                files[f"{method}{suffix}.png"] = _png(overlay)
+                if k == 0:
+                    small = thumbnail(overlay, display.thumbnail)
+                    files[method_thumbnail(method)] = _png(small)
+            if self.metrics:
+                curves = [metric(image.tensor, explanation) for metric in self.metrics]
+                auc[method] = {curve.mode: float(curve.auc[0]) for curve in curves}
+        first = next(iter(explanations.values())).with_names(names)
+        record = {
+            "status": DONE,
+            "error": None,
+            "predicted": predicted,
+            "predicted_class": names[predicted] if predicted < len(names) else str(predicted),
+            "probability": float(probabilities[predicted]),
+            "explained": first.targets[0].tolist(),
+            "explained_classes": list(first.target_names[0]) if first.target_names else None,
+            "auc": auc,
+        }
+        return record, files
+
+
+def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """A copy of a uint8 RGB image whose longest side is at most ``size`` pixels."""
+    small = Image.fromarray(image)
+    small.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(small)
+
+
+def _png(image: np.ndarray) -> bytes:
+    """PNG at zlib level 1: overlays of noisy maps shrink little more at higher levels."""
+    return viz.encode_png(image, compress_level=PNG_LEVEL)
+
+
+def _failed(item: BatchItem, error: str, start: float) -> ItemResult:
+    record = {"status": FAILED, "error": error, "seconds": time.perf_counter() - start}
+    return ItemResult(item.key, {**record, "files": []})
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
