@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from salience.adapters.torch import TorchAdapter
     from salience.explanation import Explanation
     from salience.images import PreparedImage
-    from salience.loading import LoadedModel
+    from salience.loading import LoadedModel, LoadOptions
 
 # Read by PyTorch when it starts; doubles no-grad batched throughput on small CPUs.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
@@ -343,17 +343,22 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
     preset.add_argument("--classes", metavar="FILE", help="class names, one per line")
 
 
-def open_model_from_args(args: argparse.Namespace) -> LoadedModel:
-    """The model named by ``--model`` (or ``salience layers MODEL``) and its file flags."""
-    from salience.loading import BUNDLED, LoadOptions, model_kind, open_model
+def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
+    """The model-file flags as :class:`~salience.loading.LoadOptions`, checked.
 
-    scale = args.scale
-    if scale is not None and not scale > 0:
-        raise ValueError(f"--scale must be a positive number, got {scale}")
+    Raises
+    ------
+    ValueError
+        For a bad value, or file flags given with a bundled model.
+    """
+    from salience.loading import BUNDLED, LoadOptions, model_kind
+
+    if args.scale is not None and not args.scale > 0:
+        raise ValueError(f"--scale must be a positive number, got {args.scale}")
     options = LoadOptions(
         input_name=args.input_name, layout=args.layout, size=args.size,
         mean=_triple("--mean", args.mean), std=_triple("--std", args.std), classes=args.classes,
-        scale=scale, channel_order=args.channel_order, preset=args.preset,
+        scale=args.scale, channel_order=args.channel_order, preset=args.preset,
         factory=args.factory, weights=args.weights, trust_pickle=args.trust_pickle,
     )  # fmt: skip
     if model_kind(args.model, options) == BUNDLED and (given := options.given()):
@@ -361,7 +366,14 @@ def open_model_from_args(args: argparse.Namespace) -> LoadedModel:
         raise ValueError(
             f"{flags} apply to model files and factories, not to the bundled model {args.model}"
         )
-    return open_model(args.model, options)
+    return options
+
+
+def open_model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model named by ``--model`` (or ``salience layers MODEL``) and its file flags."""
+    from salience.loading import open_model
+
+    return open_model(args.model, load_options_from_args(args))
 
 
 @dataclass(frozen=True)
@@ -711,17 +723,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     """``salience batch``: explain a folder or data set, resumably, locally or on Ray."""
-    from salience.loading import LoadOptions
     from salience.runner import DisplayOptions, JobSpec, make_engine, run_job
 
-    if args.scale is not None and not args.scale > 0:
-        raise ValueError(f"--scale must be a positive number, got {args.scale}")
-    options = LoadOptions(
-        input_name=args.input_name, layout=args.layout, size=args.size,
-        mean=_triple("--mean", args.mean), std=_triple("--std", args.std), classes=args.classes,
-        scale=args.scale, channel_order=args.channel_order, preset=args.preset,
-        factory=args.factory, weights=args.weights, trust_pickle=args.trust_pickle,
-    )  # fmt: skip
+    options = load_options_from_args(args)
     values = method_values(args)
     values.pop("progress")
     spec = JobSpec(

@@ -224,8 +224,9 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                 f"{label} is not an image Pillow can read ({READABLE_FORMATS})"
             ) from None
         except OSError as exc:
+            hint = "check its permissions" if isinstance(stream, Path) else "is it complete?"
             raise ImageLoadError(
-                f"{label} cannot be opened ({exc}); check its permissions"
+                f"{label} cannot be opened ({exc}); {hint}"
             ) from exc
         with opened:
             return _decode(opened, label, max_pixels)

@@ -227,10 +227,10 @@ class View:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """Encode a uint8 image as PNG (as :func:`salience.viz.save_png` does, in memory)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    """Encode a uint8 image as PNG, in memory (fast zlib level: served once, not archived)."""
+    from salience.viz import encode_png
+
+    return encode_png(image, compress_level=1)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
