@@ -11,7 +11,9 @@ results after the first ``workers`` ones, between the arrival of the ``workers``
 (worker start-up and model opening excluded); *end to end* is images / wall time of
 ``run_job`` (start-up, table and index page included).
 
-Target: steady rate of the local engine >= 0.9 × lower bound × workers. The rounds are
+Target: steady rate of the local engine >= 0.9 × lower bound × workers. Also measured: the
+*scaling* of the whole pipeline, the local engine's steady rate with ``workers`` workers over
+``workers`` × its rate with one worker (``local-1``). The rounds are
 interleaved (lower bound, local, ray, then the other way round) and the ratio is the median of
 same-round ratios. Images: the bundled photos (chelsea, coffee, rocket, astronaut) cycled, saved
 as PNG; a fresh output folder every round.
@@ -123,6 +125,9 @@ def main() -> None:
 
     spec = JobSpec(methods=tuple(method_names(args.method)), options={"n_samples": args.samples})
     engines = {"local": make_engine("local", args.workers)}
+    if args.workers > 1:  # the whole pipeline in one worker: the scaling reference
+        engines["local-1"] = make_engine("local", 1)
+    workers = {name: 1 if name == "local-1" else args.workers for name in engines}
     if not args.no_ray:
         try:
             import ray
@@ -145,7 +150,7 @@ def main() -> None:
                 if name == "bound":
                     bounds.append(lower_bound(spec, folder, args.bound_images))
                 else:
-                    rates[name].append(engine_rates(spec, folder, engines[name], args.workers))
+                    rates[name].append(engine_rates(spec, folder, engines[name], workers[name]))
             print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -157,11 +162,20 @@ def main() -> None:
     )
     for name, values in rates.items():
         ratio = statistics.median(
-            steady / (b * args.workers) for (steady, _), b in zip(values, bounds, strict=True)
+            steady / (b * workers[name]) for (steady, _), b in zip(values, bounds, strict=True)
         )
         steady = statistics.median(v[0] for v in values)
         whole = statistics.median(v[1] for v in values)
         print(f"{name:<8} {steady:>13.2f} {whole:>11.2f} {ratio:>28.2f}")
+    if "local-1" in rates:
+        scaling = statistics.median(
+            many[0] / (args.workers * one[0])
+            for many, one in zip(rates["local"], rates["local-1"], strict=True)
+        )
+        print(
+            f"scaling of the whole pipeline: steady(local, {args.workers} workers) / "
+            f"({args.workers} × steady(local, 1 worker)) = {scaling:.2f}"
+        )
     print(footer(start))
     if "ray" in engines:
         import ray
