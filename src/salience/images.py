@@ -225,9 +225,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
             ) from None
         except OSError as exc:
             hint = "check its permissions" if isinstance(stream, Path) else "is it complete?"
-            raise ImageLoadError(
-                f"{label} cannot be opened ({exc}); {hint}"
-            ) from exc
+            raise ImageLoadError(f"{label} cannot be opened ({exc}); {hint}") from exc
         with opened:
             return _decode(opened, label, max_pixels)
 
