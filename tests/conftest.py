@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -135,3 +136,19 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert before["weights"].keys() == after["weights"].keys()
     for name, tensor in before["weights"].items():
         assert torch.equal(tensor, after["weights"][name]), name
+
+
+def browser_session(*size: int) -> Iterator[object]:
+    """A headless Chromium driver for a module's browser tests (``yield from`` in a fixture).
+
+    Skipped with ``SALIENCE_SKIP_BROWSER=1``; fails with the install command when Chromium is
+    missing (``.ci/run`` installs it).
+    """
+    if os.environ.get("SALIENCE_SKIP_BROWSER") == "1":
+        pytest.skip("SALIENCE_SKIP_BROWSER=1")
+    from salience.server.browser import chromium, missing_browser
+
+    if problem := missing_browser():
+        pytest.fail(problem)
+    with chromium(*size) as driver:
+        yield driver

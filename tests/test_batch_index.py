@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import browser_session
 from salience.runner import JobSpec, run_job
 from salience.runner.work import IMAGE_THUMBNAIL, method_thumbnail
 from test_batch import MODEL, OPTIONS, make_images
 
 pytest.importorskip("selenium")
 
-from salience.server.browser import chromium, missing_browser
 
 pytestmark = pytest.mark.slow
 METHODS = ("gradient", "gradcam")
@@ -37,12 +37,7 @@ _ORDER = "return [...document.querySelectorAll('#results tbody tr')].map((r) => 
 
 @pytest.fixture(scope="module")
 def browser():
-    if os.environ.get("SALIENCE_SKIP_BROWSER") == "1":
-        pytest.skip("SALIENCE_SKIP_BROWSER=1")
-    if problem := missing_browser():
-        pytest.fail(problem)
-    with chromium(1200, 900) as driver:
-        yield driver
+    yield from browser_session(1200, 900)
 
 
 def wait_for(driver, script: str, condition, timeout: float = 20.0):

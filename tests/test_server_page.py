@@ -17,19 +17,15 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("selenium")
 
-from salience.server.browser import ViewerPage, chromium, missing_browser
+from conftest import browser_session
+from salience.server.browser import ViewerPage
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if os.environ.get("SALIENCE_SKIP_BROWSER") == "1":
-        pytest.skip("SALIENCE_SKIP_BROWSER=1")
-    if problem := missing_browser():
-        pytest.fail(problem)
-    with chromium() as driver:
-        yield driver
+    yield from browser_session()
 
 
 def test_cat_photo_two_methods_and_the_opacity_slider(browser, tmp_path):
