@@ -123,11 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     """Time every chunk size; print the tables."""
     args = parse_args(argv)
     model, x, target = common.setup(args.threads)
-    print(f"Score-CAM / Ablation-CAM chunk-size benchmark: EfficientNet-Lite0, layer {args.layer}")
-    label = common.class_name(target)
-    print(f"input: skimage chelsea 1x3x224x224, target class {target} ({label})")
-    print(common.machine_line())
-    print(common.thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)")
+    title = f"Score-CAM / Ablation-CAM chunk-size benchmark: EfficientNet-Lite0, layer {args.layer}"
+    print(common.header(title, target))
     print(f"{args.repeats} interleaved rounds after a warm-up of every batch shape\n")
     chunks = {"scorecam": args.score_chunks, "ablationcam": args.ablation_chunks}
     runs, warmups, evaluated = candidates(model, x, args.layer, chunks)

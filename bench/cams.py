@@ -593,10 +593,7 @@ def main(argv: list[str] | None = None) -> None:
         rss_child(args)
         return
     model, x, target = common.setup(args.threads)
-    print("salience CAM benchmark: EfficientNet-Lite0, 1x3x224x224")
-    print(f"input: skimage chelsea, target class {target} ({common.class_name(target)})")
-    print(common.machine_line())
-    print(common.thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)")
+    print(common.header("salience CAM benchmark: EfficientNet-Lite0", target))
     peer, how = (None, "left out (--no-peers)") if args.no_peers else load_peer()
     print(f"peer {PEER}: {how}\n")
     start = common.cpu_snapshot()

@@ -122,10 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     """Time every setting; print the table."""
     args = parse_args(argv)
     model, x, target = common.setup(args.threads)
-    print(f"SmoothGrad-{args.samples} chunk-size benchmark: EfficientNet-Lite0, 1x3x224x224")
-    print(f"input: skimage chelsea, target class {target} ({common.class_name(target)})")
-    print(common.machine_line())
-    print(common.thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)")
+    title = f"SmoothGrad-{args.samples} chunk-size benchmark: EfficientNet-Lite0"
+    print(common.header(title, target))
     print(f"{args.repeats} interleaved rounds after a warm-up of every batch shape\n")
     runs, warmups = candidates(model, x, target, args.chunks, args.samples)
     start = common.cpu_snapshot()

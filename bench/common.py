@@ -171,6 +171,16 @@ def setup(threads: int | None) -> tuple[nn.Module, torch.Tensor, int]:
     return model, x, target
 
 
+def header(title: str, target: int) -> str:
+    """The opening lines of every benchmark: title, input and class, machine, huge-page state."""
+    return "\n".join([
+        title,
+        f"input: skimage chelsea 1x3x{SIZE}x{SIZE}, target class {target} ({class_name(target)})",
+        machine_line(),
+        thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)",
+    ])  # fmt: skip
+
+
 def footer(start: tuple[float, float, float]) -> str:
     """The closing lines of every benchmark: machine, competing load, huge-page state."""
     return "\n".join(["", machine_line(), others_busy(start), thp_state()])

@@ -397,12 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         thp_compare(args)
         return
     model, x, target = common.setup(args.threads)
-    label = common.class_name(target)
     if args.json is None:
-        print(f"salience methods benchmark: EfficientNet-Lite0, 1x3x{common.SIZE}x{common.SIZE}")
-        print(f"input: skimage chelsea, target class {target} ({label})")
-        print(common.machine_line())
-        print(common.thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)")
+        print(common.header("salience methods benchmark: EfficientNet-Lite0", target))
         print(f"chunk size {args.chunk_size}, {args.repeats} interleaved rounds after 1 warm-up\n")
         if not args.skip_checks:
             print("map equality (same points, same target):")

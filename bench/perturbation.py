@@ -721,10 +721,7 @@ def main(argv: list[str] | None = None) -> None:
         rss_child(args)
         return
     model, x, target = common.setup(args.threads)
-    print("salience occlusion / RISE benchmark: EfficientNet-Lite0, 1x3x224x224")
-    print(f"input: skimage chelsea, target class {target} ({common.class_name(target)})")
-    print(common.machine_line())
-    print(common.thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)")
+    print(common.header("salience occlusion / RISE benchmark: EfficientNet-Lite0", target))
     print(f"library PERTURBATION_CHUNK_SIZE = {PERTURBATION_CHUNK_SIZE}")
     captum, how = (None, "left out (--no-captum)") if args.no_captum else load_captum()
     if "occlusion" in args.parts:
