@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from salience.fileio import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from salience.fileio import atomic_path, write_bytes_atomic, write_csv_atomic, write_json_atomic
 
 
 def test_written_files_get_the_mode_a_new_file_gets(tmp_path: Path) -> None:
@@ -25,6 +25,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         write_csv_atomic(tmp_path / "table.csv", [])
     with pytest.raises(TypeError):
         write_json_atomic(target, {"a": object()})
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_path(target) as temporary:
+        temporary.write_bytes(b'{"a": ')  # half a file, then the writer fails
+        raise RuntimeError("interrupted")
     assert json.loads(target.read_text()) == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["table.json"]
 

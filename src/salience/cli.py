@@ -588,8 +588,9 @@ def _print_sanity(result: Any, model: str, images: int) -> None:
     )
     first, middle = f"{result.steps[0]}", f"{result.steps[half]}"
     print(f"  {'method':<22} {first:>12} {middle:>12} {result.steps[-1]:>12}  verdict")
+    verdicts = result.verdicts()
     for m, method in enumerate(result.methods):
-        verdict = result.verdicts()[method]
+        verdict = verdicts[method]
         print(
             f"  {method:<22} {means[m, 0]:>12.2f} {means[m, half]:>12.2f} {means[m, -1]:>12.2f}"
             f"  {verdict.text}"

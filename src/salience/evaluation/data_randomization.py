@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from salience.adapters.randomize import initialize
 from salience.evaluation.similarity import (
     SIMILARITY_METRICS,
-    comparable,
+    compare,
+    compared_map,
     comparison_size,
-    similarities,
 )
 from salience.fileio import write_csv_atomic, write_json_atomic
 
@@ -280,11 +280,12 @@ def data_randomization_test(
     pictures = np.zeros((len(methods), 2, shown, *COMPARE_SIZE), dtype=np.float32)
     for m, method in enumerate(methods):
         for n in range(samples):
-            found = similarities(maps[0][method][n], maps[1][method][n], COMPARE_SIZE)
+            pair = [compared_map(side[method][n], COMPARE_SIZE) for side in maps]
+            found = compare(*pair)
             similarity[m, n] = [found[metric] for metric in SIMILARITY_METRICS]
-        for side in range(2):
-            for n in range(shown):
-                pictures[m, side, n] = comparable(maps[side][method][n], COMPARE_SIZE, signed=False)
+            if n < shown:
+                for side, prepared in enumerate(pair):
+                    pictures[m, side, n] = prepared.absolute
     return DataRandomizationResult(
         tuple(methods), similarity, pictures, ((images[:shown, 0] + 1.0) / 2.0).numpy(), trained
     )

@@ -29,9 +29,9 @@ from salience.adapters.randomize import RandomizationError
 from salience.adapters.torch import as_adapter
 from salience.evaluation.similarity import (
     SIMILARITY_METRICS,
-    comparable,
+    compare,
+    compared_map,
     comparison_size,
-    similarities,
 )
 from salience.fileio import write_csv_atomic, write_json_atomic
 from salience.targets import Custom, TargetLike, parse_target, resolve
@@ -162,9 +162,7 @@ class SanityResult:
             "steps": list(self.steps),
             "metrics": list(self.metrics),
             "mean": {
-                metric: {
-                    method: self.mean(metric)[m].tolist() for m, method in enumerate(self.methods)
-                }
+                metric: dict(zip(self.methods, self.mean(metric).tolist(), strict=True))
                 for metric in self.metrics
             },
             "verdicts": {
@@ -291,17 +289,23 @@ def sanity_check(
     count = inputs.shape[0]
     similarity = np.zeros((len(methods), len(units), count, len(SIMILARITY_METRICS)))
     maps = np.zeros((len(methods), total, *size), dtype=np.float32)
+    prepared = {  # the trained model's maps, prepared once for every step
+        method: [compared_map(saliency, size) for saliency in reference[method]]
+        for method in methods
+    }
     for m, method in enumerate(methods):
-        maps[m, 0] = comparable(reference[method][0], size, signed=False)
+        maps[m, 0] = prepared[method][0].absolute
     for s, unit in enumerate(units):
         bar.set_postfix_str(unit.name)
         chosen = units[: s + 1] if mode == "cascading" else [unit]
         step_maps = maps_of(adapter.randomized(chosen, seed=seed), fixed)
         for m, method in enumerate(methods):
             for n in range(count):
-                found = similarities(reference[method][n], step_maps[method][n], size)
+                step_map = compared_map(step_maps[method][n], size)
+                found = compare(prepared[method][n], step_map)
                 similarity[m, s, n] = [found[metric] for metric in SIMILARITY_METRICS]
-            maps[m, s + 1] = comparable(step_maps[method][0], size, signed=False)
+                if n == 0:
+                    maps[m, s + 1] = step_map.absolute
         bar.update()
     bar.close()
     return SanityResult(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from torch import Tensor
@@ -133,6 +134,42 @@ def _same_shape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+@dataclass(frozen=True)
+class ComparedMap:
+    """One map in the forms the measures read, computed once however often it is compared.
+
+    Attributes
+    ----------
+    absolute : numpy.ndarray
+        :func:`comparable` form of ``|map|``, in [0, 1].
+    signed : numpy.ndarray
+        :func:`comparable` form keeping the sign, in [-1, 1].
+    hog : numpy.ndarray
+        :func:`hog_features` of ``absolute``.
+    """
+
+    absolute: np.ndarray
+    signed: np.ndarray
+    hog: np.ndarray
+
+
+def compared_map(saliency: Tensor, size: tuple[int, int]) -> ComparedMap:
+    """Prepare a map ``(C, h, w)`` or ``(h, w)`` for comparisons at ``size``."""
+    absolute = comparable(saliency, size, signed=False)
+    return ComparedMap(absolute, comparable(saliency, size, signed=True), hog_features(absolute))
+
+
+def compare(reference: ComparedMap, other: ComparedMap) -> dict[str, float]:
+    """Every measure of :data:`SIMILARITY_METRICS` between two prepared maps."""
+    measures: dict[str, Callable[[], float]] = {
+        "spearman_abs": lambda: spearman(reference.absolute, other.absolute),
+        "spearman_signed": lambda: spearman(reference.signed, other.signed),
+        "ssim": lambda: ssim(reference.absolute, other.absolute),
+        "hog": lambda: spearman(reference.hog, other.hog),
+    }
+    return {name: measures[name]() for name in SIMILARITY_METRICS}
+
+
 def similarities(reference: Tensor, other: Tensor, size: tuple[int, int]) -> dict[str, float]:
     """Every measure of :data:`SIMILARITY_METRICS` between two maps.
 
@@ -143,15 +180,7 @@ def similarities(reference: Tensor, other: Tensor, size: tuple[int, int]) -> dic
     size : tuple of int
         The ``(H, W)`` they are compared at (the input's, usually).
     """
-    absolute = [comparable(m, size, signed=False) for m in (reference, other)]
-    signed = [comparable(m, size, signed=True) for m in (reference, other)]
-    measures: dict[str, Callable[[], float]] = {
-        "spearman_abs": lambda: spearman(*absolute),
-        "spearman_signed": lambda: spearman(*signed),
-        "ssim": lambda: ssim(*absolute),
-        "hog": lambda: hog_similarity(*absolute),
-    }
-    return {name: measures[name]() for name in SIMILARITY_METRICS}
+    return compare(compared_map(reference, size), compared_map(other, size))
 
 
 def comparison_size(size: tuple[int, int], minimum: int = MIN_COMPARED_SIDE) -> tuple[int, int]:
@@ -174,7 +203,10 @@ def largest_size(maps: list[Tensor]) -> tuple[int, int]:
 __all__ = [
     "PERCENTILE",
     "SIMILARITY_METRICS",
+    "ComparedMap",
     "comparable",
+    "compare",
+    "compared_map",
     "comparison_size",
     "hog_features",
     "hog_similarity",
