@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import salience
-from conftest import SoftplusNet
+from conftest import SmallCNN, SoftplusNet
+from salience.api import method_options
 from salience.explanation import Explanation
 
 
@@ -47,3 +48,21 @@ def test_failed_save_leaves_previous_file(tmp_path: Path, monkeypatch: pytest.Mo
         explanation.save(tmp_path / "map")
     assert npz.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.json", "map.npz"]
+
+
+@pytest.mark.parametrize(
+    "method", ["gradient", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad",
+               "occlusion", "rise", "scorecam"],
+)  # fmt: skip
+def test_explanations_carry_the_models_outputs_on_the_input(method: str) -> None:
+    """So callers need no second forward pass for the predictions (the batch runner)."""
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    options = {"n_samples": 2, "steps": 4, "n_masks": 8, "window": 4, "stride": 4}
+    explanation = salience.explain(model, x, method=method, **method_options(method, options))
+    with torch.no_grad():
+        expected = model(x)
+    assert explanation.outputs is not None
+    torch.testing.assert_close(explanation.outputs, expected, rtol=1e-5, atol=1e-5)
+    assert explanation.with_names(["a"] * 5).outputs is explanation.outputs

@@ -6,7 +6,7 @@ import io
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class Explanation:
         Diagnostics, e.g. Integrated Gradients' completeness error.
     model : str, optional
         Name of the model.
+    outputs : Tensor, optional
+        ``(N, ...)`` the model's outputs (logits) on the explained inputs, when the method ran
+        the model on them; kept in memory, not written by :meth:`save`.
     """
 
     attributions: Tensor
@@ -55,6 +58,7 @@ class Explanation:
     params: Mapping[str, Any] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
+    outputs: Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -75,10 +79,7 @@ class Explanation:
                 tuple(class_names[i] if 0 <= i < len(class_names) else str(i) for i in row)
                 for row in self.targets.tolist()
             )
-        return Explanation(
-            self.attributions, self.method, self.targets, self.scores, self.score_kind,
-            names, self.params, self.info, model if model is not None else self.model,
-        )  # fmt: skip
+        return replace(self, target_names=names, model=model if model is not None else self.model)
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the maps, as JSON-ready values."""

@@ -47,6 +47,8 @@ class Attribution:
     selection: Selection
     scores: Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    #: The model's outputs on the unperturbed batch, when the method ran it.
+    outputs: Tensor | None = None
 
 
 class Explainer(ABC):
@@ -130,6 +132,7 @@ class Explainer(ABC):
             score_kind=score,
             params=self.params(),
             info=result.info,
+            outputs=None if result.outputs is None else result.outputs.detach().float().cpu(),
         )
         return explanation.with_names(list(class_names) if class_names is not None else None)
 
@@ -139,9 +142,16 @@ class Explainer(ABC):
 
     def fixed_selection(self, x: Tensor, spec: TargetSpec, score: str) -> tuple[Selection, Tensor]:
         """Resolve ``spec`` on the unperturbed input with one forward pass; also its scores."""
+        selection, scores, _ = self.unperturbed_pass(x, spec, score)
+        return selection, scores
+
+    def unperturbed_pass(
+        self, x: Tensor, spec: TargetSpec, score: str
+    ) -> tuple[Selection, Tensor, Tensor]:
+        """One forward pass on the unperturbed input: the selection, its scores, the outputs."""
         outputs = self.adapter.forward(x, chunk_size=DEFAULT_CHUNK_SIZE)
         selection = resolve(spec, outputs)
-        return selection, target_scores(outputs, selection, score)
+        return selection, target_scores(outputs, selection, score), outputs
 
 
 class SinglePassExplainer(Explainer):
@@ -217,7 +227,8 @@ def attribute_shared(
         selection = chosen[-1]
         for i in members:
             maps = explainers[i].maps_from(x, out)
-            results[i] = Attribution(maps, selection, out.scores, explainers[i].info(x, out))
+            info = explainers[i].info(x, out)
+            results[i] = Attribution(maps, selection, out.scores, info, out.outputs)
     return [result for result in results if result is not None]
 
 

@@ -295,5 +295,5 @@ class GuidedGradCAM(CAMExplainer):
         guided, cam = attribute_shared([GuidedBackprop(self.adapter), gradcam], x, spec, score)
         upsampled = upsample(cam.maps, tuple(x.shape[-2:]))
         return Attribution(
-            guided.maps * upsampled.unsqueeze(2), cam.selection, cam.scores, cam.info
+            guided.maps * upsampled.unsqueeze(2), cam.selection, cam.scores, cam.info, cam.outputs
         )

@@ -194,7 +194,7 @@ class IntegratedGradients(Explainer):
             "error_history": history,
             "converged": None if self.tolerance is None else history[-1][1] <= self.tolerance,
         }
-        return Attribution(attributions, selection, scores, info)
+        return Attribution(attributions, selection, scores, info, outputs[:n])
 
     def _weighted_gradients(
         self, x: Tensor, baseline: Tensor, nodes: Nodes, selection: Selection, score: str

@@ -89,7 +89,7 @@ class _NoiseExplainer(Explainer):
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Accumulate the statistic over all noisy samples, chunk by chunk."""
-        selection, scores = self.fixed_selection(x, spec, score)
+        selection, scores, outputs = self.unperturbed_pass(x, spec, score)
         points = self.noisy_inputs(x)
         repeated = selection.repeat(self.n_samples)
         total: Tensor | None = None
@@ -115,7 +115,7 @@ class _NoiseExplainer(Explainer):
         mean = total / self.n_samples
         if total_sq is not None:
             mean = total_sq / self.n_samples - mean.square()
-        return Attribution(mean, selection, scores)
+        return Attribution(mean, selection, scores, outputs=outputs)
 
 
 @register_explainer("smoothgrad")

@@ -107,7 +107,7 @@ class Occlusion(Explainer):
         rows = window_starts(height, self.window[0], self.stride[0])
         cols = window_starts(width, self.window[1], self.stride[1])
         corners = [(r, c) for r in rows for c in cols]
-        selection, scores = self.fixed_selection(x, spec, score)
+        selection, scores, outputs = self.unperturbed_pass(x, spec, score)
         substrate = baseline_like(x, self.baseline)
         wh, ww = self.window
 
@@ -134,7 +134,7 @@ class Occlusion(Explainer):
                 total[:, r : r + wh, c : c + ww] += drops[:, i, None, None]
             maps.append((total / coverage).to(x.dtype))
         info = {"windows": len(corners)}
-        return Attribution(torch.stack(maps), selection, scores, info)
+        return Attribution(torch.stack(maps), selection, scores, info, outputs)
 
 
 @register_explainer("rise")
@@ -248,4 +248,4 @@ class RISE(Explainer):
                 total += (weights[rows].T.cpu() @ masks(rows).flatten(1).cpu()).double()
             saliency = total / (self.n_masks * self.keep)
             maps.append(saliency.reshape(selection.k, *x.shape[-2:]).to(x))
-        return Attribution(torch.stack(maps), selection, scores, {"weights": kind})
+        return Attribution(torch.stack(maps), selection, scores, {"weights": kind}, outputs)

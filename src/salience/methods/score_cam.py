@@ -138,7 +138,7 @@ class ScoreCAM(_PerturbationCAM):
             weights[:, keep] = (values - start).T.double()
             maps.append(self.weighted_sum(weights, features[n]))
         info = {**self.layer_info(x, out.activations), "weights": kind, "skipped_channels": skipped}
-        return Attribution(torch.stack(maps), selection, out.scores, info)
+        return Attribution(torch.stack(maps), selection, out.scores, info, out.outputs)
 
 
 @register_explainer("ablationcam")
@@ -201,4 +201,4 @@ class AblationCAM(_PerturbationCAM):
                 weights[:, keep[rows]] = drop.T
             maps.append(self.weighted_sum(weights, features[n]))
         info = {**self.layer_info(x, raw), "skipped_channels": skipped}
-        return Attribution(torch.stack(maps), selection, out.scores, info)
+        return Attribution(torch.stack(maps), selection, out.scores, info, out.outputs)

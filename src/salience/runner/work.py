@@ -118,12 +118,15 @@ class ItemWorker:
     def _explain(self, image: PreparedImage) -> tuple[dict[str, Any], dict[str, bytes]]:
         spec, names = self.spec, self.loaded.class_names
         adapter = self.loaded.adapter
-        probabilities = torch.softmax(as_score_matrix(adapter.forward(image.tensor)), dim=1)[0]
-        predicted = int(probabilities.argmax())
         explanations = explain_all(
             adapter, image.tensor, self.explainers, target=self.target, score=spec.score,
             class_names=names,
         )  # fmt: skip
+        outputs = next(iter(explanations.values())).outputs  # the methods' own forward pass
+        if outputs is None:
+            outputs = adapter.forward(image.tensor)
+        probabilities = torch.softmax(as_score_matrix(outputs), dim=1)[0]
+        predicted = int(probabilities.argmax())
         display = spec.display
         files = {IMAGE_THUMBNAIL: _png(thumbnail(image.original, display.thumbnail))}
         auc: dict[str, dict[str, float]] = {}
