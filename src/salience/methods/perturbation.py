@@ -245,7 +245,8 @@ class RISE(Explainer):
             )  # fmt: skip
             total = torch.zeros(selection.k, x.shape[-2] * x.shape[-1], dtype=torch.float64)
             for rows in chunks(self.n_masks, WEIGHTING_CHUNK_SIZE):
-                total += (weights[rows].T.cpu() @ masks(rows).flatten(1).cpu()).double()
+                chunk = masks(rows).flatten(1).cpu().to(weights.dtype)  # a float64 model too
+                total += (weights[rows].T.cpu() @ chunk).double()
             saliency = total / (self.n_masks * self.keep)
             maps.append(saliency.reshape(selection.k, *x.shape[-2:]).to(x))
         return Attribution(torch.stack(maps), selection, scores, {"weights": kind}, outputs)
