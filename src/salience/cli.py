@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-pixels", type=int, default=40_000_000, help="largest image (width × height)"
     )
+    serve.add_argument(
+        "--max-pending-mb",
+        type=float,
+        default=2048.0,
+        help="memory the decoded images of the requests waiting or computing may take (MB); "
+        "more are refused as busy (default 2048)",
+    )
     serve.set_defaults(handler=run_serve)
 
     batch = commands.add_parser(
@@ -689,6 +696,7 @@ def run_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from salience.server.app import create_app
+        from salience.server.protocol import http_protocol
     except ImportError as error:
         raise ImportError(
             f"salience serve needs FastAPI and uvicorn ({error}); pip install 'salience[server]'"
@@ -705,6 +713,7 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = Limits(
         max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
         max_pixels=args.max_pixels, time_limit=args.time_limit,
+        max_pending_bytes=max(1, int(args.max_pending_mb * 1024 * 1024)),
     )  # fmt: skip
     models = [open_model(name) for name in dict.fromkeys(names)]
     app = create_app(models, limits=limits, workers=args.workers)
@@ -718,7 +727,7 @@ def run_serve(args: argparse.Namespace) -> int:
     served = ", ".join(model.name for model in models)
     print(f"salience: serving {served} at http://{host}:{args.port}/ (API docs at /docs)")
     sys.stdout.flush()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=http_protocol())
     return 0
 
 

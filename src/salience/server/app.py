@@ -13,9 +13,14 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``GET /api/jobs/{id}/agreement`` pairwise agreement of the job's maps
 - ``POST /api/sanity`` an image → the randomization test over the model's top blocks
 
-Every rejected request gets a JSON error ``{"error", "kind", "status"}``. Nothing in a request
-names a file: models are the ones opened at start, static files are read into memory at start,
-results are looked up by a random id.
+Every rejected or failed request gets a JSON error ``{"error", "kind", "status"}`` (a failure of
+the server's own, 500, also logs its traceback on the ``salience.server`` logger). Nothing in a
+request names a file: models are the ones opened at start, static files are read into memory at
+start, results are looked up by a random id.
+
+An upload stays compressed until a worker starts on it; the requests waiting for a worker are
+bounded in number and in the memory of their images (``Limits.max_pending_bytes``). A client
+that hangs up on ``POST /api/explain`` cancels its request: it stops at its next model pass.
 """
 
 from __future__ import annotations
@@ -43,10 +48,17 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from salience.images import PreparedImage
 from salience.loading import LoadedModel
-from salience.server.errors import ApiError, classify
+from salience.server.errors import ApiError, InternalErrors, report
 from salience.server.form import ExplainForm, explain_form, plan_request
 from salience.server.jobs import Job, JobStore
-from salience.server.limits import BodySizeLimit, Limits, RequestRejectedError, check_image_upload
+from salience.server.limits import (
+    BodySizeLimit,
+    ImageUpload,
+    Limits,
+    PendingBudget,
+    RequestRejectedError,
+    check_image_upload,
+)
 from salience.server.sanity import SanityForm, check_methods, run_sanity
 from salience.server.service import (
     ModelPool,
@@ -107,6 +119,25 @@ def _error_response(error: ApiError, **extra: Any) -> JSONResponse:
     return JSONResponse({**error.body(), **extra}, status_code=error.status)
 
 
+async def _client_left(request: Request) -> None:
+    """Return when the client hangs up (call it once the request's body is read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(work: asyncio.Future, request: Request) -> bool:
+    """Wait for ``work``; return False as soon as the client hangs up before it is done."""
+    leaving = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait((work, leaving), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+    if not work.done() and leaving.done() and leaving.exception() is None:
+        return False
+    await work  # done, or the connection could not be watched: wait for the result
+    return True
+
+
 def create_app(
     models: Sequence[LoadedModel | str] | None = None,
     *,
@@ -121,7 +152,7 @@ def create_app(
         The models to serve, opened once here (names go through ``salience.loading.open_model``);
         the first is the default. Default: the bundled ``efficientnet_lite0``.
     limits : Limits, optional
-        Upload size, pixel count, time per request, pending requests.
+        Upload size, pixel count, time per request, pending requests and their memory.
     workers : int, optional
         Threads that compute explanations; default the number of CPU cores.
 
@@ -136,7 +167,8 @@ def create_app(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     executor = WorkerPool(workers)
-    jobs = JobStore(limits.max_pending)
+    budget = PendingBudget(limits.max_pending, limits.max_pending_bytes)
+    jobs = JobStore()
     static = _static_files()
     catalog = method_catalog()
     colormaps = colormap_tables()
@@ -154,7 +186,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pool, app.state.jobs, app.state.limits = pool, jobs, limits
+    app.state.budget = budget
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes + 64 * 1024)
+    app.add_middleware(InternalErrors)  # outermost: it sees whatever the others raise
     _add_error_handlers(app)
 
     # -- page -----------------------------------------------------------------------------------
@@ -197,10 +231,35 @@ def create_app(
         return {**asdict(limits), "workers": workers}
 
     # -- computing ------------------------------------------------------------------------------
-    async def read_image(image: UploadFile, loaded: LoadedModel) -> PreparedImage:
+    async def read_upload(image: UploadFile) -> ImageUpload:
+        """The upload, checked from its header; decoded later, by the worker that uses it."""
         data = await image.read(limits.max_upload_bytes + 1)
-        check_image_upload(data, limits)
-        return await run_in_threadpool(loaded.preset.prepare, data, max_pixels=limits.max_pixels)
+        return check_image_upload(data, limits)
+
+    def prepare(loaded: LoadedModel, upload: ImageUpload) -> PreparedImage:
+        return loaded.preset.prepare(upload.data, max_pixels=limits.max_pixels)
+
+    def on_worker(
+        upload: ImageUpload, work: Callable[[], Any], then: Callable[[], None] | None = None
+    ) -> asyncio.Future:
+        """Run ``work`` on a worker within the budget (503 when full), then call ``then``.
+
+        The upload's share of the budget is held until ``work`` returns or is dropped unrun.
+        """
+        budget.reserve(upload.memory)
+
+        def finished(_future: Future) -> None:
+            budget.release(upload.memory)
+            if then is not None:
+                then()
+
+        try:
+            future = executor.submit(work)
+        except BaseException:
+            budget.release(upload.memory)
+            raise
+        future.add_done_callback(finished)
+        return asyncio.wrap_future(future)
 
     @app.post("/api/predict", summary="The top-5 classes of an image")
     async def predict(
@@ -208,24 +267,25 @@ def create_app(
         model: Annotated[str | None, Form(max_length=200)] = None,
     ) -> dict[str, Any]:
         loaded = pool.get(model)
-        prepared = await read_image(image, loaded)
-        future = executor.submit(predictions, loaded, prepared)
-        return {"model": loaded.name, "predictions": await asyncio.wrap_future(future)}
+        upload = await read_upload(image)
+        found = await on_worker(upload, lambda: predictions(loaded, prepare(loaded, upload)))
+        return {"model": loaded.name, "predictions": found}
 
     async def submit(form: ExplainForm) -> tuple[Job, asyncio.Future]:
         loaded = pool.get(form.model)
         plan = await run_in_threadpool(plan_request, form, loaded, pool, limits)
-        prepared = await read_image(form.image, loaded)
-        job = Job(loaded, prepared, **plan)
+        upload = await read_upload(form.image)
+        job = Job(loaded, upload, **plan, max_pixels=limits.max_pixels)
+        future = on_worker(upload, job.run, then=lambda: jobs.done(job))
         jobs.add(job)
-        future = asyncio.wrap_future(executor.submit(job.run))
-        future.add_done_callback(lambda _: jobs.prune())
         return job, future
 
     @app.post("/api/explain", summary="Explain an image; answers when every map is done")
-    async def explain(form: Annotated[ExplainForm, Depends(explain_form)]) -> Any:
+    async def explain(request: Request, form: Annotated[ExplainForm, Depends(explain_form)]) -> Any:
         job, future = await submit(form)
-        await future
+        if not await _unless_client_leaves(future, request):
+            job.watch.cancel()  # nobody waits for these maps: stop at the next model pass
+            return _error_response(ApiError(409, "cancelled", "the client closed the connection"))
         if job.error is not None:
             return _error_response(job.error, job=job.snapshot())
         return job.snapshot()
@@ -268,10 +328,10 @@ def create_app(
     async def sanity(form: Annotated[SanityForm, Depends()]) -> dict[str, Any]:
         loaded = pool.get(form.model)
         names = check_methods(form)
-        prepared = await read_image(form.image, loaded)
-        future = executor.submit(run_sanity, form, names, loaded, prepared)
+        upload = await read_upload(form.image)
+        future = on_worker(upload, lambda: run_sanity(form, names, loaded, prepare(loaded, upload)))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), limits.time_limit)
+            return await asyncio.wait_for(future, limits.time_limit)
         except TimeoutError as error:
             raise TimeLimitExceededError(
                 f"the sanity check took longer than {limits.time_limit:g} s; ask for fewer "
@@ -294,8 +354,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     """Every rejected request answers ``{"error", "kind", "status"}``."""
     from salience.adapters.base import GradientsUnavailableError
 
-    async def library_error(_request: Request, error: Exception) -> JSONResponse:
-        return _error_response(classify(error))
+    async def library_error(request: Request, error: Exception) -> JSONResponse:
+        return _error_response(report(error, f"{request.method} {request.url.path}"))
 
     for kind in (
         ValueError,

@@ -1,12 +1,27 @@
-"""Every failed request as one JSON error: an HTTP status, a short kind, a one-line message."""
+"""Every failed request as one JSON error: an HTTP status, a short kind, a one-line message.
+
+A failure of the server's own (status 500) also logs its traceback on the ``salience.server``
+logger, whether it happened in a route, in a worker, or anywhere else in the application.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from salience.server.limits import RequestRejectedError
+from salience.server.limits import (
+    ASGIApp,
+    Message,
+    Receive,
+    RequestRejectedError,
+    Scope,
+    Send,
+    json_error,
+)
 from salience.server.watch import RequestCancelledError, TimeLimitExceededError
+
+logger = logging.getLogger("salience.server")
 
 
 @dataclass(frozen=True)
@@ -58,4 +73,54 @@ def classify(error: BaseException) -> ApiError:
     for kind, name in kinds:
         if isinstance(error, kind):
             return ApiError(422 if name == "bad_image" else 400, name, message)
-    return ApiError(500, "internal", f"the server failed: {type(error).__name__}: {message}")
+    name = type(error).__name__
+    detail = name if message == name else f"{name}: {message}"
+    return ApiError(500, "internal", f"the server failed ({detail}); its log has the traceback")
+
+
+def report(error: BaseException, context: str) -> ApiError:
+    """:func:`classify` ``error``, and log its traceback when it is the server's own failure.
+
+    Parameters
+    ----------
+    error : BaseException
+        What a request raised.
+    context : str
+        Where it was raised, for the log (e.g. ``"POST /api/explain"`` or ``"job 1f2e…"``).
+    """
+    api_error = classify(error)
+    if api_error.kind == "internal":
+        logger.error("%s failed: %s", context, api_error.message, exc_info=error)
+    return api_error
+
+
+class InternalErrors:
+    """ASGI middleware: an exception no route handled answers a JSON error, and is logged.
+
+    Starlette's last-resort handler answers plain text and re-raises; this one answers
+    ``{"error", "kind", "status"}`` (500 for the server's own failures) and logs the traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as error:  # every failure answers JSON
+            api_error = report(error, f"{scope.get('method')} {scope.get('path')}")
+            if started:  # too late for an answer: the server closes the connection
+                return
+            start, body = json_error(api_error.status, api_error.kind, api_error.message)
+            await send(start)
+            await send({"type": "http.response.body", "body": body})

@@ -3,6 +3,9 @@
 A job explains one image with several methods. Single-pass methods (gradients, gradient CAMs)
 share one pass (``salience.api.explain_all``); each multi-pass method then runs on its own, so
 the page sees each map as soon as it is done and a progress count while a slow one runs.
+
+A queued job holds its upload as compressed bytes: the photo is decoded and prepared by the worker
+that runs it, and dropped once its maps are drawn.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import torch
 
 from salience.images import PreparedImage
 from salience.loading import LoadedModel
-from salience.server.errors import ApiError, classify
-from salience.server.limits import RequestRejectedError
+from salience.server.errors import ApiError, classify, report
+from salience.server.limits import ImageUpload, RequestRejectedError
 from salience.server.service import DisplayOptions, RenderedMap, View, render
-from salience.server.watch import Watch
+from salience.server.watch import RequestCancelledError, Watch
 
 QUEUED, RUNNING, DONE, FAILED, STOPPED = "queued", "running", "done", "failed", "stopped"
 
@@ -33,8 +36,9 @@ class Job:
     ----------
     model : LoadedModel
         The served model.
-    image : PreparedImage
-        The uploaded image, prepared for the model.
+    upload : ImageUpload
+        The uploaded image, checked from its header but not decoded: the worker that runs the
+        job prepares it for the model (with ``max_pixels``).
     explainers : sequence of Explainer
         Built on a :class:`~salience.server.watch.WatchedAdapter` watched by ``watch``.
     target, score
@@ -45,12 +49,14 @@ class Job:
         The job's clock, cancel flag and pass counters.
     request : dict
         The request's parameters, echoed in the job's JSON.
+    max_pixels : int
+        Largest ``width * height`` the image may decode to.
     """
 
     def __init__(
         self,
         model: LoadedModel,
-        image: PreparedImage,
+        upload: ImageUpload,
         explainers: Sequence[Any],
         *,
         target: Any,
@@ -58,6 +64,7 @@ class Job:
         display: DisplayOptions,
         watch: Watch,
         request: dict[str, Any],
+        max_pixels: int,
     ) -> None:
         self.id = secrets.token_hex(16)
         self.model = model
@@ -71,7 +78,8 @@ class Job:
         self.error: ApiError | None = None
         self.maps: list[RenderedMap] = []
         self.view_png = b""
-        self._image: PreparedImage | None = image
+        self.max_pixels = max_pixels
+        self.upload: ImageUpload | None = upload
         self._lock = threading.Lock()
         self._methods = {
             e.name: {"name": e.name, "status": QUEUED, "passes": 0, "seconds": None, "error": None}
@@ -88,9 +96,11 @@ class Job:
 
         self.watch.start()
         self._set(status=RUNNING)
-        image = self._image
+        upload = self.upload
         try:
-            assert image is not None
+            self.watch.check()  # cancelled while queued (its client left): nothing is decoded
+            assert upload is not None
+            image = self.model.preset.prepare(upload.data, max_pixels=self.max_pixels)
             view = View.of(image)
             self.view_png = png_bytes(view.image)
             single = [e for e in self.explainers if e.single_pass]
@@ -113,9 +123,9 @@ class Job:
                     self._finish_method(name, rendered)
             self._set(status=DONE)
         except Exception as error:  # the job reports every failure as JSON
-            self._fail(classify(error))
+            self._fail(report(error, f"job {self.id}"))
         finally:
-            self._image = None  # the decoded photo is not kept once the maps are made
+            self.upload = None  # neither the upload nor the photo is kept with the maps
             self.size = len(self.view_png) + sum(
                 len(data) for rendered in self.maps for data, _ in rendered.files.values()
             )
@@ -149,6 +159,12 @@ class Job:
             for state in self._methods.values():
                 if state["status"] in (QUEUED, RUNNING):
                     state.update(status=self.status, error=error.message)
+
+    def abandon(self) -> None:
+        """Mark a job that never ran (its worker queue was dropped) as stopped."""
+        if self.status == QUEUED:
+            self.upload = None
+            self._fail(classify(RequestCancelledError("the server stopped before the job started")))
 
     def _set(self, **values: Any) -> None:
         with self._lock:
@@ -211,37 +227,39 @@ class Job:
 
 
 class JobStore:
-    """The jobs the server knows: a bounded number pending, a bounded memory of finished ones.
+    """The jobs the server knows, and a bounded memory of the finished ones.
+
+    How many may be pending is the server's :class:`~salience.server.limits.PendingBudget`'s
+    business: a job is added once the budget admitted it.
 
     Parameters
     ----------
-    max_pending : int
-        Jobs queued or running at once; more are refused (503).
     max_finished : int
         Finished jobs kept for download; the oldest are forgotten first.
     max_bytes : int
         Total size of the files of the finished jobs kept.
     """
 
-    def __init__(
-        self, max_pending: int, max_finished: int = 32, max_bytes: int = 256 * 1024 * 1024
-    ) -> None:
-        self.max_pending = max_pending
+    def __init__(self, max_finished: int = 32, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_finished = max_finished
         self.max_bytes = max_bytes
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, job: Job) -> None:
-        """Register a new job, or refuse it when too many are pending."""
+        """Register a new job; call :meth:`done` once its worker ran it (or dropped it)."""
         with self._lock:
-            pending = sum(1 for known in self._jobs.values() if not known.finished)
-            if pending >= self.max_pending:
-                raise RequestRejectedError(
-                    503, "busy",
-                    f"the server is busy with {pending} requests; try again in a moment",
-                )  # fmt: skip
             self._jobs[job.id] = job
+
+    def done(self, job: Job) -> None:
+        """A job's worker is finished with it: forget the oldest finished jobs."""
+        job.abandon()
+        self.prune()
+
+    def jobs(self) -> list[Job]:
+        """The jobs known now, oldest first."""
+        with self._lock:
+            return list(self._jobs.values())
 
     def get(self, job_id: str) -> Job:
         """The job ``job_id``; 404 when unknown or forgotten."""

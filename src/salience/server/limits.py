@@ -1,4 +1,5 @@
-"""What the server accepts: body size, image type (by content), pixel count, time per request.
+"""What the server accepts: body size, image type (by content), pixel count, time per request,
+and how many requests (and how much image memory) may wait for a worker.
 
 Nothing here needs FastAPI: :class:`BodySizeLimit` is a plain ASGI middleware.
 """
@@ -6,7 +7,9 @@ Nothing here needs FastAPI: :class:`BodySizeLimit` is a plain ASGI middleware.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+import threading
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,11 @@ IMAGE_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
 )
 """Each accepted format's magic bytes: (offset, bytes) pairs that must all match."""
 ALLOWED_IMAGE_TYPES = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+DECODED_BYTES_PER_PIXEL = 14
+"""Estimated peak bytes per pixel of a photo while its request runs: Pillow's decoded image, the
+RGB array the maps are drawn on and the copy shrunk for the page (``bench/server_queue.py``
+measured 13.5 for a 36-megapixel PNG)."""
+MIB = 1024 * 1024
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,18 +60,24 @@ class Limits:
         Seconds one explanation request may compute; it stops at the next model pass after that.
     max_pending : int
         Requests computing or waiting for a worker; more are refused as busy.
+    max_pending_bytes : int
+        Memory the images of those requests may take: each one's compressed upload plus an
+        estimate of its decoded size from the header (:attr:`ImageUpload.memory`). A request
+        that would pass it is refused as busy (503); an image over it on its own, as too large.
     max_top_k : int
         Largest ``top-K`` target.
     """
 
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = 20 * MIB
     max_pixels: int = 40_000_000
     time_limit: float = 120.0
     max_pending: int = 64
+    max_pending_bytes: int = 2048 * MIB
     max_top_k: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_pending", "max_top_k"):
+        names = ("max_upload_bytes", "max_pixels", "max_pending", "max_pending_bytes", "max_top_k")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -81,14 +95,40 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def check_image_upload(data: bytes, limits: Limits) -> str:
-    """Check an uploaded image's size and type by its content; return its format.
+@dataclass(frozen=True, eq=False)
+class ImageUpload:
+    """An uploaded image, still compressed, with what its header says.
+
+    Attributes
+    ----------
+    data : bytes
+        The file as uploaded; it is decoded only when a worker starts on the request.
+    kind : str
+        Its format, one of :data:`ALLOWED_IMAGE_TYPES`.
+    width, height : int
+        Its size in pixels, from the header.
+    """
+
+    data: bytes
+    kind: str
+    width: int
+    height: int
+
+    @property
+    def memory(self) -> int:
+        """Bytes the request holds for this image: the upload, and the photo once decoded."""
+        return len(self.data) + self.width * self.height * DECODED_BYTES_PER_PIXEL
+
+
+def check_image_upload(data: bytes, limits: Limits) -> ImageUpload:
+    """Check an uploaded image's size and type by its content, without decoding its pixels.
 
     Raises
     ------
     RequestRejectedError
-        413 for an upload over the size limit, 400 for an empty one, 415 for content that is not
-        one of the accepted image types (whatever its file name or declared type says).
+        413 for an upload over the size limit, or whose pixels (or their estimated memory) are
+        over the limits, 400 for an empty one, 415 for content that is not one of the accepted
+        image types (whatever its file name or declared type says).
     """
     if not data:
         raise RequestRejectedError(
@@ -114,7 +154,15 @@ def check_image_upload(data: bytes, limits: Limits) -> str:
             f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
             f"{limits.max_pixels:,}; downscale it",
         )  # fmt: skip
-    return kind
+    upload = ImageUpload(data, kind, width, height)
+    if upload.memory > limits.max_pending_bytes:
+        message = (
+            f"the image is {width}×{height} pixels, about {upload.memory / MIB:,.0f} MiB once "
+            f"decoded, over the server's memory for pending requests "
+            f"({limits.max_pending_bytes / MIB:,.0f} MiB); downscale it"
+        )
+        raise RequestRejectedError(413, "too_many_pixels", message)
+    return upload
 
 
 def _header_size(data: bytes, kind: str) -> tuple[int, int]:
@@ -141,6 +189,65 @@ def _header_size(data: bytes, kind: str) -> tuple[int, int]:
     if found is None or found.upper() != kind:
         raise not_readable
     return size
+
+
+class PendingBudget:
+    """The requests computing or waiting for a worker, bounded in number and in memory.
+
+    Thread-safe: requests are admitted on the event loop and released from worker threads.
+
+    Parameters
+    ----------
+    max_count : int
+        Requests at once.
+    max_bytes : int
+        Sum of their :attr:`ImageUpload.memory`.
+    """
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._count = 0
+        self._bytes = 0
+
+    def reserve(self, nbytes: int) -> None:
+        """Admit one request holding ``nbytes``, or refuse it.
+
+        Raises
+        ------
+        RequestRejectedError
+            503 ``busy`` when the count or the memory would pass its bound.
+        """
+        with self._lock:
+            if self._count >= self.max_count or self._bytes + nbytes > self.max_bytes:
+                message = (
+                    f"the server is busy with {self._count} requests holding "
+                    f"{self._bytes / MIB:,.0f} MiB of images; try again in a moment"
+                )
+                raise RequestRejectedError(503, "busy", message)
+            self._count += 1
+            self._bytes += nbytes
+
+    def release(self, nbytes: int) -> None:
+        """A request admitted with ``nbytes`` is done."""
+        with self._lock:
+            self._count -= 1
+            self._bytes -= nbytes
+
+    @contextmanager
+    def held(self, nbytes: int) -> Iterator[None]:
+        """Admit a request for the duration of the block."""
+        self.reserve(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
+
+    def usage(self) -> tuple[int, int]:
+        """``(requests, bytes)`` admitted now."""
+        with self._lock:
+            return self._count, self._bytes
 
 
 def json_error(status: int, kind: str, message: str) -> tuple[dict[str, Any], bytes]:
@@ -186,8 +293,11 @@ class BodySizeLimit:
             except ValueError:
                 size = -1
             if size < 0 or size > self.max_bytes:
-                message = self._message() if size >= 0 else "the Content-Length header is invalid"
-                start, body = json_error(413 if size >= 0 else 400, "too_large", message)
+                if size < 0:  # uvicorn refuses these itself (salience.server.protocol)
+                    invalid = "the Content-Length header is not a byte count; send a valid one"
+                    start, body = json_error(400, "bad_http", invalid)
+                else:
+                    start, body = json_error(413, "too_large", self._message())
                 await send(start)
                 await send({"type": "http.response.body", "body": body})
                 return
