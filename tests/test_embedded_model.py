@@ -26,19 +26,21 @@ def l2_gap(ours: Tensor, reference: Tensor) -> float:
 
 
 def test_folded_inference_copy_is_as_exact_as_float32_allows(cat: Tensor) -> None:
-    """ReLU6 kinks make any reordering of float32 operations flip a few units' gradients (the
-    float32 model itself is 0.3% (L2) from its float64 gradient), so equality is judged against
-    the float64 map: the fast path must be no farther from it than the float32 model is."""
+    """In float64 the folded, channels-last copy is the model itself (folding BatchNorm is exact
+    arithmetic: a fold bug shows as a gap far above float64 rounding). In float32 any reordering
+    of the operations flips a few units' gradients at ReLU6 kinks (how many depends on the CPU's
+    kernels: 0.3% (L2) of the map on some, 1e-6 on others), so the float32 fast path is held to
+    the bound the float32 model itself meets against the float64 map."""
     model = load_model()
+    exact_model = copy.deepcopy(model).double()
+    exact = salience.explain(salience.TorchAdapter(exact_model, inference_copy=False), cat.double())
+    folded = salience.explain(exact_model, cat.double())
+    assert l2_gap(folded.attributions.double(), exact.attributions.double()) < 2**-20
     fast = salience.explain(model, cat, method="gradient")
     plain = salience.explain(salience.TorchAdapter(model, inference_copy=False), cat)
-    exact = salience.explain(
-        salience.TorchAdapter(copy.deepcopy(model).double(), inference_copy=False), cat.double()
-    )
     assert torch.equal(fast.targets, plain.targets) and torch.equal(fast.targets, exact.targets)
-    float32_error = l2_gap(plain.attributions, exact.attributions)
-    assert float32_error < 0.01
-    assert l2_gap(fast.attributions, exact.attributions) <= 1.25 * float32_error
+    assert l2_gap(plain.attributions, exact.attributions) < 0.01
+    assert l2_gap(fast.attributions, exact.attributions) < 0.01
 
 
 def test_guided_backprop_reaches_the_functional_relu6_of_the_model(cat: Tensor) -> None:
