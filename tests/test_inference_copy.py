@@ -104,13 +104,13 @@ def test_copy_is_built_once_per_weights_version_across_calls(
     from salience.adapters import inference_copy
 
     builds = []
-    original = inference_copy.build_inference_copy
+    original = inference_copy._build
 
-    def counting(*args: object, **kwargs: object) -> nn.Module:
+    def counting(*args: object, **kwargs: object) -> tuple[nn.Module, bool]:
         builds.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(inference_copy, "build_inference_copy", counting)
+    monkeypatch.setattr(inference_copy, "_build", counting)
     model = SmallCNN()
     for _ in range(3):
         salience.explain(model, images)  # a new adapter each call

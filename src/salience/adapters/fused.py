@@ -5,7 +5,9 @@ the same model on same-sized inputs. Tracing the inference copy with TorchScript
 letting oneDNN fuse each convolution with the element-wise operations that follow it (the
 ReLU6 of EfficientNet-Lite, additions, ...) runs the same arithmetic about 1.5× faster on CPU
 (bench/perturbation.py). The fused copy is verified against the eager copy on a real batch
-(outputs equal to 1e-4 of their largest value) and rebuilt when the user's weights change.
+(outputs equal to 1e-4 of their largest value; a batch with non-finite outputs decides nothing)
+and rebuilt whenever the user's model changes
+(:func:`~salience.adapters.inference_copy.model_state`).
 
 Tracing records one path through ``forward``: a model whose ``forward`` branches on tensor
 values would be traced wrongly, so fusion is opt-in (``TorchAdapter(fuse=True)``) and a trace
@@ -26,14 +28,21 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from salience.adapters.inference_copy import outputs_equal, weights_fingerprint
+from salience.adapters.inference_copy import (
+    ModelState,
+    all_finite,
+    cached_for,
+    model_state,
+    outputs_equal,
+)
 
 _ZOO = Path(__file__).resolve().parents[1] / "zoo"
 WARM_UP_CALLS = 3
 """TorchScript's profiling executor optimizes a graph after it has seen an input shape twice."""
 
-_Entry = tuple[tuple, torch.jit.ScriptModule | None]
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Entry]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = weakref.WeakKeyDictionary()
+_UNDECIDED = object()
+"""What :func:`build_fused` returns when the reference outputs are not finite: no verdict."""
 
 
 @contextmanager
@@ -57,6 +66,12 @@ def build_fused(copy: nn.Module, sample: Tensor) -> torch.jit.ScriptModule | Non
     sample : Tensor
         A batch of real inputs in the layout the copy runs with.
     """
+    fused = _verified_fused(copy, sample)
+    return None if fused is _UNDECIDED else fused
+
+
+def _verified_fused(copy: nn.Module, sample: Tensor) -> object:
+    """:func:`build_fused`, or ``_UNDECIDED`` when ``sample`` gives non-finite outputs."""
     try:
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always")
@@ -70,6 +85,8 @@ def build_fused(copy: nn.Module, sample: Tensor) -> torch.jit.ScriptModule | Non
         reference = copy(sample)
         for _ in range(WARM_UP_CALLS):
             candidate = fused(sample)
+    if not all_finite(reference):
+        return _UNDECIDED
     return fused if outputs_equal(reference, candidate) else None
 
 
@@ -81,18 +98,23 @@ def _unsafe(warning: warnings.WarningMessage) -> bool:
 
 
 def cached_fused(
-    model: nn.Module, options: tuple, copy: nn.Module, sample: Tensor
+    model: nn.Module,
+    options: tuple,
+    copy: nn.Module,
+    sample: Tensor,
+    state: ModelState | None = None,
 ) -> torch.jit.ScriptModule | None:
-    """The fused ``copy`` for inputs shaped like ``sample``: built once per version of the user's
-    ``model`` weights and per input shape (batch size aside); None when it cannot be used."""
-    fingerprint = weights_fingerprint(model)
-    entries = _CACHE.setdefault(model, {})
+    """The fused ``copy`` for inputs shaped like ``sample``: built once per state of the user's
+    ``model`` (``state``, by default :func:`model_state`) and per input shape (batch size aside);
+    None when it cannot be used."""
+    entries = cached_for(_CACHE, model, state or model_state(model))
     key = (*options, tuple(sample.shape[1:]), sample.dtype)
-    cached = entries.get(key)
-    if cached is not None and cached[0] == fingerprint:
-        return cached[1]
-    fused = build_fused(copy, sample)
-    entries[key] = (fingerprint, fused)
+    if key in entries:
+        return entries[key]
+    fused = _verified_fused(copy, sample)
+    if fused is _UNDECIDED:
+        return None
+    entries[key] = fused
     return fused
 
 

@@ -11,7 +11,8 @@ handled at the boundary, on a private copy of the user's model:
 - A final softmax (``Dense(..., activation="softmax")``, ``Activation("softmax")``, ``Softmax()``)
   is made linear on the copy, so logits are explained (keras-vis' "softmax to linear" step).
 
-The copy is rebuilt whenever the user's weights change; the user's model is never modified.
+The copy is rebuilt whenever the user's model changes (its layers, their attributes and hooks,
+the contents of its variables: :func:`keras_state`); the user's model is never modified.
 Keras is the ``keras`` extra: ``pip install 'salience[keras]'``.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from salience.adapters.inference_copy import ModelState, current_state
 from salience.adapters.layers import LayerError
 from salience.adapters.randomize import (
     OTHER_STD,
@@ -115,10 +117,16 @@ def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) 
         ) from error
 
 
-def _weights_fingerprint(model: Any) -> tuple:
-    """A key that changes whenever any variable of the Keras model is reassigned or updated."""
+def keras_state(model: Any) -> ModelState:
+    """The state of a Keras model: the same object as long as nothing of it changed.
+
+    Its layers (identity, type, attributes, hooks) and the contents of its variables, compared
+    as :func:`salience.adapters.inference_copy.model_state` compares a torch model's.
+    """
+    keras = import_keras()
+    layers = [(layer.name, layer) for layer in _keras_layers(keras, model)]
     values = [variable.value for variable in model.weights]
-    return tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in values)
+    return current_state(model, [("", model), *layers], values)
 
 
 def _keras_layers(keras: ModuleType, model: Any) -> Iterator[Any]:
@@ -215,7 +223,7 @@ class KerasModule(nn.Module):
         self.layout = layout
         self.strip_softmax = strip_softmax
         self.stripped_softmax = False
-        self._fingerprint: tuple | None = None
+        self._state: ModelState | None = None
         self._running: list[Any] = []  # the model that runs; a list keeps it out of the tree
         self._layers: dict[str, Any] = {}
         self.refresh()
@@ -243,14 +251,20 @@ class KerasModule(nn.Module):
                 return variable.value.dtype
         return torch.float32
 
-    def refresh(self) -> None:
-        """Rebuild the private copy if the user's weights changed since it was made."""
+    def refresh(self) -> ModelState:
+        """Rebuild the private copy if the user's model changed since it was made.
+
+        Returns
+        -------
+        ModelState
+            The user's model's state (see :func:`keras_state`), which the copy now matches.
+        """
         source = self._source()
         if source is None:
             raise ReferenceError("the Keras model of this adapter no longer exists")
-        fingerprint = _weights_fingerprint(source)
-        if fingerprint == self._fingerprint:
-            return
+        state = keras_state(source)
+        if state is self._state:
+            return state
         keras = self._keras_module
         try:
             running = copy.deepcopy(source)
@@ -278,7 +292,8 @@ class KerasModule(nn.Module):
             seen.add(layer.name)
         self._running[:] = [running]
         self._layers = layers
-        self._fingerprint = fingerprint
+        self._state = state
+        return state
 
     def _through(self, tap: nn.Module) -> Callable[..., Any]:
         channels_last = self.layout == "nhwc"
@@ -433,10 +448,17 @@ class KerasAdapter(TorchAdapter):
                 _reinitialize_keras_layer(keras, duplicate.get_layer(name), generator)
         return KerasAdapter(duplicate, layout=self.layout, strip_softmax=self.model.strip_softmax)
 
+    def _state(self) -> ModelState:
+        """The Keras model's state (the private copy is brought up to it first)."""
+        return self.model.refresh()
+
     @contextmanager
-    def _runnable(self, sample: Tensor, layer: str | None = None) -> Iterator[nn.Module]:
-        self.model.refresh()
-        with super()._runnable(sample, layer) as model:
+    def _runnable(
+        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
+    ) -> Iterator[nn.Module]:
+        if state is None:
+            self.model.refresh()
+        with super()._runnable(sample, layer, state) as model:
             yield model
 
 

@@ -1,7 +1,8 @@
 """Run any ``torch.nn.Module`` for saliency methods: scores, input gradients, layer captures.
 
 The user's model is never changed. By default the adapter runs a private inference copy (eval
-mode, frozen, BatchNorm folded into convolutions, rebuilt whenever the user's weights change);
+mode, frozen, BatchNorm folded into convolutions, rebuilt whenever anything of the user's model
+changes: :func:`~salience.adapters.inference_copy.model_state`);
 with ``inference_copy=False`` it runs the user's model itself in eval mode and restores every
 module's training flag afterwards. Gradients are taken with ``torch.autograd.grad`` with respect
 to the input (and a captured layer) only, so no ``.grad`` is ever written to a parameter. All
@@ -25,8 +26,12 @@ from salience.adapters.base import Need, Outputs, ScoreFn
 from salience.adapters.fused import cached_fused, run_fused
 from salience.adapters.inference_copy import (
     CopyError,
+    ModelState,
+    all_finite,
+    cached_for,
     cached_inference_copy,
     folded_convolutions,
+    model_state,
     outputs_equal,
 )
 from salience.adapters.layers import (
@@ -48,12 +53,14 @@ from salience.adapters.rules import backward_rule_mode
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
-#: Per model: traced layer tables by (input shape, dtype, module tree).
-_LAYER_TABLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[list, list]]] = (
+#: Per model and state: traced layer tables by (input shape, dtype).
+_LAYER_TABLES: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = (
     weakref.WeakKeyDictionary()
 )
-#: Per model and layer: whether the layers after it broadcast a fanned-out batch correctly.
-_FAN_OUT: weakref.WeakKeyDictionary[nn.Module, dict[str, bool]] = weakref.WeakKeyDictionary()
+#: Per model and state, by layer: whether the layers after it broadcast a fanned-out batch.
+_FAN_OUT: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ModelOutputError(TypeError):
@@ -122,7 +129,8 @@ class TorchAdapter:
         Any module mapping a batch ``(N, ...)`` to outputs ``(N, classes)`` or ``(N,)``.
     inference_copy : bool
         Run a private frozen copy (faster, and the user's model is not even touched). Copies are
-        cached per model and rebuilt when its weights change, so adapters are cheap to create.
+        cached per model and rebuilt when anything of it changes (modules, attributes, hooks,
+        parameter and buffer contents), so adapters are cheap to create.
     fold_batchnorm : bool
         In that copy, fold BatchNorm into the preceding convolution when this is exact.
     channels_last : bool
@@ -230,13 +238,9 @@ class TorchAdapter:
 
     def _traced(self, x: Tensor) -> tuple[list[LayerInfo], list[str]]:
         sample = self.prepare_input(x)[:1]
-        key = (
-            tuple(sample.shape[1:]),
-            sample.dtype,
-            tuple(id(module) for module in self.model.modules()),
-        )
+        key = (tuple(sample.shape[1:]), sample.dtype)
         with self._lock:
-            tables = _LAYER_TABLES.setdefault(self.model, {})
+            tables = cached_for(_LAYER_TABLES, self.model, self._state())
             if key not in tables:
                 with eval_mode(self.model) as model:
                     tables[key] = trace_layers(model, self._layout(sample))
@@ -358,29 +362,33 @@ class TorchAdapter:
             raise ValueError(f"expected one sample (1, ...), got a batch of {x.shape[0]}")
         if scales.ndim != 2:
             raise ValueError(f"scales must be (B, C), got shape {tuple(scales.shape)}")
-        with self._lock, self._runnable(x, layer) as model, torch.inference_mode():
-            verdicts = _FAN_OUT.setdefault(self.model, {})
-            verdict = verdicts.get(layer)
-            if verdict is not False:
-                try:
-                    fanned = self._scaled_pass(model, x, layer, scales, channel_dim)
-                except RuntimeError:
-                    fanned = None
-                if verdict is None:
-                    checked = scales[:2]
-                    full = self._scaled_pass(
-                        model, x.expand(len(checked), *x.shape[1:]), layer, checked, channel_dim
-                    )
-                    verdict = verdicts[layer] = (
-                        fanned is not None
-                        and fanned.shape[0] == scales.shape[0]
-                        and outputs_equal(full, fanned[: len(checked)])
-                    )
-                if verdict and fanned is not None:
-                    return fanned
-            return self._scaled_pass(
-                model, x.expand(scales.shape[0], *x.shape[1:]), layer, scales, channel_dim
-            )
+        with self._lock:
+            state = self._state()
+            with self._runnable(x, layer, state) as model, torch.inference_mode():
+                verdicts = cached_for(_FAN_OUT, self.model, state)
+                verdict = verdicts.get(layer)
+                if verdict is not False:
+                    try:
+                        fanned = self._scaled_pass(model, x, layer, scales, channel_dim)
+                    except RuntimeError:
+                        fanned = None
+                    if verdict is None:
+                        checked = scales[:2]
+                        full = self._scaled_pass(
+                            model, x.expand(len(checked), *x.shape[1:]), layer, checked, channel_dim
+                        )
+                        verdict = (
+                            fanned is not None
+                            and fanned.shape[0] == scales.shape[0]
+                            and outputs_equal(full, fanned[: len(checked)])
+                        )
+                        if all_finite(full):  # non-finite outputs cannot prove or disprove it
+                            verdicts[layer] = verdict
+                    if verdict and fanned is not None:
+                        return fanned
+                return self._scaled_pass(
+                    model, x.expand(scales.shape[0], *x.shape[1:]), layer, scales, channel_dim
+                )
 
     def _scaled_pass(
         self, model: nn.Module, x: Tensor, layer: str, scales: Tensor, channel_dim: int
@@ -416,11 +424,12 @@ class TorchAdapter:
         if not self.inference_copy or sample.device.type != "cpu" or softmax:
             return None
         with self._lock:
-            copy = self._current_copy(sample, self.fold_batchnorm)
+            state = self._state()
+            copy = self._current_copy(sample, self.fold_batchnorm, state)
             if copy is None:
                 return None
             options = (self.fold_batchnorm, self.channels_last)
-            return cached_fused(self.model, options, copy, self._layout(sample))
+            return cached_fused(self.model, options, copy, self._layout(sample), state)
 
     def _layout(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
@@ -457,27 +466,35 @@ class TorchAdapter:
             layer_name(self.model, layer)  # raises LayerError with close matches
             raise LayerError(f"the model has no layer {layer!r}") from None
 
+    def _state(self) -> ModelState:
+        """The model's current state: the key of every cache built from it."""
+        return model_state(self.model)
+
     @contextmanager
-    def _runnable(self, sample: Tensor, layer: str | None = None) -> Iterator[nn.Module]:
+    def _runnable(
+        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
+    ) -> Iterator[nn.Module]:
         """The module to run: the inference copy, or the user's model in eval mode.
 
         A convolution whose BatchNorm was folded into it outputs what the norm did; when such a
-        convolution is the captured ``layer``, the unfolded copy runs instead.
+        convolution is the captured ``layer``, the unfolded copy runs instead. ``state``: the
+        model's state, when the caller has just taken it.
         """
         if self.inference_copy:
-            copy = self._current_copy(sample, self.fold_batchnorm)
+            state = state or self._state()
+            copy = self._current_copy(sample, self.fold_batchnorm, state)
             if copy is not None and layer is not None and layer in folded_convolutions(copy):
-                copy = self._current_copy(sample, False)
+                copy = self._current_copy(sample, False, state)
             if copy is not None:
                 yield copy
                 return
         with eval_mode(self.model) as model:
             yield model
 
-    def _current_copy(self, sample: Tensor, fold: bool) -> nn.Module | None:
+    def _current_copy(self, sample: Tensor, fold: bool, state: ModelState) -> nn.Module | None:
         try:
             return cached_inference_copy(
-                self.model, sample, fold=fold, channels_last=self.channels_last
+                self.model, sample, fold=fold, channels_last=self.channels_last, state=state
             )
         except CopyError as error:
             warnings.warn(
