@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -76,6 +77,49 @@ class Outputs:
 
 class GradientsUnavailableError(TypeError):
     """A method that needs gradients or layer activations, asked of a black-box model."""
+
+
+class NonFiniteInputError(ValueError):
+    """An input holds NaN or infinite values: no saliency map of it means anything."""
+
+
+class NonFiniteOutputError(ValueError):
+    """A finite input gave non-finite scores, maps or activations: the model's arithmetic
+    overflows (or divides by zero) on it."""
+
+
+def non_finite_count(x: Tensor) -> int:
+    """How many values of ``x`` are NaN or ±inf (0 for integer tensors)."""
+    if not (x.is_floating_point() or x.is_complex()):
+        return 0
+    finite = torch.isfinite(x)
+    return 0 if bool(finite.all()) else int(finite.numel() - finite.sum())
+
+
+def check_finite_input(x: Tensor) -> Tensor:
+    """``x`` itself; raises :class:`NonFiniteInputError` when any value is NaN or ±inf."""
+    count = non_finite_count(x)
+    if count:
+        raise NonFiniteInputError(
+            f"the input holds {count} non-finite value{'s' if count > 1 else ''} (NaN or inf) "
+            f"of {x.numel()}; replace them before explaining (e.g. torch.nan_to_num(x)) or fix "
+            "the preprocessing that produced them"
+        )
+    return x
+
+
+def check_finite_output(x: Tensor, what: str) -> Tensor:
+    """``x`` itself; raises :class:`NonFiniteOutputError` naming ``what`` (plural: "the
+    model's scores") when it is not finite."""
+    count = non_finite_count(x)
+    if count:
+        raise NonFiniteOutputError(
+            f"{what} hold {count} non-finite value"
+            f"{'s' if count > 1 else ''} (NaN or inf) on a finite input: the model's arithmetic "
+            "overflows on it; check the input's scale (its preprocessing) or run the model in "
+            "float64 (model.double())"
+        )
+    return x
 
 
 @runtime_checkable

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from salience.adapters.base import GradientsUnavailableError, Need, Outputs, ScoreFn
+from salience.adapters.base import (
+    GradientsUnavailableError,
+    Need,
+    Outputs,
+    ScoreFn,
+    check_finite_input,
+)
 from salience.images import IMAGENET_PRESET, ImagePreset
 
 LAYOUTS = ("nchw", "nhwc")
@@ -380,7 +386,13 @@ class OnnxAdapter:
         return dims
 
     def prepare_input(self, x: Tensor) -> Tensor:
-        """``x`` as a float32 CPU batch, checked against the model's input shape."""
+        """``x`` as a float32 CPU batch, checked against the model's input shape.
+
+        Raises
+        ------
+        NonFiniteInputError
+            When ``x`` holds NaN or infinite values (a ``ValueError``).
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
         if x.ndim < 1 or x.shape[0] == 0:
@@ -391,7 +403,7 @@ class OnnxAdapter:
         )
         if not fits:
             raise ValueError(self._mismatch(tuple(x.shape)))
-        return x.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        return check_finite_input(x.detach().to(device="cpu", dtype=torch.float32).contiguous())
 
     def _mismatch(self, got: tuple[int, ...]) -> str:
         expected = self.expected_shape()

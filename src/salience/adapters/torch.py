@@ -7,6 +7,10 @@ with ``inference_copy=False`` it runs the user's model itself in eval mode and r
 module's training flag afterwards. Gradients are taken with ``torch.autograd.grad`` with respect
 to the input (and a captured layer) only, so no ``.grad`` is ever written to a parameter. All
 hooks live inside one ``try``/``finally``.
+
+Inputs are refused when they hold NaN or infinite values, and the model never gets the caller's
+tensor itself (a forward that works in place, ``x.clamp_()``, would change it): a copy is made
+when moving it to the model's device and dtype did not make one already.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salience.adapters.base import Need, Outputs, ScoreFn
+from salience.adapters.base import Need, Outputs, ScoreFn, check_finite_input
 from salience.adapters.fused import cached_fused, run_fused
 from salience.adapters.inference_copy import (
     CopyError,
@@ -247,13 +251,22 @@ class TorchAdapter:
             return tables[key]
 
     def prepare_input(self, x: Tensor) -> Tensor:
-        """Move ``x`` to the model's device and floating dtype."""
+        """``x`` on the model's device in its floating dtype, in storage of its own.
+
+        Raises
+        ------
+        NonFiniteInputError
+            When ``x`` holds NaN or infinite values (a ``ValueError``).
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
         dtype = x.dtype if x.is_floating_point() else self.dtype
-        return x.detach().to(device=self.device, dtype=dtype)
+        prepared = check_finite_input(x.detach().to(device=self.device, dtype=dtype))
+        if prepared.device == x.device and prepared.data_ptr() == x.data_ptr():
+            prepared = prepared.clone()  # never the caller's storage: a forward may write to it
+        return prepared
 
     def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
         """Outputs (logits) for a batch, without gradients, in chunks of ``chunk_size``.

@@ -1,4 +1,10 @@
-"""The explainer contract: configuration in, :class:`Explanation` out, nothing stored per call."""
+"""The explainer contract: configuration in, :class:`Explanation` out, nothing stored per call.
+
+Every explanation passes two checks of its numbers: the input goes through the adapter's
+``prepare_input``, which refuses NaN and infinite values (:class:`NonFiniteInputError`), and the
+scores and maps of a finite input must be finite too (:class:`NonFiniteOutputError`: the model
+overflows), so a NaN never comes back as a map of zeros.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from salience.adapters.base import GradientsUnavailableError, Need, Outputs
+from salience.adapters.base import (
+    GradientsUnavailableError,
+    Need,
+    Outputs,
+    check_finite_output,
+)
 from salience.adapters.torch import TorchAdapter, as_adapter
 from salience.explanation import Explanation
 from salience.registry import available, get, register
@@ -99,7 +110,7 @@ class Explainer(ABC):
         Parameters
         ----------
         x : Tensor
-            The inputs, batched.
+            The inputs, batched; every value finite.
         target : int, str, sequence of int, callable or None
             What to explain: None (the predicted class), a class index (or one per sample), a
             class name, ``"top-K"``, or a callable ``outputs -> (N,) scores``.
@@ -107,6 +118,13 @@ class Explainer(ABC):
             Explain the logit (default) or the softmax probability.
         class_names : sequence of str, optional
             Names of the outputs, to accept class names as targets and label the result.
+
+        Raises
+        ------
+        NonFiniteInputError
+            When ``x`` holds NaN or infinite values (a ``ValueError``).
+        NonFiniteOutputError
+            When the model's scores or the maps of the finite ``x`` are not finite.
         """
         if score not in SCORE_KINDS:
             raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
@@ -117,7 +135,15 @@ class Explainer(ABC):
     def explanation(
         self, result: Attribution, score: str, class_names: Sequence[str] | None = None
     ) -> Explanation:
-        """Wrap what :meth:`attribute` returned into an :class:`Explanation`."""
+        """Wrap what :meth:`attribute` returned into an :class:`Explanation`.
+
+        Raises
+        ------
+        NonFiniteOutputError
+            When the scores or the maps hold NaN or infinite values.
+        """
+        check_finite_output(result.scores, "the model's scores")
+        check_finite_output(result.maps, f"the {self.name} maps")
         n = result.maps.shape[0]
         targets = (
             result.selection.indices

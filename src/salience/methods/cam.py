@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from salience.adapters.base import Need, Outputs
+from salience.adapters.base import Need, Outputs, check_finite_output
 from salience.adapters.layers import LayerLike, layer_name
 from salience.methods.base import (
     Attribution,
@@ -245,7 +245,9 @@ class EigenCAM(CAMExplainer, SinglePassExplainer):
     Each sample's activations are seen as ``S`` positions × ``C`` channels, centred over the
     positions, and projected on the first right singular vector. The sign of a singular vector
     is arbitrary; it is chosen so that the projection correlates positively with the total
-    activation at each position. The same map is returned for every target.
+    activation at each position. The same map is returned for every target. Non-finite
+    activations (a model that overflows) raise
+    :class:`~salience.adapters.base.NonFiniteOutputError` instead of failing inside the SVD.
     """
 
     paper = "Muhammad & Yeasin 2020"
@@ -257,6 +259,7 @@ class EigenCAM(CAMExplainer, SinglePassExplainer):
     def maps_from(self, x: Tensor, out: Outputs) -> Tensor:
         """The first-component projection, repeated for each of the K targets."""
         assert out.activations is not None
+        check_finite_output(out.activations, "the layer activations Eigen-CAM decomposes")
         features = self.feature_map(out.activations)
         n, channels, *spatial = features.shape
         positions = features.reshape(n, channels, -1).transpose(1, 2).double()
