@@ -28,9 +28,13 @@ class Net(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(0)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, 4)
         with torch.no_grad():
@@ -157,29 +161,53 @@ def test_nan_and_negative_zero_parameters_are_compared_bit_for_bit() -> None:
 
 
 def test_a_keras_model_is_explained_as_it_is_now() -> None:
-    from salience.adapters.keras import import_keras
+    from salience.adapters.keras import import_keras, keras_module
 
     try:
         keras = import_keras()  # sets KERAS_BACKEND=torch first
     except ImportError as error:
         pytest.skip(str(error))
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3, name="conv"),
-        keras.layers.BatchNormalization(name="norm"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3, name="dense"),
-    ])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.BatchNormalization(name="norm"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, name="dense"),
+        ]
+    )
     x = images()
 
     def gradient(m: object) -> Tensor:
         return salience.explain(m, x, method="gradient", target=1).attributions
 
     before = gradient(model)
+    running = keras_module(model).keras_model
+    assert torch.equal(gradient(model), before)
+    assert keras_module(model).keras_model is running  # unchanged: the private copy is reused
     norm = model.get_layer("norm")
     norm.moving_variance.value.data.fill_(9.0)
     norm.epsilon = 0.5
     fresh = gradient(copy.deepcopy(model))
     assert not torch.equal(before, fresh)
     assert torch.equal(gradient(model), fresh)
+    assert keras_module(model).keras_model is not running
+
+
+def test_tensors_that_memcmp_cannot_compare_are_compared_too() -> None:
+    module = nn.Module()
+    module.weight = nn.Parameter(torch.randn(6, 4).t())  # not contiguous
+    module.register_buffer("phases", torch.randn(3, dtype=torch.complex64))
+    state = model_state(module)
+    assert model_state(module) is state
+    module.weight.data[0, 0] += 1.0
+    changed = model_state(module)
+    assert changed is not state and model_state(module) is changed
+    module.phases.data[1] *= 1j
+    assert model_state(module) is not changed
+    square = nn.Module()
+    square.weight = nn.Parameter(torch.randn(4, 4))
+    state = model_state(square)
+    square.weight.data = square.weight.data.t()  # the same bytes, read transposed
+    assert model_state(square) is not state

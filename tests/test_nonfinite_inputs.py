@@ -33,9 +33,15 @@ def conv_bn(*tail: nn.Module, head: tuple[nn.Module, ...] = ()) -> nn.Sequential
     """``head``, a conv whose BatchNorm can be folded, ``tail``, pooling and a 3-class head."""
     generator = torch.Generator().manual_seed(0)
     model = nn.Sequential(
-        *head, nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), *tail,
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
-    )  # fmt: skip
+        *head,
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        *tail,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.is_floating_point():
@@ -135,9 +141,14 @@ def test_the_onnx_adapter_refuses_non_finite_inputs(tmp_path: object) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            conv_bn(), (images(),), str(path), input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "batch"}}, dynamo=False,
-        )  # fmt: skip
+            conv_bn(),
+            (images(),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}},
+            dynamo=False,
+        )
     x = images()
     x[1, 0, 0, 0] = float("inf")
     with pytest.raises(NonFiniteInputError, match="holds 1 non-finite value "):

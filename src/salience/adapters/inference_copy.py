@@ -32,10 +32,12 @@ outputs are finite: a non-finite output proves nothing about the copy.
 from __future__ import annotations
 
 import copy
+import ctypes
+import os
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,11 +60,19 @@ _PLAIN = frozenset({bool, int, float, complex, str, bytes, type(None), torch.dty
 _EMPTY_DICTS = frozenset({dict, OrderedDict})
 #: Module attributes the walk covers itself, or that do not change what a module computes (the
 #: copy runs in eval mode whatever ``training`` says; state-dict hooks act on saving/loading).
-_WALKED = frozenset({
-    "training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set",
-    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-})  # fmt: skip
+_WALKED = frozenset(
+    {
+        "training",
+        "_parameters",
+        "_buffers",
+        "_modules",
+        "_non_persistent_buffers_set",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+    }
+)
 _INTEGER_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MAX_DEPTH = 4
 """How deep containers in attributes are compared element by element; deeper, by identity."""
@@ -75,19 +85,30 @@ class ModelState:
     returns that same object (compare with ``is``).
     """
 
-    __slots__ = ("__weakref__", "snapshot", "structure")
+    __slots__ = ("__weakref__", "_spans", "snapshot", "structure")
 
     def __init__(self, structure: tuple, tensors: Sequence[Tensor]) -> None:
         self.structure = structure
         self.snapshot = tuple(t.detach().clone() for t in tensors)
+        # Where each snapshot's bytes are, for the memcmp fast path (None: torch.equal instead).
+        self._spans = tuple(map(_dense_span, self.snapshot))
 
     def matches(self, structure: tuple, tensors: Sequence[Tensor]) -> bool:
-        """Whether ``structure`` and every tensor's contents equal this snapshot exactly."""
-        return (
-            structure == self.structure
-            and len(tensors) == len(self.snapshot)
-            and all(map(_identical, self.snapshot, tensors))
-        )
+        """Whether ``structure`` and every tensor's contents equal this snapshot exactly.
+
+        The structure holds each tensor's dtype, device and shape, so once it matches, a
+        contiguous tensor has the bytes of its snapshot's span exactly when the two compare
+        equal with ``memcmp``.
+        """
+        if structure != self.structure or len(tensors) != len(self.snapshot):
+            return False
+        for snapshot, span, current in zip(self.snapshot, self._spans, tensors, strict=True):
+            if span is not None and current.layout == torch.strided and current.is_contiguous():
+                if _MEMCMP(span[0], current.data_ptr(), span[1]) != 0:
+                    return False
+            elif not _identical(snapshot, current):
+                return False
+        return True
 
 
 def _as_bits(t: Tensor) -> Tensor:
@@ -99,8 +120,35 @@ def _as_bits(t: Tensor) -> Tensor:
     return t
 
 
+def _c_memcmp() -> Callable[[int, int, int], int] | None:
+    """The C library's ``memcmp``: bit-for-bit comparison at memory speed (None if missing)."""
+    try:
+        library = ctypes.cdll.msvcrt if os.name == "nt" else ctypes.CDLL(None)
+        memcmp = library.memcmp
+    except (OSError, AttributeError):
+        return None
+    memcmp.restype = ctypes.c_int
+    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return memcmp
+
+
+_MEMCMP = _c_memcmp()
+
+
+def _dense_span(t: Tensor) -> tuple[int, int] | None:
+    """(address, byte count) of a dense real CPU tensor, when ``memcmp`` can compare it."""
+    usable = (
+        _MEMCMP is not None
+        and t.is_cpu
+        and t.layout == torch.strided
+        and not (t.is_complex() or t.is_quantized)  # no conjugate/negative views, no scales
+        and t.is_contiguous()
+    )
+    return (t.data_ptr(), t.nbytes) if usable else None
+
+
 def _identical(snapshot: Tensor, current: Tensor) -> bool:
-    """Bit-for-bit equality (dtype, device and shape were compared with the structure)."""
+    """Bit-for-bit equality with ``torch.equal`` on integer views (the memcmp path's fallback)."""
     try:
         return torch.equal(_as_bits(snapshot), _as_bits(current.detach()))
     except (RuntimeError, TypeError):  # a layout equality is not defined for: treat as changed
