@@ -20,6 +20,7 @@ runs whatever code the file carries. A preset sidecar beside the file (``net.pre
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pickle
 import re
 import zipfile
@@ -45,6 +46,13 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".safetensors")
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+UNPACKED_RATIO = 20
+"""How many times its own size an archive (zip, HDF5) may unpack to, plus ``UNPACKED_SLACK``:
+torch and Keras store tensors uncompressed, so only a forged file comes near it."""
+UNPACKED_SLACK = 16 << 20
+CHECKPOINT_RATIO = 4
+"""How many times the model's own state a weights file may hold, plus ``UNPACKED_SLACK``: a
+training checkpoint holds the weights, an optimizer's moments and little else."""
 SAFE_SAVING = (
     "save the weights instead (torch.save(model.state_dict(), 'model.pth') or safetensors) and "
     "open them with --factory package.module:function, or save the model with torch.jit.save "
@@ -213,6 +221,8 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
         raise ValueError(f"an input name (--input-name) is for ONNX models, not the {kind} {model}")
     if kind == FACTORY and _FACTORY.fullmatch(model.strip()) and options.factory is not None:
         raise ValueError(f"give the factory once: {model} or factory={options.factory}")
+    if kind != FACTORY and Path(model).is_file():
+        check_unpacked_size(model)
     factory_named = kind == FACTORY and options.factory is None
     model_file = (options.weights or "") if factory_named else model  # where a sidecar lies
     settings = options.overrides().over(_sidecar(options, model_file))
@@ -298,10 +308,12 @@ def _open_keras(path: str, options: LoadOptions, settings: PresetOverrides) -> _
 def _open_torchscript(path: str, options: LoadOptions, settings: PresetOverrides) -> _Opened:
     import torch
 
-    from salience.adapters.program import ProgramAdapter, ScriptedModule
+    from salience.adapters.program import ProgramAdapter, ScriptedModule, check_scripted_archive
 
     name = Path(path).name
     _no_layout(settings, name)
+    if not options.trust_pickle:
+        check_scripted_archive(path)
     try:
         module = torch.jit.load(path, map_location="cpu")
     except Exception as error:
@@ -315,16 +327,21 @@ def _open_torchscript(path: str, options: LoadOptions, settings: PresetOverrides
 
 
 def _open_export(path: str, options: LoadOptions, settings: PresetOverrides) -> _Opened:
-    import torch
-
-    from salience.adapters.program import ExportedModule, ProgramAdapter
+    from salience.adapters.program import (
+        ExportedModule,
+        ProgramAdapter,
+        UntrustedFileError,
+        load_exported_program,
+    )
 
     name = Path(path).name
     _no_layout(settings, name)
     if not Path(path).is_file():
         raise FileNotFoundError(f"no torch.export program at {path}")
     try:
-        program = torch.export.load(path)
+        program = load_exported_program(path, trust_pickle=options.trust_pickle)
+    except UntrustedFileError:
+        raise
     except Exception as error:
         raise ValueError(
             f"{name} cannot be read as a torch.export program ({_first_line(error)}); it may be "
@@ -426,13 +443,16 @@ def load_weights(model: Any, path: str, *, trust_pickle: bool = False) -> None:
     Raises
     ------
     ValueError
-        When the file's tensors do not fit the model (missing, unexpected or mis-shaped keys).
+        When the file's tensors do not fit the model (missing, unexpected or mis-shaped keys),
+        or when it holds far more than the model needs (see :func:`check_unpacked_size` and
+        ``CHECKPOINT_RATIO``), which is refused before anything is read.
     """
     from salience.adapters.keras import is_keras_model
 
     name = Path(path).name
     if not Path(path).is_file():
         raise FileNotFoundError(f"no weights file {path}")
+    check_unpacked_size(path)
     if is_keras_model(model):
         try:
             model.load_weights(path)
@@ -442,6 +462,13 @@ def load_weights(model: Any, path: str, *, trust_pickle: bool = False) -> None:
                 "model.save_weights('model.weights.h5') from the same architecture"
             ) from error
         return
+    own = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if (held := unpacked_size(path)) > CHECKPOINT_RATIO * own + UNPACKED_SLACK:
+        raise ValueError(
+            f"{name} holds {_size_text(held)} of data, more than {CHECKPOINT_RATIO}× the "
+            f"{_size_text(own)} of the factory's model; check that the factory builds the "
+            "architecture the weights were saved from, or save model.state_dict() alone"
+        )
     state = _read_torch_file(path, trust_pickle=trust_pickle)
     if not isinstance(state, Mapping):
         raise ValueError(f"{name} holds a whole model, not weights; open it without a factory")
@@ -471,6 +498,83 @@ def load_weights(model: Any, path: str, *, trust_pickle: bool = False) -> None:
             "factory builds the architecture the weights were saved from"
         )
     model.load_state_dict(state, strict=True)
+
+
+def unpacked_size(path: str | Path) -> int:
+    """The bytes a model file unpacks to, from its headers (nothing is decompressed).
+
+    A zip counts its entries' declared sizes, an HDF5 file (or one inside the zip, as in a
+    ``.keras`` file) its datasets' sizes; any other file its own size.
+
+    Raises
+    ------
+    ValueError
+        For an HDF5 dataset stored in another file (external or virtual storage), which would
+        read that file into the model.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return sum(
+                _hdf5_size(archive.open(entry), Path(path).name)
+                if entry.filename.endswith(".h5")
+                else entry.file_size
+                for entry in archive.infolist()
+            )
+    with open(path, "rb") as file:
+        if file.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+            return _hdf5_size(path, Path(path).name)
+    return Path(path).stat().st_size
+
+
+def _hdf5_size(source: Any, name: str) -> int:
+    if importlib.util.find_spec("h5py") is None:
+        return 0  # Keras, which reads HDF5, is not installed either
+    import h5py
+
+    datasets: list[Any] = []
+    try:
+        store = h5py.File(source, "r")
+    except OSError:
+        return 0  # not HDF5 after all: the reader of its format says so
+    with store:
+        store.visititems(
+            lambda _key, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None
+        )
+        for dataset in datasets:
+            if dataset.external or dataset.is_virtual:
+                raise ValueError(
+                    f"{name} stores {dataset.name} in another file (HDF5 external or virtual "
+                    "storage), which would read that file into the model; save the model again "
+                    "with model.save('model.keras')"
+                )
+        return sum(dataset.nbytes for dataset in datasets)
+
+
+def check_unpacked_size(path: str | Path) -> None:
+    """Refuse a file that claims to unpack to far more than its size (an archive bomb).
+
+    Raises
+    ------
+    ValueError
+        When the file unpacks to more than ``UNPACKED_RATIO`` times its size plus
+        ``UNPACKED_SLACK``.
+    """
+    size = Path(path).stat().st_size
+    unpacked = unpacked_size(path)
+    if unpacked > UNPACKED_RATIO * size + UNPACKED_SLACK:
+        raise ValueError(
+            f"{Path(path).name} claims to unpack to {_size_text(unpacked)} from "
+            f"{_size_text(size)} (more than {UNPACKED_RATIO}× its size); a model file stores "
+            "its tensors uncompressed: save the model again, without compressing the archive"
+        )
+
+
+def _size_text(count: int) -> str:
+    """``6.2 kB``, ``67.1 MB``: a size in the unit that reads best."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _unwrapped_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -542,8 +646,10 @@ __all__ = [
     "LoadOptions",
     "LoadedModel",
     "call_factory",
+    "check_unpacked_size",
     "is_onnx",
     "load_weights",
     "model_kind",
     "open_model",
+    "unpacked_size",
 ]
