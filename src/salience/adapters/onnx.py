@@ -56,6 +56,39 @@ def _first_line(error: BaseException) -> str:
     return _ORT_PREFIX.sub("", lines[0]) if lines else type(error).__name__
 
 
+def _check_external_data(path: Path) -> None:
+    """Refuse external data that lies outside the model's folder (absolute, ``..``, a link out).
+
+    onnxruntime runs only its own kernels (no custom-operator library is registered), so the
+    graph itself cannot reach files; external data could read any file into a weight.
+    """
+    try:
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+    except ImportError:
+        return  # onnxruntime checks the locations itself
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as error:
+        raise ValueError(f"{path.name} is not a valid ONNX model: {_first_line(error)}") from error
+    folder = path.parent.resolve()
+    for tensor in _get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if (
+            Path(location).is_absolute()
+            or ".." in Path(location).parts
+            or folder not in target.parents
+        ):
+            raise ValueError(
+                f"{path.name} keeps the tensor {tensor.name!r} in {location!r}, outside the "
+                "model's folder; keep its external data files beside the model (onnx.save_model "
+                "with save_as_external_data=True writes them there)"
+            )
+
+
 def _shape_text(shape: Sequence[object]) -> str:
     """``(N, 3, 32, 32)``: the batch dimension as N, other unknown sizes as ?."""
     dims = ["N" if i == 0 and not isinstance(d, int) else d for i, d in enumerate(shape)]
@@ -180,6 +213,7 @@ class OnnxAdapter:
             options.intra_op_num_threads = threads
         self._options = options
         self._providers = list(providers)
+        _check_external_data(self.path)
         self.session = self._session(os.fspath(self.path))
         self.stripped_softmax = False
         if strip_softmax:
