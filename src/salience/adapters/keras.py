@@ -22,6 +22,7 @@ import copy
 import functools
 import math
 import os
+import re
 import sys
 import warnings
 import weakref
@@ -89,6 +90,12 @@ def is_keras_model(model: object) -> bool:
     return isinstance(model_class, type) and isinstance(model, model_class)
 
 
+SAFE_KERAS = (3, 13, 2)
+"""The Keras release by which the published flaws of loading in safe mode were fixed: legacy
+``.h5`` files ignoring it, config files naming functions that turn it off, untrusted
+deserialization, HDF5 weights whose metadata asks for unbounded memory."""
+
+
 def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) -> Any:
     """Load a ``.keras`` file (or a legacy ``.h5`` that Keras 3 reads) without compiling it.
 
@@ -101,6 +108,13 @@ def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) 
     """
     keras = import_keras()
     name = Path(path).name
+    version = tuple(int(part) for part in re.findall(r"\d+", keras.__version__)[:3])
+    if not trust_code and version < SAFE_KERAS:
+        raise ValueError(
+            f"{name} is not opened: Keras {keras.__version__} lets a model file run code even "
+            f"in safe mode (fixed in Keras {'.'.join(map(str, SAFE_KERAS))}); upgrade keras, or "
+            "pass --trust-pickle (trust_pickle=True) if you trust the file"
+        )
     try:
         return keras.saving.load_model(os.fspath(path), compile=False, safe_mode=not trust_code)
     except Exception as error:
