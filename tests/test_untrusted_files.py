@@ -393,3 +393,24 @@ def test_hdf5_storage_in_another_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="stores /weights in another file") as caught:
         open_model(str(path))
     assert "\n" not in str(caught.value)
+
+
+def test_a_keras_with_known_safe_mode_bypasses_opens_only_trusted_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from salience.adapters.keras import import_keras
+
+    try:
+        keras = import_keras()  # sets the torch backend first
+    except ImportError:
+        pytest.skip("Keras 3 is not installed (the keras extra)")
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs))
+    path = tmp_path / "plain.keras"
+    keras.Model(inputs, outputs).save(path)
+    monkeypatch.setattr(keras, "__version__", "3.11.2")  # .h5 files ignored safe_mode
+    with pytest.raises(ValueError, match=r"Keras 3\.11\.2 lets a model file run code") as caught:
+        open_model(str(path))
+    assert "--trust-pickle" in str(caught.value)
+    trusted = open_model(str(path), LoadOptions(trust_pickle=True))
+    assert trusted.adapter.forward(torch.rand(1, 3, 8, 8)).shape == (1, 2)
