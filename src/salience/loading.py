@@ -13,8 +13,10 @@ that string into an adapter, a display name, an input preset and the class names
 - an ONNX file (``.onnx``), a black box.
 
 A pickled full model (``torch.save(model)``) is refused unless the caller trusts it: unpickling
-runs whatever code the file carries. A preset sidecar beside the file (``net.preset.toml``, see
-:mod:`salience.presets`) describes the input; explicit options override it.
+runs whatever code the file carries. No other format runs Python from the file either, and a
+file that claims to unpack to far more than its size is refused (``docs/security.md``). A
+preset sidecar beside the file (``net.preset.toml``, see :mod:`salience.presets`) describes the
+input; explicit options override it.
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ class LoadOptions:
     weights : path, optional
         Weights for a model given as a factory.
     trust_pickle : bool
-        Open pickled full models and Keras Lambda layers, which run code from the file.
+        Run what the file carries: unpickle full models, load Keras Lambda layers, exported
+        programs outside the checked subset and TorchScript code that reaches files (see
+        ``docs/security.md``).
     """
 
     input_name: str | None = None

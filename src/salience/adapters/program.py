@@ -211,7 +211,11 @@ class ProgramAdapter(TorchAdapter):
 FILE_OPERATORS = frozenset({"aten::from_file", "aten::save", "debugprims::load_tensor"})
 """Operators that read or write a file named by the program (``torch.from_file(name,
 shared=True)`` writes into it): a program from a file may not call them."""
-_SCRIPT_REFUSED = re.compile(r"\b(from_file|save|load_tensor|classes|c10d|_c10d_functional)\b")
+_TORCHBIND = re.compile(r"torch\.classes")
+_SCRIPT_REFUSED = re.compile(
+    r"\b(from_file|save|load_tensor|rpc_async|rpc_sync|rpc_remote|c10d|_c10d_functional)\b"
+    r"|torch\.classes"
+)
 _PROGRAM_NAMESPACES = ("aten", "prims")
 _SAFE_TEXT = re.compile(r"[A-Za-z0-9_.+\-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
@@ -491,20 +495,22 @@ def _unpickle_tensors(data: bytes, name: str) -> Any:
 
 
 def check_scripted_archive(path: str | Path) -> None:
-    """Refuse a TorchScript file whose code names operators that read or write files.
+    """Refuse a TorchScript file whose code reaches files, the network or TorchBind classes.
 
     TorchScript code runs when the file is loaded (``__setstate__``) and on every forward: a
-    program of PyTorch operators, without Python, but :data:`FILE_OPERATORS`, TorchBind
-    classes and distributed operators reach files and the network.
+    program of PyTorch operators, without Python, but :data:`FILE_OPERATORS`, RPC and
+    distributed operators and TorchBind classes (native objects, also in the pickles) reach
+    beyond the model. The check reads the code and pickles, never the tensors' records.
     """
     name = Path(path).name
     with zipfile.ZipFile(path) as archive:
         for entry in archive.infolist():
-            if "/code/" not in entry.filename or not entry.filename.endswith(".py"):
+            in_code = "/code/" in entry.filename and entry.filename.endswith(".py")
+            if not (in_code or entry.filename.endswith(".pkl")):
                 continue
-            code = archive.read(entry).decode("utf-8", errors="replace")
-            if match := _SCRIPT_REFUSED.search(code):
-                _untrusted(name, f"its TorchScript code uses {match.group(0)} (files or network)")
+            text = archive.read(entry).decode("utf-8", errors="replace")
+            if match := (_SCRIPT_REFUSED if in_code else _TORCHBIND).search(text):
+                _untrusted(name, f"its TorchScript code uses {match.group(0)}")
 
 
 __all__ = [
