@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import keyword
+import math
 import re
 import zipfile
 from collections.abc import Sequence
@@ -298,9 +299,7 @@ def _read_exported_program(path: str) -> torch.export.ExportedProgram:
     with PT2ArchiveReader(path) as reader:
         if reader.read_string(archive.ARCHIVE_VERSION_PATH) != archive.ARCHIVE_VERSION_VALUE:
             raise ValueError(f"{name} was saved by another version of torch.export")
-        records = set(reader.get_file_names())
-        if any(record.startswith(archive.AOTINDUCTOR_DIR) for record in records):
-            _untrusted(name, "it holds compiled AOTInductor libraries (native code)")
+        records = set(reader.get_file_names())  # AOTInductor libraries (native code): unread
         program_file = archive.MODELS_FILENAME_FORMAT.format(MODEL_NAME)
         if program_file not in records:
             raise ValueError(f"{name} holds no program named {MODEL_NAME!r}")
@@ -314,9 +313,9 @@ def _read_exported_program(path: str) -> torch.export.ExportedProgram:
 
 def _untrusted(name: str, reason: str) -> None:
     raise UntrustedFileError(
-        f"{name} is not opened: {reason}, which would run code from the file; export the model "
-        "again from plain PyTorch layers, or pass --trust-pickle (trust_pickle=True) if you "
-        "trust the file"
+        f"{name} is not opened: {reason}, which salience runs only from a trusted file; export "
+        "the model again from plain PyTorch layers, or pass --trust-pickle (trust_pickle=True) "
+        "if you trust the file"
     )
 
 
@@ -478,7 +477,7 @@ def _check_record_size(reader: Any, record: str, meta: Any, name: str) -> None:
     if meta is None or reader.archive_file.get_record_size(record) > 0:
         return
     claimed = [size.as_int if size.type == "as_int" else None for size in meta.sizes]
-    if any(size != 0 for size in claimed):
+    if None in claimed or math.prod(claimed) != 0:
         raise ValueError(
             f"{name} claims a tensor of shape {claimed} in the empty record {record}; the file "
             "is damaged or forged: export the model again with torch.export.save"
