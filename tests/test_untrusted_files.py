@@ -196,7 +196,21 @@ def _name_with_code(_name: str, document: dict, marker: Path) -> None:
         document.update(json.loads(text))
 
 
-@pytest.mark.parametrize("edit", [_set_guard, _set_shape_expression, _call_python, _name_with_code])
+def _import_a_module(_name: str, document: dict, marker: Path) -> None:
+    if "graph_module" in document:
+        signature = document["graph_module"]["module_call_graph"][0]["signature"]
+        context = {  # torch imports default_factory_module to rebuild a defaultdict
+            "default_factory_module": "test_untrusted_files",
+            "default_factory_name": "Touch",
+            "dict_context": [],
+        }
+        spec = {"type": "collections.defaultdict", "context": context}
+        signature["out_spec"] = json.dumps([1, {**spec, "children_spec": []}])
+
+
+@pytest.mark.parametrize(
+    "edit", [_set_guard, _set_shape_expression, _call_python, _name_with_code, _import_a_module]
+)
 def test_a_program_whose_text_would_run_as_python_is_refused(
     program: Path, digits: Tensor, edit: Callable, tmp_path: Path
 ) -> None:
