@@ -6,6 +6,7 @@ channel reduction.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -14,6 +15,29 @@ from torch import Tensor
 
 Reduction = Literal["abs_max", "abs_sum", "l2", "sum", "max"]
 REDUCTIONS: tuple[str, ...] = ("abs_max", "abs_sum", "l2", "sum", "max")
+
+
+def check_reduction(how: str) -> str:
+    """``how`` if it names a channel reduction; else a ValueError listing them."""
+    if how not in REDUCTIONS:
+        raise ValueError(
+            f"unknown channel reduction {how!r}; choose one of {', '.join(REDUCTIONS)}"
+        )
+    return how
+
+
+def check_percentile(percentile: float) -> float:
+    """``percentile`` if it is in (0, 100]; else a ValueError with the range."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    return percentile
+
+
+def check_sigma(sigma: float) -> float:
+    """``sigma`` if it is a finite number of pixels >= 0; else a ValueError with the range."""
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be a finite number of pixels >= 0, got {sigma}")
+    return sigma
 
 
 def reduce_channels(saliency: Tensor, how: str = "abs_max", *, dim: int = -3) -> Tensor:
@@ -28,6 +52,7 @@ def reduce_channels(saliency: Tensor, how: str = "abs_max", *, dim: int = -3) ->
     dim : int
         The channel dimension.
     """
+    check_reduction(how)
     if how == "abs_max":
         return saliency.abs().amax(dim=dim)
     if how == "abs_sum":
@@ -36,9 +61,7 @@ def reduce_channels(saliency: Tensor, how: str = "abs_max", *, dim: int = -3) ->
         return saliency.square().sum(dim=dim).sqrt()
     if how == "sum":
         return saliency.sum(dim=dim)
-    if how == "max":
-        return saliency.amax(dim=dim)
-    raise ValueError(f"unknown channel reduction {how!r}; choose one of {', '.join(REDUCTIONS)}")
+    return saliency.amax(dim=dim)  # "max"
 
 
 def clip_percentile(saliency: Tensor, percentile: float = 99.0) -> Tensor:
@@ -46,8 +69,7 @@ def clip_percentile(saliency: Tensor, percentile: float = 99.0) -> Tensor:
 
     The percentile is taken over the last two (spatial) dimensions of each map; the sign is kept.
     """
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    check_percentile(percentile)
     flat = saliency.abs().flatten(-2)
     exact = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
     bound = torch.quantile(exact, percentile / 100.0, dim=-1).to(saliency.dtype)
@@ -87,9 +109,7 @@ def gaussian_blur(saliency: Tensor, sigma: float, *, truncate: float = 4.0) -> T
     Equal to ``scipy.ndimage.gaussian_filter(..., sigma, mode="reflect", truncate=truncate)``
     applied to each map separately.
     """
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0 pixels, got {sigma}")
-    if sigma == 0:
+    if check_sigma(sigma) == 0:
         return saliency.clone()
     kernel = gaussian_kernel1d(sigma, truncate=truncate, dtype=saliency.dtype).to(saliency.device)
     radius = kernel.numel() // 2

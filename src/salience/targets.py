@@ -197,7 +197,8 @@ def parse_target(target: TargetLike, class_names: Sequence[str] | None = None) -
     )
 
 
-def _parse_target_string(text: str, class_names: Sequence[str] | None) -> TargetSpec:
+def _target_syntax(text: str) -> TargetSpec | None:
+    """The target a string writes, or None when it is a class name (the model must say which)."""
     key = text.strip()
     lowered = key.lower()
     if lowered in ("", "predicted", "pred", "argmax"):
@@ -209,6 +210,15 @@ def _parse_target_string(text: str, class_names: Sequence[str] | None) -> Target
         raise TargetError(f"target {text!r}: write top-K with K >= 1, e.g. 'top-3'")
     if key.lstrip("-").isdigit():
         return ClassIndex(int(key))
+    return None
+
+
+def _parse_target_string(text: str, class_names: Sequence[str] | None) -> TargetSpec:
+    spec = _target_syntax(text)
+    if spec is not None:
+        return spec
+    key = text.strip()
+    lowered = key.lower()
     if class_names is None:
         raise TargetError(
             f"target {text!r} is a class name, but the model has no class names; pass an index"
@@ -221,6 +231,70 @@ def _parse_target_string(text: str, class_names: Sequence[str] | None) -> Target
     suggestions = list(dict.fromkeys(close + partial))
     hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
     raise TargetError(f"unknown class name {text!r}{hint}")
+
+
+def check_target_text(text: str) -> str:
+    """Refuse, before any model is open, a target string that fits no model.
+
+    Class names are looked up once the model is known (:func:`parse_target`,
+    :func:`check_target`); this refuses what no model can take: a malformed top-K and a negative
+    class index.
+
+    Returns
+    -------
+    str
+        ``text``, unchanged.
+
+    Raises
+    ------
+    TargetError
+        Naming the problem and what to write instead.
+    """
+    spec = _target_syntax(text)
+    if spec is not None:
+        check_target(spec)
+    return text
+
+
+def check_target(
+    spec: TargetSpec, classes: int | None = None, *, model: str = "the model"
+) -> TargetSpec:
+    """Refuse a class index outside ``0..classes-1`` and a top-K of more than ``classes``.
+
+    Typed targets (the command line, the server's form) count classes from 0: a negative index
+    is refused rather than counted from the end as Python would.
+
+    Parameters
+    ----------
+    spec : TargetSpec
+        A parsed target.
+    classes : int, optional
+        The model's number of classes; None checks only what fits no model.
+    model : str
+        The model's name, for the message.
+
+    Returns
+    -------
+    TargetSpec
+        ``spec``, unchanged.
+
+    Raises
+    ------
+    TargetError
+        For an index or top-K the model cannot have, with the valid range.
+    """
+    bound = f"{model} has {classes} classes (0..{classes - 1})" if classes else ""
+    if isinstance(spec, ClassIndex):
+        indices = (spec.index,) if isinstance(spec.index, int) else spec.index
+        for index in indices:
+            if index < 0:
+                where = bound or "class indices count from 0"
+                raise TargetError(f"class index {index} is out of range: {where}")
+            if classes is not None and index >= classes:
+                raise TargetError(f"class index {index} is out of range: {bound}")
+    if isinstance(spec, TopK) and classes is not None and spec.k > classes:
+        raise TargetError(f"top-{spec.k} is more than the {classes} classes of {model}")
+    return spec
 
 
 def as_score_matrix(outputs: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 
 from salience.loading import LoadOptions
 from salience.methods.base import EXPLAINER
-from salience.postprocess import REDUCTIONS
+from salience.postprocess import check_percentile, check_reduction, check_sigma
 from salience.registry import get
 from salience.targets import SCORE_KINDS
 
@@ -54,14 +54,9 @@ class DisplayOptions:
     thumbnail: int = 128
 
     def __post_init__(self) -> None:
-        if self.reduce not in REDUCTIONS:
-            raise ValueError(
-                f"unknown reduction {self.reduce!r}; choose one of {', '.join(REDUCTIONS)}"
-            )
-        if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"the percentile must be in (0, 100], got {self.percentile}")
-        if not self.smooth >= 0.0:
-            raise ValueError(f"the smoothing σ must be >= 0 pixels, got {self.smooth}")
+        check_reduction(self.reduce)
+        check_percentile(self.percentile)
+        check_sigma(self.smooth)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"the opacity (alpha) must be in [0, 1], got {self.alpha}")
         if not (isinstance(self.thumbnail, int) and self.thumbnail >= 16):

@@ -27,7 +27,7 @@ from salience.loading import open_model
 from salience.postprocess import to_display
 from salience.runner.inputs import BatchItem
 from salience.runner.spec import JobSpec
-from salience.targets import as_score_matrix, parse_target
+from salience.targets import as_score_matrix, check_target, parse_target
 
 DONE, FAILED = "done", "failed"
 PNG_LEVEL = 1
@@ -94,7 +94,10 @@ class ItemWorker:
             make_explainer(adapter, method, **method_options(method, spec.options))
             for method in spec.methods
         ]
-        self.target = parse_target(spec.target, self.loaded.class_names)
+        names = self.loaded.class_names
+        self.target = check_target(
+            parse_target(spec.target, names), len(names), model=self.loaded.name
+        )
         self.metrics = (
             [CausalMetric(adapter, mode, pixels_per_step=spec.pixels_per_step) for mode in MODES]
             if spec.auc

@@ -99,7 +99,7 @@ def plan_request(
     from salience import viz
     from salience.api import make_explainer, method_options
     from salience.cli import method_names
-    from salience.targets import ClassIndex, TopK, parse_target
+    from salience.targets import TopK, check_target, parse_target
 
     names = method_names(",".join(form.methods))
     if not names:
@@ -110,15 +110,8 @@ def plan_request(
         )
     classes = len(loaded.class_names)
     target = parse_target(form.target, loaded.class_names)
-    if isinstance(target, ClassIndex):
-        index = target.index if isinstance(target.index, int) else target.index[0]
-        if not 0 <= index < classes:
-            raise RequestRejectedError(
-                400, "bad_target",
-                f"class index {index} is out of range: {loaded.name} has {classes} classes "
-                f"(0..{classes - 1})",
-            )  # fmt: skip
-    if isinstance(target, TopK) and target.k > min(limits.max_top_k, classes):
+    check_target(target, classes, model=loaded.name)  # out of range: TargetError, bad_target
+    if isinstance(target, TopK) and target.k > limits.max_top_k:
         raise RequestRejectedError(
             400, "bad_target", f"top-{target.k} is more than the limit of top-{limits.max_top_k}"
         )
