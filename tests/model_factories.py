@@ -65,3 +65,44 @@ class _Slow(nn.Module):
 def slow_digits_net() -> nn.Module:
     """:func:`seeded_digits_net` taking 20 ms more per forward pass (to interrupt jobs midway)."""
     return _Slow(seeded_digits_net(), 0.02)
+
+
+class _FailsOnBrightImages(nn.Module):
+    """Raises RuntimeError when asked for gradients of an image brighter than the preset's mean:
+    predictions (no gradients) work on every image, explaining a bright one fails."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        import torch
+
+        if torch.is_grad_enabled() and float(x.detach().mean()) > 0:
+            raise RuntimeError("cannot explain bright images\nsecond line of the model's message")
+        return self.model(x)
+
+
+def fragile_digits_net() -> nn.Module:
+    """:func:`seeded_digits_net` that raises while explaining a bright image."""
+    return _FailsOnBrightImages(seeded_digits_net())
+
+
+class _DiesInWorkers(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        import multiprocessing
+        import os
+        import signal
+
+        if multiprocessing.current_process().name != "MainProcess":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        return self.model(x)
+
+
+def dying_digits_net() -> nn.Module:
+    """:func:`seeded_digits_net` whose forward pass kills the worker process it runs in."""
+    return _DiesInWorkers(seeded_digits_net())

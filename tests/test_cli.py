@@ -72,7 +72,7 @@ def write_text_file(tmp_path: Path) -> Path:
         (["--target", "1000"], "class index 1000 is out of range"),
         (["--target", "tabbby"], "did you mean 'tabby'"),
         (["--cmap", "jett"], "jett"),
-        (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
+        (["--alpha", "1.5"], "--alpha: must be in [0, 1]"),
         (["--model", "resnet"], "unknown model 'resnet'"),
     ],
 )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dis
+import math
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,6 +22,7 @@ if TYPE_CHECKING:
     from salience.explanation import Explanation
     from salience.images import PreparedImage
     from salience.loading import LoadedModel, LoadOptions
+    from salience.targets import TargetSpec
 
 # Read by PyTorch when it starts; doubles no-grad batched throughput on small CPUs.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
@@ -27,13 +32,31 @@ SANITY_METHODS = "gradient,gradient_x_input,guided_backprop,integrated_gradients
 COMPARE_METHODS = "gradient,smoothgrad,integrated_gradients,gradcam,rise"
 EVALUATE_METHODS = "gradient,gradcam,rise"
 PROGRESS_THRESHOLD = 3
+DEBUG_VARIABLE = "SALIENCE_DEBUG"
+DEBUG_HELP = f"show the traceback of every error (also {DEBUG_VARIABLE}=1)"
+
+
+class CommandError(Exception):
+    """An image or model failed for a reason of the user's, reported in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line; the usage is one ``--help`` away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"salience: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``salience``."""
-    parser = argparse.ArgumentParser(
+    """The argument parser of ``salience``.
+
+    Every option's value is checked here (its range, its choices, that ``-o`` can be a folder),
+    so a bad one is refused in one line before any model opens.
+    """
+    parser = _Parser(
         prog="salience", description="Saliency maps: what in this input made the model decide?"
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     explain = commands.add_parser(
@@ -47,11 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated methods (salience methods lists them); default {DEFAULT_METHODS}",
     )  # fmt: skip
     add_method_arguments(explain)
-    explain.add_argument("--reduce", default="abs_max", help="channel reduction for display")
-    explain.add_argument(
-        "--percentile", type=float, default=99.0, help="clip display maps at this percentile"
-    )
-    explain.add_argument("--smooth", type=float, default=0.0, help="Gaussian σ (pixels)")
+    _add_display_arguments(explain)
     _add_overlay_arguments(explain)
     _add_output_arguments(explain)
     add_model_arguments(explain)
@@ -85,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_arguments(evaluate)
     evaluate.set_defaults(score="probability")
     evaluate.add_argument(
-        "--step", type=int, metavar="N", help="pixels changed per step (default: image width)"
-    )
+        "--step", type=_at_least(1), metavar="N",
+        help="pixels changed per step (default: image width)",
+    )  # fmt: skip
     _add_output_arguments(evaluate)
     add_model_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
@@ -115,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the blocks to randomize, top first (default: every block with weights)",
     )  # fmt: skip
     sanity.add_argument(
-        "--threshold", type=float, default=0.5,
+        "--threshold", type=_number, default=0.5,
         help="verdict threshold on the mean rank correlation of the absolute maps (default 0.5)",
     )  # fmt: skip
     sanity.add_argument(
@@ -140,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated methods, at least 2 (or cams); default {COMPARE_METHODS}",
     )  # fmt: skip
     compare.add_argument(
-        "--top", type=float, default=10.0, metavar="PERCENT",
+        "--top", type=_percent, default=10.0, metavar="PERCENT",
         help="the top percent of pixels whose overlap is measured (default 10)",
     )  # fmt: skip
     add_method_arguments(compare)
@@ -201,27 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="also deletion and insertion AUC per method (probability of the explained class)",
     )  # fmt: skip
     batch.add_argument(
-        "--step", type=int, metavar="N", help="AUC: pixels per step (default: the image width)"
-    )
-    batch.add_argument("--reduce", default="abs_max", help="channel reduction for display")
-    batch.add_argument(
-        "--percentile", type=float, default=99.0, help="clip display maps at this percentile"
-    )
-    batch.add_argument("--smooth", type=float, default=0.0, help="Gaussian σ (pixels)")
+        "--step", type=_at_least(1), metavar="N",
+        help="AUC: pixels per step (default: the image width)",
+    )  # fmt: skip
+    _add_display_arguments(batch)
     _add_overlay_arguments(batch)
     batch.add_argument(
         "--engine", choices=("local", "ray"), default="local",
         help="local: worker processes on this machine; ray: a Ray cluster (salience[ray])",
     )  # fmt: skip
     batch.add_argument(
-        "--workers", type=int, help="worker processes / Ray actors (default: one per core)"
+        "--workers", type=_at_least(1), help="worker processes / Ray actors (default: one per core)"
     )
     batch.add_argument(
         "--ray-address", metavar="ADDRESS", help="the Ray cluster (default: RAY_ADDRESS or local)"
     )
     batch.add_argument(
-        "--chunk-size", type=int, metavar="N", help="ray: images per actor call (default 4)"
-    )
+        "--chunk-size", type=_at_least(1), metavar="N",
+        help="ray: images per actor call (default 4)",
+    )  # fmt: skip
     _add_output_arguments(batch)
     add_model_arguments(batch)
     batch.set_defaults(handler=run_batch)
@@ -235,17 +253,144 @@ def build_parser() -> argparse.ArgumentParser:
         "black-box: the model's outputs only), a one-line description and its paper.",
     )
     methods.set_defaults(handler=run_methods)
+    for command in commands.choices.values():  # also after the command: salience explain --debug
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
     return parser
 
 
+def _option_type(name: str, check: Callable[[Any], Any], convert: Callable[[str], Any]) -> Any:
+    """An argparse ``type``: ``convert`` the text, then ``check`` the value (a ValueError says
+    what is wrong; argparse names the option)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except (ValueError, ArithmeticError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+        try:
+            check(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _finite(value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+
+
+def _number(text: str) -> float:
+    return _option_type("a number", _finite, float)(text)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def check(value: int) -> None:
+        if value < low:
+            raise ValueError(f"must be an integer >= {low}, got {value}")
+
+    return _option_type("an integer", check, int)
+
+
+def _fraction(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be in [0, 1], got {value}")
+
+
+def _non_negative(value: float) -> None:
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"must be a finite number >= 0, got {value}")
+
+
+def _percent(text: str) -> float:
+    def check(value: float) -> None:
+        if not 0.0 < value <= 100.0:
+            raise ValueError(f"must be a percentage in (0, 100], got {value}")
+
+    return _option_type("a number", check, float)(text)
+
+
+def _display_check(name: str) -> Callable[[Any], None]:
+    """The check of :mod:`salience.postprocess` for one display option (imported when used)."""
+
+    def check(value: Any) -> None:
+        from salience import postprocess
+
+        getattr(postprocess, name)(value)
+
+    return check
+
+
+def _target(text: str) -> str:
+    def check(value: str) -> None:
+        from salience.targets import check_target_text
+
+        check_target_text(value)
+
+    return _option_type("a target", check, str)(text)
+
+
+def _output_folder(text: str) -> str:
+    """``-o``: a folder, or a path where one can be made (no existing file on the way)."""
+
+    def check(value: str) -> None:
+        path = Path(value)
+        for place in (path, *path.parents):
+            if place.exists():
+                if not place.is_dir():
+                    what = "" if place == path else f" (in {value})"
+                    raise ValueError(f"{place}{what} is a file, not a folder; name a folder")
+                return
+
+    return _option_type("a folder", check, str)(text)
+
+
+def _scale_number(text: str) -> float:
+    """A number, or a fraction such as ``1/255``."""
+    numerator, slash, denominator = text.partition("/")
+    return float(numerator) / float(denominator) if slash else float(text)
+
+
+def _positive_scale(value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"must be a positive finite number, got {value}")
+
+
+def _add_display_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reduce", default="abs_max",
+        type=_option_type("a reduction", _display_check("check_reduction"), str),
+        help="channel reduction for display: abs_max (default), abs_sum, l2, sum, max",
+    )  # fmt: skip
+    parser.add_argument(
+        "--percentile", default=99.0,
+        type=_option_type("a number", _display_check("check_percentile"), float),
+        help="clip display maps at this percentile, in (0, 100]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--smooth", default=0.0,
+        type=_option_type("a number", _display_check("check_sigma"), float),
+        help="Gaussian σ (pixels, >= 0)",
+    )  # fmt: skip
+
+
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="salience-out", help="output folder")
+    parser.add_argument(
+        "-o", "--output", default="salience-out", type=_output_folder, help="output folder"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_overlay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmap", default="jet", help="colormap (jet, viridis, inferno, ...)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    parser.add_argument(
+        "--alpha", type=_option_type("a number", _fraction, float), default=0.5,
+        help="overlay opacity in [0, 1]",
+    )  # fmt: skip
 
 
 def _add_images_argument(parser: argparse.ArgumentParser) -> None:
@@ -259,19 +404,25 @@ def _add_images_argument(parser: argparse.ArgumentParser) -> None:
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """``--target``, ``--score`` and the methods' options (samples, steps, layer, seed, ...)."""
     parser.add_argument(
-        "--target", default="predicted",
-        help="predicted | class INDEX | class NAME | top-K (default: predicted)",
+        "--target", default="predicted", type=_target,
+        help="predicted | class INDEX (from 0) | class NAME | top-K (default: predicted)",
     )  # fmt: skip
     parser.add_argument("--score", choices=("logit", "probability"), default="logit")
-    parser.add_argument("--samples", type=int, default=50, help="SmoothGrad/VarGrad samples")
-    parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad σ / input range")
-    parser.add_argument("--steps", type=int, default=50, help="Integrated Gradients steps")
     parser.add_argument(
-        "--baseline", default="zeros", help="IG and occlusion baseline: zeros | mean | blur"
+        "--samples", type=_at_least(1), default=50, help="SmoothGrad/VarGrad samples"
     )
-    parser.add_argument("--window", type=int, default=16, help="occlusion window (pixels)")
-    parser.add_argument("--stride", type=int, default=8, help="occlusion stride (pixels)")
-    parser.add_argument("--masks", type=int, default=4000, help="RISE masks")
+    parser.add_argument(
+        "--noise", type=_option_type("a number", _non_negative, float), default=0.15,
+        help="SmoothGrad σ / input range",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=_at_least(1), default=50, help="Integrated Gradients steps")
+    parser.add_argument(
+        "--baseline", default="zeros", choices=("zeros", "mean", "blur"),
+        help="IG and occlusion baseline: zeros | mean | blur",
+    )  # fmt: skip
+    parser.add_argument("--window", type=_at_least(1), default=16, help="occlusion window (pixels)")
+    parser.add_argument("--stride", type=_at_least(1), default=8, help="occlusion stride (pixels)")
+    parser.add_argument("--masks", type=_at_least(1), default=4000, help="RISE masks")
     parser.add_argument(
         "--layer", default="auto",
         help="CAM layer name (salience layers MODEL lists them); default: the last feature map",
@@ -279,7 +430,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-negative", action="store_true", help="CAMs: no ReLU, keep negative evidence"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of random methods")
+    parser.add_argument("--seed", type=_at_least(0), default=0, help="seed of random methods")
 
 
 def method_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -335,8 +486,9 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         "--layout", choices=("nchw", "nhwc"), help="the input's layout (default: from its shape)"
     )
     preset.add_argument(
-        "--size", type=int, metavar="N", help="resize the shorter side to N, centre-crop N×N"
-    )
+        "--size", type=_at_least(1), metavar="N",
+        help="resize the shorter side to N, centre-crop N×N",
+    )  # fmt: skip
     preset.add_argument(
         "--mean", metavar="R,G,B", help="normalization mean per channel (default: ImageNet's)"
     )
@@ -344,8 +496,9 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         "--std", metavar="R,G,B", help="normalization std per channel (default: ImageNet's)"
     )
     preset.add_argument(
-        "--scale", type=float, metavar="S", help="the model takes pixels (0-255) × S, e.g. 1/255"
-    )
+        "--scale", type=_option_type("a number", _positive_scale, _scale_number), metavar="S",
+        help="the model takes pixels (0-255) × S, e.g. 1/255",
+    )  # fmt: skip
     preset.add_argument("--channel-order", choices=("rgb", "bgr"), help="the model's channel order")
     preset.add_argument("--classes", metavar="FILE", help="class names, one per line")
 
@@ -360,8 +513,6 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     """
     from salience.loading import BUNDLED, LoadOptions, model_kind
 
-    if args.scale is not None and not args.scale > 0:
-        raise ValueError(f"--scale must be a positive number, got {args.scale}")
     options = LoadOptions(
         input_name=args.input_name, layout=args.layout, size=args.size,
         mean=_triple("--mean", args.mean), std=_triple("--std", args.std), classes=args.classes,
@@ -374,6 +525,37 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
             f"{flags} apply to model files and factories, not to the bundled model {args.model}"
         )
     return options
+
+
+def check_before_model(args: argparse.Namespace) -> None:
+    """What can be checked of a command line before any model opens: the methods, the colormap,
+    the image files and the model-file flags (the options' ranges are the parser's).
+
+    Raises
+    ------
+    ValueError, LookupError, FileNotFoundError
+        Naming the problem and the fix.
+    """
+    if isinstance(getattr(args, "method", None), str) and not method_names(args.method):
+        raise ValueError("name at least one method (salience methods lists them)")
+    if getattr(args, "cmap", None) is not None:
+        import numpy as np
+
+        from salience import viz
+
+        viz.colorize(np.zeros((1, 1)), args.cmap)  # an unknown name fails with suggestions
+    if getattr(args, "images", None):
+        from salience.zoo import SAMPLE_IMAGES
+
+        for name in args.images:
+            if not Path(name).is_file() and name not in SAMPLE_IMAGES:
+                what = "a folder" if Path(name).is_dir() else "no file"
+                raise FileNotFoundError(
+                    f"{name} is {what}: give image files or bundled photos "
+                    f"({', '.join(SAMPLE_IMAGES)})"
+                )
+    if hasattr(args, "trust_pickle") and not getattr(args, "data", False):
+        load_options_from_args(args)
 
 
 def open_model_from_args(args: argparse.Namespace) -> LoadedModel:
@@ -426,59 +608,114 @@ def method_names(text: str) -> list[str]:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    """``salience explain``."""
-    import torch
+    """``salience explain``: each image's files are written together, once it is explained."""
     from tqdm.auto import tqdm
 
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
-    from salience.targets import parse_target
 
+    methods = method_names(args.method)
     loaded = open_model_from_args(args)
     adapter, model_name, names = loaded.adapter, loaded.name, loaded.class_names
-    methods = method_names(args.method)
-    target = parse_target(args.target, names)
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
-    viz.colorize(torch.zeros(1, 1).numpy(), args.cmap)  # validates the colormap name early
-    prepared = [(item, loaded.preset.prepare(item.source)) for item in _inputs(args.images)]
+    target = checked_target(args.target, loaded)
+    prepared = [(item, _prepared(loaded, item)) for item in _inputs(args.images)]
     output = Path(args.output)
     values = method_values(args)
     explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
 
-    probabilities = [
-        _print_predictions(adapter, item, image, model_name, names) for item, image in prepared
-    ]
+    probabilities = []
+    for item, image in prepared:
+        with _about_image(item.label):
+            probabilities.append(_print_predictions(adapter, item, image, model_name, names))
     sys.stdout.flush()
 
     grid_images, grid_rows, row_titles = [], [], []
     tasks = len(prepared) * len(explainers)
     bar = tqdm(total=tasks, disable=args.quiet or tasks <= PROGRESS_THRESHOLD, desc="explaining")
-    for (item, image), image_probabilities in zip(prepared, probabilities, strict=True):
-        bar.set_postfix_str(item.label)
-        explanations = explain_all(
-            adapter, image.tensor, explainers, target=target, score=args.score, class_names=names
-        )
-        rows: list[list[Any]] = []
-        for name, explanation in explanations.items():
-            explanation = explanation.with_names(names, model=model_name)
-            maps = _write_outputs(explanation, image, output / f"{item.label}_{name}", args)
-            for k, full in enumerate(maps):
-                if len(rows) <= k:
-                    rows.append([])
-                    index = int(explanation.targets[0, k])
-                    row_titles.append(f"{names[index]} {float(image_probabilities[index]):.2f}")
-                    grid_images.append(image.original)
-                rows[k].append(full)
-            bar.update()
-        grid_rows.extend(rows)
-    bar.close()
-    grid = viz.save_grid(
-        output / "grid.png", grid_images, grid_rows, row_titles=row_titles,
-        column_titles=[e.name for e in explainers], cmap=args.cmap, alpha=args.alpha,
-    )  # fmt: skip
+    finished = 0
+    try:
+        for (item, image), image_probabilities in zip(prepared, probabilities, strict=True):
+            bar.set_postfix_str(item.label)
+            with _about_image(item.label, finished=finished, output=output):
+                explanations = explain_all(
+                    adapter, image.tensor, explainers, target=target, score=args.score,
+                    class_names=names,
+                )  # fmt: skip
+                files: dict[str, bytes] = {}
+                rows: list[list[Any]] = []
+                for name, explanation in explanations.items():
+                    explanation = explanation.with_names(names, model=model_name)
+                    maps = _encode_outputs(explanation, image, f"{item.label}_{name}", args, files)
+                    for k, full in enumerate(maps):
+                        if len(rows) <= k:
+                            rows.append([])
+                        rows[k].append(full)
+                    bar.update()
+                write_together(output, files)
+            first = next(iter(explanations.values()))
+            for k, row in enumerate(rows):
+                index = int(first.targets[0, k])
+                row_titles.append(f"{names[index]} {float(image_probabilities[index]):.2f}")
+                grid_images.append(image.original)
+                grid_rows.append(row)
+            finished += 1
+    finally:
+        bar.close()
+        if grid_rows:  # the images explained so far, also when a later one failed
+            grid = viz.save_grid(
+                output / "grid.png", grid_images, grid_rows, row_titles=row_titles,
+                column_titles=[e.name for e in explainers], cmap=args.cmap, alpha=args.alpha,
+            )  # fmt: skip
     print(f"wrote {tasks} explanations and {grid} to {output}/")
     return 0
+
+
+def checked_target(text: str, loaded: LoadedModel) -> TargetSpec:
+    """``--target`` for the model: a class name it has, an index or top-K within its classes."""
+    from salience.targets import check_target, parse_target
+
+    names = loaded.class_names
+    return check_target(parse_target(text, names), len(names), model=loaded.name)
+
+
+@contextmanager
+def _about_image(label: str, *, finished: int = 0, output: Path | None = None) -> Iterator[None]:
+    """An error while working on one image names it, and says what the images before it left.
+
+    An error of the user's input or model becomes a :class:`CommandError` (one line); a bug of
+    salience keeps its traceback, with a note naming the image.
+    """
+    try:
+        yield
+    except CommandError:
+        raise
+    except Exception as error:
+        message = one_line_message(error, on=label)
+        if message is None:
+            error.add_note(f"(while explaining {label})")
+            raise
+        if finished and output is not None:
+            message += f"; the {finished} image(s) before it are written to {output}/"
+        raise CommandError(message) from error
+
+
+def _prepared(loaded: LoadedModel, item: _Input) -> PreparedImage:
+    """The image read and prepared for the model; an error names the image."""
+    with _about_image(item.label):
+        return loaded.preset.prepare(item.source)
+
+
+def write_together(folder: Path, files: dict[str, bytes]) -> None:
+    """Write files into ``folder`` so that they appear together or not at all.
+
+    Each is written to a temporary file beside its place first; only when all are written are
+    they renamed into place (:func:`salience.fileio.atomic_path`), and an error removes them all.
+    """
+    from salience.fileio import atomic_path
+
+    with ExitStack() as stack:
+        for name, data in files.items():
+            stack.enter_context(atomic_path(folder / name)).write_bytes(data)
 
 
 def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
@@ -507,14 +744,18 @@ def _print_predictions(
     return probabilities
 
 
-def _write_outputs(
-    explanation: Explanation, image: PreparedImage, stem: Path, args: argparse.Namespace
+def _encode_outputs(
+    explanation: Explanation,
+    image: PreparedImage,
+    stem: str,
+    args: argparse.Namespace,
+    files: dict[str, bytes],
 ) -> list[np.ndarray]:
-    """Save the raw maps and one overlay per target; return the display maps on the photo."""
+    """Add the raw maps and one overlay per target to ``files``; return the display maps."""
     from salience import viz
     from salience.postprocess import to_display
 
-    explanation.save(stem)
+    files[f"{stem}.npz"], files[f"{stem}.json"] = explanation.to_bytes()
     count = explanation.targets.shape[1]
     maps = []
     for k in range(count):
@@ -525,7 +766,7 @@ def _write_outputs(
         full = image.geometry.to_original(shown.numpy())
         suffix = f"_top{k + 1}" if count > 1 else ""
         overlay = viz.overlay(image.original, full, alpha=args.alpha, cmap=args.cmap)
-        viz.save_png(overlay, stem.with_name(f"{stem.name}{suffix}.png"))
+        files[f"{stem}{suffix}.png"] = viz.encode_png(overlay)
         maps.append(full)
     return maps
 
@@ -535,15 +776,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from salience.evaluation.faithfulness import evaluate_methods
-    from salience.targets import parse_target
 
-    if args.step is not None and args.step < 1:
-        raise ValueError(f"--step must be >= 1 pixel, got {args.step}")
-    loaded = open_model_from_args(args)
     methods = method_names(args.method)
-    target = parse_target(args.target, loaded.class_names)
+    loaded = open_model_from_args(args)
+    target = checked_target(args.target, loaded)
     inputs = _inputs(args.images)
-    x = torch.cat([loaded.preset.prepare(item.source).tensor for item in inputs])
+    x = torch.cat([_prepared(loaded, item).tensor for item in inputs])
     report = evaluate_methods(
         loaded.adapter, x, methods, labels=[item.label for item in inputs], target=target,
         score=args.score, class_names=loaded.class_names, pixels_per_step=args.step,
@@ -567,7 +805,8 @@ def run_sanity(args: argparse.Namespace) -> int:
     if args.data:
         return _run_data_randomization(args, methods, values, output)
     loaded = open_model_from_args(args)
-    x = torch.cat([loaded.preset.prepare(item.source).tensor for item in _inputs(args.images)])
+    checked_target(args.target, loaded)
+    x = torch.cat([_prepared(loaded, item).tensor for item in _inputs(args.images)])
     layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
     modes = ("cascading", "independent") if args.mode == "both" else (args.mode,)
     from salience.evaluation.randomization import sanity_check
@@ -635,24 +874,22 @@ def run_compare(args: argparse.Namespace) -> int:
     from salience.evaluation.agreement import agreement
     from salience.evaluation.plots import agreement_figure
     from salience.postprocess import to_display
-    from salience.targets import parse_target
 
     methods = method_names(args.method)
     if len(methods) < 2:
         raise ValueError(f"compare needs at least 2 methods, got {', '.join(methods) or 'none'}")
-    if not 0 < args.top <= 100:
-        raise ValueError(f"--top must be a percentage in (0, 100], got {args.top}")
     loaded = open_model_from_args(args)
-    target = parse_target(args.target, loaded.class_names)
+    target = checked_target(args.target, loaded)
     values = method_values(args)
     explainers = [make_explainer(loaded.adapter, m, **method_options(m, values)) for m in methods]
     output = Path(args.output)
     for item in _inputs(args.images):
-        image = loaded.preset.prepare(item.source)
-        found = explain_all(
-            loaded.adapter, image.tensor, explainers, target=target, score=args.score,
-            class_names=loaded.class_names,
-        )  # fmt: skip
+        image = _prepared(loaded, item)
+        with _about_image(item.label):
+            found = explain_all(
+                loaded.adapter, image.tensor, explainers, target=target, score=args.score,
+                class_names=loaded.class_names,
+            )  # fmt: skip
         maps = {name: e.map(0, 0) for name, e in found.items()}
         result = agreement(maps, top_fraction=args.top / 100.0)
         first = next(iter(found.values()))
@@ -819,27 +1056,95 @@ def run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``salience`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    from salience.adapters.base import GradientsUnavailableError
-    from salience.adapters.torch import ModelOutputError
+_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
+_RAISE = dis.opmap["RAISE_VARARGS"]
+_DEBUG_HINT = " (salience --debug ... shows its traceback)"
 
+
+def _is_salience_code(frame: Any) -> bool:
+    return frame.f_code.co_filename.startswith(_PACKAGE)
+
+
+def _is_model_call(frame: Any) -> bool:
+    """Whether the frame is a framework running a model (or a layer of it)."""
+    module = frame.f_globals.get("__name__", "")
+    if module == "torch.nn.modules.module":
+        return frame.f_code.co_name in ("_call_impl", "_wrapped_call_impl")
+    return module.startswith(("keras.", "onnxruntime."))
+
+
+def raised_by_the_model(error: BaseException | None) -> bool:
+    """Whether ``error`` came out of the model's own code: a model call that salience made, with
+    no code of salience (a hook) running between that call and the error."""
+    if error is None:
+        return False
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    own = [i for i, frame in enumerate(frames) if _is_salience_code(frame)]
+    return bool(own) and any(_is_model_call(frame) for frame in frames[own[-1] + 1 :])
+
+
+def raised_on_purpose(error: BaseException) -> bool:
+    """Whether salience raised ``error`` itself, by a ``raise`` statement with its message.
+
+    A failed ``assert``, a call that fails inside salience or a library (``int("x")``, a missing
+    key) is a bug, not an error of the user's.
+    """
+    last = error.__traceback__
+    if isinstance(error, AssertionError) or last is None:
+        return False
+    while last.tb_next is not None:
+        last = last.tb_next
+    code = last.tb_frame.f_code
+    return _is_salience_code(last.tb_frame) and code.co_code[last.tb_lasti] == _RAISE
+
+
+def one_line_message(error: BaseException, *, on: str | None = None) -> str | None:
+    """The one-line report of an error of the user's input, model or machine; None for a bug.
+
+    The user's: what salience refuses on purpose (bad input, a model it cannot explain, a dead
+    worker), what the model itself raised, files (OSError), memory and missing packages.
+    """
+    where = f" on {on}" if on else ""
+    if raised_by_the_model(error):
+        name = type(error).__name__
+        return f"the model raised {name}{where}: {_first_line(error)}"
+    user = (CommandError, OSError, MemoryError, ImportError)
+    if isinstance(error, user) or raised_on_purpose(error):
+        return f"{on}: {_first_line(error)}" if on else _first_line(error)
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``salience`` command; returns the exit status.
+
+    An error of the user's input or model is one line on stderr (exit status 2); with
+    ``--debug`` (or ``SALIENCE_DEBUG=1``) its traceback comes first. Any other error is a bug
+    of salience and shows its traceback.
+    """
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a refused command line (one line on stderr)
+        return int(exit.code or 0)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0")
+    try:
+        check_before_model(args)
         return int(args.handler(args))
     except BrokenPipeError:  # e.g. `salience methods | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (
-        ValueError,
-        LookupError,
-        ModelOutputError,
-        GradientsUnavailableError,
-        OSError,
-        MemoryError,
-        ImportError,
-    ) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    except Exception as error:
+        message = one_line_message(error)
+        if message is None:
+            raise
+        if debug:
+            traceback.print_exception(error)
+        elif any(map(raised_by_the_model, (error, error.__cause__))):
+            message += _DEBUG_HINT
         print(f"salience: error: {message}", file=sys.stderr)
         return 2
 
