@@ -218,6 +218,31 @@ def test_rerun_skips_finished_items_and_redoes_what_changed(tmp_path):
     assert len(read_csv(out / "results.csv")) == 4
 
 
+def test_the_same_images_spelled_otherwise_are_the_same_job(tmp_path, monkeypatch):
+    make_images(tmp_path / "photos" / "cats", 2)
+    monkeypatch.chdir(tmp_path)
+    spec = JobSpec(model=MODEL, load_options=OPTIONS)
+    first = run_job(spec, "photos", "out", workers=1, progress=False)
+    assert (first.explained, first.skipped) == (2, 0)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "items").glob(f"*/{RECORD}")}
+    for spelling in (str(tmp_path / "photos"), "./photos/", "photos/*/*.png"):
+        again = run_job(spec, spelling, tmp_path / "out", workers=1, progress=False)
+        assert again.explained == 0, spelling  # keyed by the path under the input's root
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    monkeypatch.chdir(tmp_path / "photos")
+    moved = run_job(spec, "cats", tmp_path / "out", workers=1, progress=False)
+    assert moved.explained == 2  # another root: im000.png is not cats/im000.png
+
+
+def test_a_class_index_out_of_range_is_refused_before_any_work(tmp_path):
+    make_images(tmp_path / "images", 1)
+    for target in (-1, "-1", 10, "top-11"):
+        spec = JobSpec(model=MODEL, load_options=OPTIONS, target=target)
+        with pytest.raises(ValueError, match=r"out of range: .* has 10 classes \(0\.\.9\)|top-11"):
+            run_job(spec, tmp_path / "images", tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out" / "items").exists()
+
+
 def test_a_second_job_into_the_same_folder_is_refused(tmp_path):
     make_images(tmp_path / "images", 1)
     spec = JobSpec(model=MODEL, load_options=OPTIONS)

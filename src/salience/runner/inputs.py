@@ -1,8 +1,9 @@
 """The images of a batch job: a folder, a glob pattern, or a CSV/Parquet manifest with labels.
 
-Each image becomes a :class:`BatchItem` with a ``key``: its path relative to the input's root
-made into one safe file name (``cats/01.jpg`` → ``cats__01.jpg``), the name of its folder in the
-job's output. Keys depend only on the inputs, so a re-run finds its earlier results.
+Each image becomes a :class:`BatchItem` named by its path relative to the input's root
+(``cats/01.jpg``), and a ``key``: that path made into one safe file name (``cats__01.jpg``), the
+name of its folder in the job's output. Both depend only on the inputs, not on how the input was
+spelled (``photos``, ``./photos`` or ``/abs/photos``), so a re-run finds its earlier results.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -32,14 +33,18 @@ class BatchItem:
     key : str
         Unique, file-name-safe name of the item (its output folder).
     path : str
-        The image file.
+        The image file, as the input names it.
     label : str, optional
         The true class as the manifest gives it (an index or a class name).
+    relative : str
+        The image's path relative to the input's root (``/``-separated), or its absolute path
+        for a file outside the root: what a re-run matches finished items by.
     """
 
     key: str
     path: str
     label: str | None = None
+    relative: str = ""
 
 
 def collect_inputs(source: str | os.PathLike[str]) -> list[BatchItem]:
@@ -90,22 +95,32 @@ def _items(root: Path, entries: list[tuple[str, str | None]], source: str) -> li
             f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder, a glob or a "
             "manifest of image files"
         )
-    keys = [_key(root, Path(name)) for name, _ in entries]
+    relatives = [_relative(root, Path(name)) for name, _ in entries]
+    keys = [_key(relative) for relative in relatives]
     repeated = {key for key in keys if keys.count(key) > 1}
     keys = [
-        f"{key}-{hashlib.sha1(name.encode()).hexdigest()[:8]}" if key in repeated else key
-        for key, (name, _) in zip(keys, entries, strict=True)
+        f"{key}-{hashlib.sha1(relative.encode()).hexdigest()[:8]}" if key in repeated else key
+        for key, relative in zip(keys, relatives, strict=True)
     ]
-    return [BatchItem(key, name, label) for key, (name, label) in zip(keys, entries, strict=True)]
+    return [
+        BatchItem(key, name, label, relative)
+        for key, relative, (name, label) in zip(keys, relatives, entries, strict=True)
+    ]
 
 
-def _key(root: Path, path: Path) -> str:
-    """The path relative to ``root`` (else its absolute parts) as one safe file name."""
+def _relative(root: Path, path: Path) -> str:
+    """The path relative to ``root``, else its absolute path, ``/``-separated."""
+    resolved = path.resolve()
     try:
-        parts = path.resolve().relative_to(root.resolve()).parts
+        return resolved.relative_to(root.resolve()).as_posix()
     except ValueError:
-        parts = path.resolve().parts[1:]
-    name = "__".join(_UNSAFE.sub("_", part) for part in parts if part not in ("", "."))
+        return resolved.as_posix()
+
+
+def _key(relative: str) -> str:
+    """A relative (or absolute) path as one safe file name."""
+    parts = PurePosixPath(relative).parts
+    name = "__".join(_UNSAFE.sub("_", part) for part in parts if part not in ("", ".", "/"))
     return name.lstrip(".") or "image"
 
 

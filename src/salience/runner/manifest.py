@@ -10,7 +10,8 @@ Layout::
 Every file is written atomically (:mod:`salience.fileio`), and an item's record only after its
 other files, so an interrupted job leaves finished items and nothing half-written. An item is
 finished when its record says ``done`` under the job's fingerprint, for the same input file
-(size and modification time), and all its files exist; a re-run skips those and redoes the rest,
+(its path relative to the input's root, its size and modification time), and all its files
+exist; a re-run skips those and redoes the rest,
 failed items included.
 """
 
@@ -75,7 +76,7 @@ class JobFolder:
         record = self.read_record(item.key)
         if record is None or record.get("status") != DONE:
             return False
-        if record.get("fingerprint") != fingerprint or record.get("path") != item.path:
+        if record.get("fingerprint") != fingerprint or record.get("relative") != item.relative:
             return False
         if record.get("input") != input_stamp(item.path):
             return False
@@ -91,6 +92,7 @@ class JobFolder:
         record = {
             "key": item.key,
             "path": item.path,
+            "relative": item.relative,
             "input": input_stamp(item.path),
             "fingerprint": fingerprint,
             **result.record,
