@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import pytest
 from salience.runner import JobSpec, run_job
 from salience.runner.manifest import RECORD
 from test_batch import MODEL, OPTIONS, make_images
+from test_batch_kill import children, records, running
 
 ray = pytest.importorskip("ray")
 
@@ -77,3 +82,52 @@ def test_local_and_ray_engines_write_identical_results(local_ray, tmp_path):
         spec, tmp_path / "images", tmp_path / "ray", engine="ray", workers=2, progress=False
     )
     assert (again.explained, again.skipped) == (1, 7)  # only the broken image is tried again
+
+
+def descendants(pid: int) -> set[int]:
+    """The process's children, their children, and so on (Linux ``/proc``)."""
+    found, todo = set(), [pid]
+    while todo:
+        new = children(todo.pop()) - found
+        found |= new
+        todo.extend(new)
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_ray_job_leaves_no_process_behind(tmp_path, sig):
+    images, out = tmp_path / "images", tmp_path / "out"
+    make_images(images, 40)
+    environment = {
+        **os.environ, "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]),
+    }  # fmt: skip
+    command = [
+        sys.executable, "-m", "salience.cli", "batch", str(images), "--engine", "ray",
+        "--workers", "1", "--chunk-size", "1", "--model", "model_factories:slow_digits_net",
+        "--size", "32", "--quiet", "-o", str(out),
+    ]  # fmt: skip
+    job = subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while len(records(out)) < 2:
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline, "no record after 180 s"
+            time.sleep(0.1)
+        started = descendants(job.pid)
+        assert started  # Ray's processes, the actor's among them
+        os.kill(job.pid, sig)
+        job.wait(timeout=60)
+        assert job.returncode == (128 + sig if sig == signal.SIGTERM else -sig)
+        deadline = time.monotonic() + 30  # Ray's agents alone would wait a minute for the cluster
+        while any(map(running, started)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [pid for pid in started if running(pid)] == []
+    finally:
+        for pid in descendants(job.pid) if job.poll() is None else ():
+            os.kill(pid, signal.SIGKILL)
+        if job.poll() is None:
+            job.kill()

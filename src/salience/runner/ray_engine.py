@@ -9,15 +9,21 @@ a bundled model, a factory importable there, or a file at the same path.
 
 If Ray is already initialized (``ray.init(...)`` by the caller) that cluster is used and left
 running; otherwise the engine connects to ``address`` (or starts a local instance) and shuts
-down after the job.
+down after the job, also when it is interrupted (Ctrl-C) or terminated (SIGTERM: the job ends
+with status 143 once Ray is down). A local instance also gets a watcher
+(:mod:`salience.runner.reaper`) that ends Ray's processes if the job is killed outright.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from salience.runner import reaper
 from salience.runner.spec import JobSpec
 from salience.runner.work import ItemResult, Task
 
@@ -34,6 +40,12 @@ def import_ray() -> Any:
             f"the ray engine needs Ray ({error}); pip install 'salience[ray]'"
         ) from error
     return ray
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    """End the process as the signal would (status 128 + signal), but through ``SystemExit``,
+    so that ``finally`` blocks shut down what the job started."""
+    raise SystemExit(128 + signum)
 
 
 class ItemActor:
@@ -89,9 +101,28 @@ class RayEngine:
     def results(self, spec: JobSpec, tasks: Iterable[Task]) -> Iterator[ItemResult]:
         """Results of ``tasks`` as their chunks finish (in any order)."""
         ray = import_ray()
-        started = not ray.is_initialized()
-        if started:
+        if ray.is_initialized():  # the caller's cluster: used, and left running
+            yield from self._run(ray, spec, tasks)
+            return
+        main = threading.current_thread() is threading.main_thread()  # signals: main only
+        handler = signal.getsignal(signal.SIGTERM) if main else None
+        before = reaper.children(os.getpid())
+        watcher: reaper.Reaper | None = None
+        try:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            if main:  # after ray.init, whose own handler aborts the process
+                signal.signal(signal.SIGTERM, _exit_on_signal)
+            if self.address is None and not os.environ.get("RAY_ADDRESS"):
+                watcher = reaper.Reaper(reaper.children(os.getpid()) - before)
+            yield from self._run(ray, spec, tasks)
+        finally:
+            ray.shutdown()
+            if watcher is not None:
+                watcher.close()
+            if main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if handler is None else handler)
+
+    def _run(self, ray: Any, spec: JobSpec, tasks: Iterable[Task]) -> Iterator[ItemResult]:
         actors: list[Any] = []
         try:
             count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -101,8 +132,6 @@ class RayEngine:
         finally:
             for actor in actors:
                 ray.kill(actor)
-            if started:
-                ray.shutdown()
 
     def _stream(self, ray: Any, actors: list[Any], source: Iterator[Task]) -> Iterator[ItemResult]:
         load = dict.fromkeys(range(len(actors)), 0)
