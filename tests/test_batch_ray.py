@@ -99,18 +99,37 @@ def test_a_killed_ray_job_leaves_no_process_behind(tmp_path, sig):
     images, out = tmp_path / "images", tmp_path / "out"
     make_images(images, 40)
     environment = {
-        **os.environ, "OMP_NUM_THREADS": "1",
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]),
-    }  # fmt: skip
+    }
     command = [
-        sys.executable, "-m", "salience.cli", "batch", str(images), "--engine", "ray",
-        "--workers", "1", "--chunk-size", "1", "--model", "model_factories:slow_digits_net",
-        "--size", "32", "--quiet", "-o", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "salience.cli",
+        "batch",
+        str(images),
+        "--engine",
+        "ray",
+        "--workers",
+        "1",
+        "--chunk-size",
+        "1",
+        "--model",
+        "model_factories:slow_digits_net",
+        "--size",
+        "32",
+        "--quiet",
+        "-o",
+        str(out),
+    ]
     job = subprocess.Popen(
-        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        command,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 180
         while len(records(out)) < 2:

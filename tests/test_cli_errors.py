@@ -169,9 +169,19 @@ def test_a_bug_keeps_its_traceback(
 def test_a_dead_batch_worker_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     photos(tmp_path / "images", dark=20, dim=40)
     status, _, err = run(
-        capsys, "batch", str(tmp_path / "images"), "--model", "model_factories:dying_digits_net",
-        "--size", "32", "--workers", "1", "--quiet", "-o", str(tmp_path / "out"),
-    )  # fmt: skip
+        capsys,
+        "batch",
+        str(tmp_path / "images"),
+        "--model",
+        "model_factories:dying_digits_net",
+        "--size",
+        "32",
+        "--workers",
+        "1",
+        "--quiet",
+        "-o",
+        str(tmp_path / "out"),
+    )
     assert status == 2
     assert "a worker process died (exit code -9" in one_line_error(err)
     assert "re-run the same command to resume" in err

@@ -104,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_arguments(evaluate)
     evaluate.set_defaults(score="probability")
     evaluate.add_argument(
-        "--step", type=_at_least(1), metavar="N",
+        "--step",
+        type=_at_least(1),
+        metavar="N",
         help="pixels changed per step (default: image width)",
-    )  # fmt: skip
+    )
     _add_output_arguments(evaluate)
     add_model_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
@@ -221,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also deletion and insertion AUC per method (probability of the explained class)",
     )  # fmt: skip
     batch.add_argument(
-        "--step", type=_at_least(1), metavar="N",
+        "--step",
+        type=_at_least(1),
+        metavar="N",
         help="AUC: pixels per step (default: the image width)",
-    )  # fmt: skip
+    )
     _add_display_arguments(batch)
     _add_overlay_arguments(batch)
     batch.add_argument(
@@ -237,9 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", metavar="ADDRESS", help="the Ray cluster (default: RAY_ADDRESS or local)"
     )
     batch.add_argument(
-        "--chunk-size", type=_at_least(1), metavar="N",
+        "--chunk-size",
+        type=_at_least(1),
+        metavar="N",
         help="ray: images per actor call (default 4)",
-    )  # fmt: skip
+    )
     _add_output_arguments(batch)
     add_model_arguments(batch)
     batch.set_defaults(handler=run_batch)
@@ -362,20 +368,23 @@ def _positive_scale(value: float) -> None:
 
 def _add_display_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--reduce", default="abs_max",
+        "--reduce",
+        default="abs_max",
         type=_option_type("a reduction", _display_check("check_reduction"), str),
         help="channel reduction for display: abs_max (default), abs_sum, l2, sum, max",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--percentile", default=99.0,
+        "--percentile",
+        default=99.0,
         type=_option_type("a number", _display_check("check_percentile"), float),
         help="clip display maps at this percentile, in (0, 100]",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--smooth", default=0.0,
+        "--smooth",
+        default=0.0,
         type=_option_type("a number", _display_check("check_sigma"), float),
         help="Gaussian σ (pixels, >= 0)",
-    )  # fmt: skip
+    )
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -388,9 +397,11 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_overlay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cmap", default="jet", help="colormap (jet, viridis, inferno, ...)")
     parser.add_argument(
-        "--alpha", type=_option_type("a number", _fraction, float), default=0.5,
+        "--alpha",
+        type=_option_type("a number", _fraction, float),
+        default=0.5,
         help="overlay opacity in [0, 1]",
-    )  # fmt: skip
+    )
 
 
 def _add_images_argument(parser: argparse.ArgumentParser) -> None:
@@ -412,14 +423,18 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=_at_least(1), default=50, help="SmoothGrad/VarGrad samples"
     )
     parser.add_argument(
-        "--noise", type=_option_type("a number", _non_negative, float), default=0.15,
+        "--noise",
+        type=_option_type("a number", _non_negative, float),
+        default=0.15,
         help="SmoothGrad σ / input range",
-    )  # fmt: skip
+    )
     parser.add_argument("--steps", type=_at_least(1), default=50, help="Integrated Gradients steps")
     parser.add_argument(
-        "--baseline", default="zeros", choices=("zeros", "mean", "blur"),
+        "--baseline",
+        default="zeros",
+        choices=("zeros", "mean", "blur"),
         help="IG and occlusion baseline: zeros | mean | blur",
-    )  # fmt: skip
+    )
     parser.add_argument("--window", type=_at_least(1), default=16, help="occlusion window (pixels)")
     parser.add_argument("--stride", type=_at_least(1), default=8, help="occlusion stride (pixels)")
     parser.add_argument("--masks", type=_at_least(1), default=4000, help="RISE masks")
@@ -486,9 +501,11 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         "--layout", choices=("nchw", "nhwc"), help="the input's layout (default: from its shape)"
     )
     preset.add_argument(
-        "--size", type=_at_least(1), metavar="N",
+        "--size",
+        type=_at_least(1),
+        metavar="N",
         help="resize the shorter side to N, centre-crop N×N",
-    )  # fmt: skip
+    )
     preset.add_argument(
         "--mean", metavar="R,G,B", help="normalization mean per channel (default: ImageNet's)"
     )
@@ -496,9 +513,11 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         "--std", metavar="R,G,B", help="normalization std per channel (default: ImageNet's)"
     )
     preset.add_argument(
-        "--scale", type=_option_type("a number", _positive_scale, _scale_number), metavar="S",
+        "--scale",
+        type=_option_type("a number", _positive_scale, _scale_number),
+        metavar="S",
         help="the model takes pixels (0-255) × S, e.g. 1/255",
-    )  # fmt: skip
+    )
     preset.add_argument("--channel-order", choices=("rgb", "bgr"), help="the model's channel order")
     preset.add_argument("--classes", metavar="FILE", help="class names, one per line")
 
@@ -638,9 +657,13 @@ def run_explain(args: argparse.Namespace) -> int:
             bar.set_postfix_str(item.label)
             with _about_image(item.label, finished=finished, output=output):
                 explanations = explain_all(
-                    adapter, image.tensor, explainers, target=target, score=args.score,
+                    adapter,
+                    image.tensor,
+                    explainers,
+                    target=target,
+                    score=args.score,
                     class_names=names,
-                )  # fmt: skip
+                )
                 files: dict[str, bytes] = {}
                 rows: list[list[Any]] = []
                 for name, explanation in explanations.items():

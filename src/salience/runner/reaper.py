@@ -93,8 +93,9 @@ class Reaper:
         if roots and PROC.is_dir():
             self.process = subprocess.Popen(
                 [sys.executable, "-I", __file__, *map(str, sorted(roots))],
-                stdin=subprocess.PIPE, start_new_session=True,
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+            )
 
     def close(self) -> None:
         """The job shut Ray down itself: let the watcher go without killing anything."""
