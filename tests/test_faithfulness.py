@@ -312,7 +312,7 @@ def test_the_command_prints_the_table_and_writes_the_files(
     rows = list(csv.DictReader(io.StringIO((tmp_path / "faithfulness.csv").read_text())))
     assert float(rows[0]["insertion_auc"]) == pytest.approx(gradient["insertion_auc"], abs=1e-6)
     status, _, err = run(capsys, "evaluate", "--step", "0", "-o", str(tmp_path / "bad"))
-    assert status == 2 and "--step must be >= 1" in err and err.count("\n") == 1
+    assert status == 2 and "--step: must be an integer >= 1" in err and err.count("\n") == 1
     status, _, err = run(capsys, "evaluate", "--method", "gradcamm", "-o", str(tmp_path / "bad"))
     assert status == 2 and "unknown method 'gradcamm'" in err
     assert not (tmp_path / "bad").exists()
