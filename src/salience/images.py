@@ -3,20 +3,29 @@
 Everything here uses Pillow, numpy, scipy and torch only (no torchvision). The resize and
 centre-crop rules follow torchvision's ``Resize(int)`` + ``CenterCrop`` so that presets match
 the transforms the models were trained with.
+
+The work is bounded by what the model and the display need, never by what a file claims: the
+pixel limit is checked from the header before decoding, the model's crop is resampled straight
+from the region of the image it covers (the whole resized image is never made), JPEGs are
+decoded at a reduced size when that still leaves twice the resolution needed, and overlays are
+drawn on a copy at most :data:`DISPLAY_MAX_SIDE` pixels on its longer side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import os
-import threading
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from salience.postprocess import upsample
@@ -33,6 +42,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 50_000_000
+DISPLAY_MAX_SIDE = 2048
+"""Longer side of the copy of an image that overlays are drawn on (``PreparedImage.original``)."""
 READABLE_FORMATS = "PNG, JPEG, BMP, TIFF, WebP"
 INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -42,41 +53,50 @@ INTERPOLATIONS = {
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _HIGH_DEPTH_MODES = _SIXTEEN_BIT_MODES | {"I", "F"}
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
+# Pillow's format plugins reject a file that is not theirs with one of these (as Image.open).
+_NOT_THIS_FORMAT = (SyntaxError, IndexError, TypeError, struct.error)
+# Reduced decoding and the display copy keep at least this factor over the resolution they feed
+# (as Image.thumbnail does), so the last resampling step still filters properly.
+_REDUCING_GAP = 2.0
+_DISPLAY_RESAMPLE = Image.Resampling.BICUBIC
+# float64 temporaries of at most 32 MiB when scaling 16-bit and float images to 8 bits
+_BLOCK_ELEMENTS = 1 << 22
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
+Box = tuple[float, float, float, float]
+"""(left, top, right, bottom), in pixels, as Pillow's boxes."""
+
+_T = Image.Transpose
+# EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: _T.FLIP_LEFT_RIGHT,
+    3: _T.ROTATE_180,
+    4: _T.FLIP_TOP_BOTTOM,
+    5: _T.TRANSPOSE,
+    6: _T.ROTATE_270,
+    7: _T.TRANSVERSE,
+    8: _T.ROTATE_90,
+}
+# where a point (x, y) of a (w, h) image lands under each transposition
+_TRANSPOSED_POINT: dict[
+    Image.Transpose, Callable[[float, float, int, int], tuple[float, float]]
+] = {
+    _T.FLIP_LEFT_RIGHT: lambda x, y, w, h: (w - x, y),
+    _T.FLIP_TOP_BOTTOM: lambda x, y, w, h: (x, h - y),
+    _T.ROTATE_180: lambda x, y, w, h: (w - x, h - y),
+    _T.TRANSPOSE: lambda x, y, w, h: (y, x),
+    _T.ROTATE_90: lambda x, y, w, h: (y, w - x),
+    _T.ROTATE_270: lambda x, y, w, h: (h - y, x),
+    _T.TRANSVERSE: lambda x, y, w, h: (h - y, w - x),
+}
+_SWAPS_AXES = frozenset({_T.TRANSPOSE, _T.ROTATE_90, _T.ROTATE_270, _T.TRANSVERSE})
+
+# (label, height, width) of the full upright image -> the (height, width) resolution wanted
+DecodePlan = Callable[[str, int, int], tuple[int, int]]
 
 
 class ImageLoadError(ValueError):
     """An image that cannot be loaded: missing, unreadable, corrupt or too large."""
-
-
-class _PillowPixelLimitLift:
-    """Switch off Pillow's decompression-bomb check while ``load_image``'s own check guards.
-
-    Reference-counted under a lock, so overlapping loads in several threads restore
-    ``Image.MAX_IMAGE_PIXELS`` only when the last one finishes.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._saved_limit: int | None = None
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._users == 0:
-                self._saved_limit = Image.MAX_IMAGE_PIXELS
-                Image.MAX_IMAGE_PIXELS = None
-            self._users += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0:
-                Image.MAX_IMAGE_PIXELS = self._saved_limit
-
-
-_lift_pillow_pixel_limit = _PillowPixelLimitLift()
 
 
 def _is_positive_int(value: object) -> bool:
@@ -92,37 +112,67 @@ def _check_pixel_count(label: str, height: int, width: int, max_pixels: int) -> 
         )
 
 
-def _rescale_to_uint8(values: np.ndarray, full_scale: float) -> np.ndarray:
-    """Map ``0..full_scale`` linearly onto ``0..255`` with rounding."""
-    scaled = np.round(values.astype(np.float64) * (255.0 / full_scale))
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+def _blocks(count: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``_BLOCK_ELEMENTS`` covering ``range(count)``."""
+    return (slice(start, start + _BLOCK_ELEMENTS) for start in range(0, count, _BLOCK_ELEMENTS))
 
 
-def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
+def _rescale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``low..high`` linearly onto ``0..255`` with rounding (float64, in bounded blocks)."""
+    flat = np.ascontiguousarray(values).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint8)
+    factor = 255.0 / (high - low)
+    for block in _blocks(flat.size):
+        scaled = np.round((flat[block].astype(np.float64) - low) * factor)
+        out[block] = np.clip(scaled, 0, 255)
+    return out.reshape(values.shape)
+
+
+def _check_finite(label: str, values: np.ndarray) -> None:
+    """Refuse a float image with NaN or infinite pixels, saying how many (of how many)."""
+    finite = np.isfinite(values)
+    if values.ndim == 3:
+        finite = finite.all(axis=2)
+    bad = finite.size - int(np.count_nonzero(finite))
+    if bad:
+        raise ImageLoadError(
+            f"{label} has {bad:,} of {finite.size:,} pixels that are NaN or infinite; replace "
+            "them with finite values (e.g. numpy.nan_to_num) and load the result"
+        )
+
+
+def _high_depth_to_uint8(image: Image.Image, label: str) -> np.ndarray:
     """Grey levels of a 16-bit, 32-bit integer or float image as uint8.
 
     ``I;16*`` modes and ``I`` images within 0..65535 are taken as 16-bit samples, ``F`` images
-    within [0, 1] as unit-range floats; anything else is min-max stretched.
+    within [0, 1] as unit-range floats; anything else is min-max stretched. Float images with
+    NaN or infinite pixels are refused (:class:`ImageLoadError`).
     """
-    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    values = np.asarray(image)
+    if image.mode == "F":
+        _check_finite(label, values)
     low, high = float(values.min()), float(values.max())
     if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= 65535):
-        return _rescale_to_uint8(values, 65535)
+        return _rescale_to_uint8(values, 0.0, 65535.0)
     if image.mode == "F" and low >= 0 and high <= 1:
-        return _rescale_to_uint8(values, 1.0)
+        return _rescale_to_uint8(values, 0.0, 1.0)
     if high == low:
         return np.zeros(values.shape, dtype=np.uint8)
-    return _rescale_to_uint8(values - low, high - low)
+    return _rescale_to_uint8(values, low, high)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB; transparency is composited over white."""
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
+    """Convert any Pillow mode to RGB (``image`` itself if RGB); transparency goes over white."""
+    if image.mode == "RGB":
+        return image
     if image.mode in _HIGH_DEPTH_MODES:
-        return Image.fromarray(_high_depth_to_uint8(image)).convert("RGB")
+        return Image.fromarray(_high_depth_to_uint8(image, label)).convert("RGB")
     try:
         if image.has_transparency_data:
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+            rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+            white = Image.new("RGB", image.size, (255, 255, 255))
+            white.paste(rgba, mask=rgba)  # the same pixels as alpha_composite, in less memory
+            return white
         return image.convert("RGB")
     except ValueError as exc:
         raise ImageLoadError(
@@ -141,17 +191,16 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if array.dtype == np.uint8:
         data = array
     elif array.dtype == np.uint16:
-        data = _rescale_to_uint8(array, 65535)
+        data = _rescale_to_uint8(array, 0.0, 65535.0)
     elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageLoadError("float image array contains NaN or infinite values; replace them")
+        _check_finite("float image array", array)
         low, high = float(array.min()), float(array.max())
         if low < 0 or high > 1:
             raise ImageLoadError(
                 f"float image values must lie in [0, 1], got [{low:g}, {high:g}]; "
                 "divide 0..255 values by 255"
             )
-        data = _rescale_to_uint8(array, 1.0)
+        data = _rescale_to_uint8(array, 0.0, 1.0)
     else:
         raise ImageLoadError(
             f"image arrays of dtype {array.dtype} are not supported; "
@@ -160,16 +209,191 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(data))
 
 
-def _decode(image: Image.Image, label: str, max_pixels: int) -> Image.Image:
-    """Size-check from the header, fully decode, apply EXIF orientation, convert to RGB."""
-    _check_pixel_count(label, image.height, image.width, max_pixels)
+def _identify(stream: IO[bytes], filename: str) -> ImageFile.ImageFile:
+    """Open an image lazily, as ``Image.open`` does, without Pillow's decompression-bomb check.
+
+    ``Image.open`` warns about or refuses images over the process-wide
+    ``PIL.Image.MAX_IMAGE_PIXELS``. Asking the format plugins directly reads the header alone,
+    so the caller applies its own limit and never changes the one other threads rely on.
+
+    Raises
+    ------
+    PIL.UnidentifiedImageError
+        If no plugin recognizes the data.
+    """
+    Image.init()
+    prefix = stream.read(16)
+    for format_id in Image.ID:
+        factory, accept = Image.OPEN[format_id]
+        verdict = not accept or accept(prefix)
+        if not verdict or isinstance(verdict, str):  # a string says why the plugin cannot
+            continue
+        stream.seek(0)
+        try:
+            return factory(stream, filename)
+        except _NOT_THIS_FORMAT:
+            continue
+    raise UnidentifiedImageError(f"cannot identify image file {filename or 'data'}")
+
+
+def _shrunk_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) scaled down to ``max_side`` on the longer side; unchanged if smaller."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _transposed_box(box: Box, size: tuple[int, int], method: Image.Transpose) -> Box:
+    """Where ``box`` of an image of ``size`` (width, height) lies after ``transpose(method)``."""
+    move = _TRANSPOSED_POINT[method]
+    (x0, y0), (x1, y1) = (move(x, y, *size) for x, y in ((box[0], box[1]), (box[2], box[3])))
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded RGB image, upright, perhaps at a reduced size (JPEG), and where it came from.
+
+    Attributes
+    ----------
+    image : PIL.Image.Image
+        RGB, EXIF orientation applied.
+    size : tuple of int
+        (height, width) of the full upright image.
+    extent : Box
+        Where the full image lies in ``image``'s pixels (a reduced JPEG may leave a fraction
+        of its last row and column unused).
+    """
+
+    image: Image.Image
+    size: tuple[int, int]
+    extent: Box
+
+    def resample(
+        self,
+        region: Box,
+        size: tuple[int, int],
+        resample: Image.Resampling,
+        reducing_gap: float | None = None,
+    ) -> Image.Image:
+        """``region`` of the full image (its pixels) resampled to ``size`` (width, height).
+
+        Only the pixels the region's filter reaches are read; a region that is the whole
+        image at its own size is ``image`` itself.
+        """
+        height, width = self.size
+        left, top, right, bottom = self.extent
+        scale_x, scale_y = (right - left) / width, (bottom - top) / height
+        limit_x, limit_y = self.image.size
+        box = (
+            min(max(left + region[0] * scale_x, 0.0), limit_x),
+            min(max(top + region[1] * scale_y, 0.0), limit_y),
+            min(max(left + region[2] * scale_x, 0.0), limit_x),
+            min(max(top + region[3] * scale_y, 0.0), limit_y),
+        )
+        if size == self.image.size and box == (0, 0, *self.image.size):
+            return self.image
+        return self.image.resize(size, resample, box=box, reducing_gap=reducing_gap)
+
+
+def _bomb_error(label: str, exc: Image.DecompressionBombError) -> ImageLoadError:
+    return ImageLoadError(
+        f"{label} is over Pillow's decompression-bomb limit ({exc}); downscale it or raise "
+        "PIL.Image.MAX_IMAGE_PIXELS"
+    )
+
+
+@contextlib.contextmanager
+def _decode_errors(label: str) -> Iterator[None]:
+    """Turn Pillow's decoding errors into one-line ``ImageLoadError``."""
     try:
-        image.load()
+        yield
+    except Image.DecompressionBombError as exc:  # some plugins check Pillow's limit on decoding
+        raise _bomb_error(label, exc) from exc
     except _DECODE_ERRORS as exc:
         raise ImageLoadError(
             f"{label} is truncated or corrupt ({exc}); re-export or re-download it"
         ) from exc
-    return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _decode(
+    image: Image.Image, label: str, max_pixels: int, plan: DecodePlan | None, own: bool
+) -> _Decoded:
+    """Size-check from the header, decode (reduced where ``plan`` allows), RGB, upright.
+
+    ``own`` says the image was opened here: it may then be decoded at a reduced size, and is
+    converted without a copy; a caller's image is never changed.
+    """
+    _check_pixel_count(label, image.height, image.width, max_pixels)
+    with _decode_errors(label):  # reading a PNG's EXIF may decode it
+        method = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    height, width = image.height, image.width
+    if method in _SWAPS_AXES:
+        height, width = width, height
+    extent: Box = (0.0, 0.0, float(image.width), float(image.height))
+    if plan is not None:
+        wanted_height, wanted_width = plan(label, height, width)
+        if own:
+            wanted = (
+                (wanted_height, wanted_width)
+                if method in _SWAPS_AXES
+                else (wanted_width, wanted_height)
+            )
+            reduced = image.draft(None, wanted)  # JPEG only: decode at 1/2, 1/4 or 1/8
+            if reduced is not None:
+                extent = reduced[1]
+    with _decode_errors(label):
+        image.load()
+    if method is not None:
+        extent = _transposed_box(extent, image.size, method)
+        image, own = ImageOps.exif_transpose(image), True  # a new image, orientation cleared
+    rgb = _to_rgb(image, label)
+    return _Decoded(rgb if own or rgb is not image else rgb.copy(), (height, width), extent)
+
+
+def _load(source: ImageSource, max_pixels: int, plan: DecodePlan | None = None) -> _Decoded:
+    """:func:`load_image`'s work; ``plan`` is asked, before decoding, what resolution is needed."""
+    if not _is_positive_int(max_pixels):
+        raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}")
+    if isinstance(source, np.ndarray):
+        label = f"array of shape {source.shape}"
+        if source.ndim >= 2:
+            _check_pixel_count(label, *source.shape[:2], max_pixels)
+        return _decode(_array_to_pil(source), label, max_pixels, plan, own=True)
+    if isinstance(source, Image.Image):
+        return _decode(source, "the PIL image", max_pixels, plan, own=False)
+    if isinstance(source, bytes | bytearray | memoryview):
+        label, filename = f"image data ({len(source):,} bytes)", ""
+        stream: IO[bytes] = io.BytesIO(bytes(source))
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
+        label = filename = str(path)
+        if not path.is_file():
+            problem = "is a directory" if path.is_dir() else "does not exist"
+            raise ImageLoadError(f"{label} {problem}; give the path of an image file")
+        try:
+            stream = path.open("rb")
+        except OSError as exc:
+            raise ImageLoadError(
+                f"{label} cannot be opened ({exc}); check its permissions"
+            ) from exc
+    else:
+        raise TypeError(
+            "source must be a path, bytes, a PIL image or a numpy array; "
+            f"got {type(source).__name__}"
+        )
+    with stream:
+        try:
+            opened = _identify(stream, filename)
+        except UnidentifiedImageError:
+            raise ImageLoadError(
+                f"{label} is not an image Pillow can read ({READABLE_FORMATS})"
+            ) from None
+        except Image.DecompressionBombError as exc:
+            raise _bomb_error(label, exc) from exc
+        except OSError as exc:
+            hint = "check its permissions" if filename else "is it complete?"
+            raise ImageLoadError(f"{label} cannot be opened ({exc}); {hint}") from exc
+        return _decode(opened, label, max_pixels, plan, own=True)
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -181,7 +405,9 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         A PNG/JPEG/BMP/TIFF/WebP file or its bytes, a PIL image of any mode, or an
         (H, W), (H, W, 3) or (H, W, 4) array of uint8, uint16 or float in [0, 1].
     max_pixels : int
-        Largest accepted ``height * width``; checked from the header before decoding.
+        Largest accepted ``height * width``; checked from the header before decoding. It
+        replaces Pillow's decompression-bomb limit for this load, which stays as it is for
+        everything else in the process (it is never changed).
 
     Returns
     -------
@@ -192,42 +418,12 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     Raises
     ------
     ImageLoadError
-        If the file is missing, not an image, truncated/corrupt, or too large.
+        If the file is missing, not an image, truncated/corrupt, or too large, or if a float
+        image (a TIFF of mode ``F``, a float array) has NaN or infinite pixels: they are
+        refused, not guessed at, since any value put there would be explained as if it had
+        been measured. The message says how many there are.
     """
-    if not _is_positive_int(max_pixels):
-        raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}")
-    if isinstance(source, np.ndarray):
-        if source.ndim >= 2:
-            _check_pixel_count(f"array of shape {source.shape}", *source.shape[:2], max_pixels)
-        return _to_rgb(_array_to_pil(source))
-    with _lift_pillow_pixel_limit:
-        if isinstance(source, Image.Image):
-            return _decode(source, "the PIL image", max_pixels)
-        if isinstance(source, bytes | bytearray | memoryview):
-            label = f"image data ({len(source):,} bytes)"
-            stream: Path | io.BytesIO = io.BytesIO(bytes(source))
-        elif isinstance(source, str | os.PathLike):
-            stream = Path(source)
-            label = str(stream)
-            if not stream.is_file():
-                problem = "is a directory" if stream.is_dir() else "does not exist"
-                raise ImageLoadError(f"{label} {problem}; give the path of an image file")
-        else:
-            raise TypeError(
-                "source must be a path, bytes, a PIL image or a numpy array; "
-                f"got {type(source).__name__}"
-            )
-        try:
-            opened = Image.open(stream)
-        except UnidentifiedImageError:
-            raise ImageLoadError(
-                f"{label} is not an image Pillow can read ({READABLE_FORMATS})"
-            ) from None
-        except OSError as exc:
-            hint = "check its permissions" if isinstance(stream, Path) else "is it complete?"
-            raise ImageLoadError(f"{label} cannot be opened ({exc}); {hint}") from exc
-        with opened:
-            return _decode(opened, label, max_pixels)
+    return _load(source, max_pixels).image
 
 
 def as_2d_map(saliency: Any, *, name: str = "saliency") -> np.ndarray:
@@ -282,9 +478,11 @@ class CropGeometry:
     Attributes
     ----------
     original_size : tuple of int
-        (height, width) of the loaded image.
+        (height, width) of the image maps are drawn on: the loaded image, or a smaller copy
+        of all of it (:attr:`PreparedImage.original`), since resizing maps the whole image
+        onto the whole image whatever its size.
     resized_size : tuple of int
-        (height, width) after resizing.
+        (height, width) after resizing the loaded image.
     crop_box : tuple of int
         (top, left, height, width) of the crop, in resized coordinates.
     """
@@ -354,15 +552,20 @@ class PreparedImage:
     display : numpy.ndarray
         uint8 (h, w, 3): the resized and cropped RGB image the model saw.
     original : numpy.ndarray
-        uint8 (H0, W0, 3): the loaded image.
+        uint8 (H0, W0, 3): the loaded image, shrunk to at most ``display_max_side`` pixels on
+        its longer side (:data:`DISPLAY_MAX_SIDE` by default) when larger: what overlays are
+        drawn on.
     geometry : CropGeometry
-        How ``display`` was cut from ``original``.
+        How ``display`` was cut from ``original``; ``geometry.to_original`` maps onto it.
+    source_size : tuple of int
+        (height, width) of the loaded image at full size, EXIF orientation applied.
     """
 
     tensor: torch.Tensor
     display: np.ndarray
     original: np.ndarray
     geometry: CropGeometry
+    source_size: tuple[int, int]
 
 
 def _channel_triple(name: str, values: Any) -> tuple[float, float, float]:
@@ -441,36 +644,96 @@ class ImagePreset:
         left = round((width - crop_width) / 2)
         return top, left, crop_height, crop_width
 
-    def prepare(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    def _decode_plan(self, max_pixels: int, display_max_side: int) -> DecodePlan:
+        """What :meth:`prepare` checks before decoding, and the resolution it needs."""
+
+        def plan(label: str, height: int, width: int) -> tuple[int, int]:
+            resized = self._resized_size(height, width)
+            if self.crop is None and resized[0] * resized[1] > max_pixels:
+                raise ImageLoadError(
+                    f"{label} ({height}x{width}) would be resized to {resized[0]}x{resized[1]} "
+                    f"= {resized[0] * resized[1]:,} pixels for the model, more than the limit of "
+                    f"{max_pixels:,}; give the preset a crop, crop the image to a less elongated "
+                    "shape, or raise max_pixels"
+                )
+            self._crop_box(*resized)  # a crop that does not fit is refused before decoding
+            shown = _shrunk_size(height, width, display_max_side)
+            return (
+                min(height, max(1, math.ceil(max(resized[0], shown[0]) * _REDUCING_GAP))),
+                min(width, max(1, math.ceil(max(resized[1], shown[1]) * _REDUCING_GAP))),
+            )
+
+        return plan
+
+    def prepare(
+        self,
+        image: ImageSource,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        display_max_side: int = DISPLAY_MAX_SIDE,
+    ) -> PreparedImage:
         """Load, resize, centre-crop and normalize an image.
+
+        The crop is resampled straight from the region of the image it covers, so the work
+        is bounded by the crop and the display copy, however elongated the image (pixels
+        equal to resizing the whole image and cropping it, to within one grey level). JPEGs
+        are decoded at 1/2, 1/4 or 1/8 of their size when that still leaves twice the
+        resolution the resize and the display copy need.
 
         Parameters
         ----------
         image : str, os.PathLike, bytes, PIL.Image.Image or numpy.ndarray
             Anything :func:`load_image` accepts.
         max_pixels : int
-            Passed to :func:`load_image`.
+            Passed to :func:`load_image`; without a crop it also bounds the resized image.
+        display_max_side : int
+            Longer side of :attr:`PreparedImage.original` at most (the image is never enlarged).
 
         Returns
         -------
         PreparedImage
+
+        Raises
+        ------
+        ImageLoadError
+            As :func:`load_image`, and when a preset without a crop would resize the image to
+            more than ``max_pixels`` (checked from the header, before decoding).
         """
-        rgb = load_image(image, max_pixels=max_pixels)
-        original = np.array(rgb)
-        resized_height, resized_width = self._resized_size(rgb.height, rgb.width)
-        if (resized_height, resized_width) != (rgb.height, rgb.width):
-            rgb = rgb.resize(
-                (resized_width, resized_height), resample=INTERPOLATIONS[self.interpolation]
-            )
-        top, left, height, width = box = self._crop_box(resized_height, resized_width)
-        display = np.asarray(rgb)[top : top + height, left : left + width].copy()
+        if not _is_positive_int(display_max_side):
+            raise ValueError(f"display_max_side must be a positive int; got {display_max_side!r}")
+        decoded = _load(image, max_pixels, self._decode_plan(max_pixels, display_max_side))
+        height, width = decoded.size
+        resized_height, resized_width = self._resized_size(height, width)
+        top, left, crop_height, crop_width = box = self._crop_box(resized_height, resized_width)
+        region = (
+            left * width / resized_width,
+            top * height / resized_height,
+            (left + crop_width) * width / resized_width,
+            (top + crop_height) * height / resized_height,
+        )
+        seen = decoded.resample(
+            region, (crop_width, crop_height), INTERPOLATIONS[self.interpolation]
+        )
+        display = np.array(seen)
+        shown_height, shown_width = _shrunk_size(height, width, display_max_side)
+        shown = decoded.resample(
+            (0.0, 0.0, width, height),
+            (shown_width, shown_height),
+            _DISPLAY_RESAMPLE,
+            reducing_gap=_REDUCING_GAP,
+        )
+        del decoded, seen
         geometry = CropGeometry(
-            original_size=original.shape[:2],
+            original_size=(shown_height, shown_width),
             resized_size=(resized_height, resized_width),
             crop_box=box,
         )
         return PreparedImage(
-            tensor=self.normalize(display), display=display, original=original, geometry=geometry
+            tensor=self.normalize(display),
+            display=display,
+            original=np.array(shown),
+            geometry=geometry,
+            source_size=(height, width),
         )
 
     def _channel_tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
