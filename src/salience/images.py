@@ -55,10 +55,11 @@ _HIGH_DEPTH_MODES = _SIXTEEN_BIT_MODES | {"I", "F"}
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
 # Pillow's format plugins reject a file that is not theirs with one of these (as Image.open).
 _NOT_THIS_FORMAT = (SyntaxError, IndexError, TypeError, struct.error)
-# Reduced decoding and the display copy keep at least this factor over the resolution they feed
-# (as Image.thumbnail does), so the last resampling step still filters properly.
+# A reduced decode keeps at least this factor over the resolution it feeds (as Image.thumbnail
+# does), so the resampling after it still filters properly.
 _REDUCING_GAP = 2.0
-_DISPLAY_RESAMPLE = Image.Resampling.BICUBIC
+# The display copy only ever shrinks: an area average, as fast as it is alias-free.
+_DISPLAY_RESAMPLE = Image.Resampling.BOX
 # float64 temporaries of at most 32 MiB when scaling 16-bit and float images to 8 bits
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -720,7 +721,7 @@ class ImagePreset:
             (0.0, 0.0, width, height),
             (shown_width, shown_height),
             _DISPLAY_RESAMPLE,
-            reducing_gap=_REDUCING_GAP,
+            reducing_gap=_REDUCING_GAP,  # filter tables grow with the factor: reduce() first
         )
         del decoded, seen
         geometry = CropGeometry(
