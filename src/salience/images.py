@@ -64,7 +64,7 @@ _DISPLAY_RESAMPLE = Image.Resampling.BOX
 _BLOCK_ELEMENTS = 1 << 22
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
-Box = tuple[float, float, float, float]
+_Box = tuple[float, float, float, float]
 """(left, top, right, bottom), in pixels, as Pillow's boxes."""
 
 _T = Image.Transpose
@@ -93,7 +93,7 @@ _TRANSPOSED_POINT: dict[
 _SWAPS_AXES = frozenset({_T.TRANSPOSE, _T.ROTATE_90, _T.ROTATE_270, _T.TRANSVERSE})
 
 # (label, height, width) of the full upright image -> the (height, width) resolution wanted
-DecodePlan = Callable[[str, int, int], tuple[int, int]]
+_DecodePlan = Callable[[str, int, int], tuple[int, int]]
 
 
 class ImageLoadError(ValueError):
@@ -243,7 +243,7 @@ def _shrunk_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _transposed_box(box: Box, size: tuple[int, int], method: Image.Transpose) -> Box:
+def _transposed_box(box: _Box, size: tuple[int, int], method: Image.Transpose) -> _Box:
     """Where ``box`` of an image of ``size`` (width, height) lies after ``transpose(method)``."""
     move = _TRANSPOSED_POINT[method]
     (x0, y0), (x1, y1) = (move(x, y, *size) for x, y in ((box[0], box[1]), (box[2], box[3])))
@@ -260,18 +260,18 @@ class _Decoded:
         RGB, EXIF orientation applied.
     size : tuple of int
         (height, width) of the full upright image.
-    extent : Box
+    extent : tuple of float
         Where the full image lies in ``image``'s pixels (a reduced JPEG may leave a fraction
         of its last row and column unused).
     """
 
     image: Image.Image
     size: tuple[int, int]
-    extent: Box
+    extent: _Box
 
     def resample(
         self,
-        region: Box,
+        region: _Box,
         size: tuple[int, int],
         resample: Image.Resampling,
         reducing_gap: float | None = None,
@@ -317,7 +317,7 @@ def _decode_errors(label: str) -> Iterator[None]:
 
 
 def _decode(
-    image: Image.Image, label: str, max_pixels: int, plan: DecodePlan | None, own: bool
+    image: Image.Image, label: str, max_pixels: int, plan: _DecodePlan | None, own: bool
 ) -> _Decoded:
     """Size-check from the header, decode (reduced where ``plan`` allows), RGB, upright.
 
@@ -330,7 +330,7 @@ def _decode(
     height, width = image.height, image.width
     if method in _SWAPS_AXES:
         height, width = width, height
-    extent: Box = (0.0, 0.0, float(image.width), float(image.height))
+    extent: _Box = (0.0, 0.0, float(image.width), float(image.height))
     if plan is not None:
         wanted_height, wanted_width = plan(label, height, width)
         if own:
@@ -348,10 +348,12 @@ def _decode(
         extent = _transposed_box(extent, image.size, method)
         image, own = ImageOps.exif_transpose(image), True  # a new image, orientation cleared
     rgb = _to_rgb(image, label)
-    return _Decoded(rgb if own or rgb is not image else rgb.copy(), (height, width), extent)
+    if rgb is image and not own:  # never hand back the caller's own image
+        rgb = image.copy()
+    return _Decoded(rgb, (height, width), extent)
 
 
-def _load(source: ImageSource, max_pixels: int, plan: DecodePlan | None = None) -> _Decoded:
+def _load(source: ImageSource, max_pixels: int, plan: _DecodePlan | None = None) -> _Decoded:
     """:func:`load_image`'s work; ``plan`` is asked, before decoding, what resolution is needed."""
     if not _is_positive_int(max_pixels):
         raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}")
@@ -645,7 +647,7 @@ class ImagePreset:
         left = round((width - crop_width) / 2)
         return top, left, crop_height, crop_width
 
-    def _decode_plan(self, max_pixels: int, display_max_side: int) -> DecodePlan:
+    def _decode_plan(self, max_pixels: int, display_max_side: int) -> _DecodePlan:
         """What :meth:`prepare` checks before decoding, and the resolution it needs."""
 
         def plan(label: str, height: int, width: int) -> tuple[int, int]:
