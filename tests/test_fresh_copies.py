@@ -211,3 +211,28 @@ def test_tensors_that_memcmp_cannot_compare_are_compared_too() -> None:
     state = model_state(square)
     square.weight.data = square.weight.data.t()  # the same bytes, read transposed
     assert model_state(square) is not state
+
+
+def test_one_explanation_checks_the_model_once_however_many_passes_it_runs(monkeypatch) -> None:
+    import salience.adapters.inference_copy as inference_copy
+
+    model, x = Net().eval(), images()[:1]
+    salience.explain(model, x, method="occlusion", window=2, stride=2, chunk_size=4)
+    walks = []
+    describe = inference_copy.describe
+    monkeypatch.setattr(
+        inference_copy, "describe", lambda *a, **k: walks.append(1) or describe(*a, **k)
+    )
+    explanation = salience.explain(model, x, method="occlusion", window=2, stride=2, chunk_size=4)
+    assert explanation.info["windows"] == 16 and len(walks) == 1  # 4 chunks and the plain pass
+    salience.explain_all(model, x, ["gradcam", "scorecam"], layer="features.3")
+    assert len(walks) == 2
+
+
+def test_a_weight_written_through_a_numpy_view_is_seen() -> None:
+    model = Net().eval()
+    before = explained(model, "gradient")
+    model.fc.weight.detach().numpy()[:] *= -1.0  # no version counter sees this write
+    after = explained(model, "gradient")
+    assert not torch.equal(before, after)
+    assert torch.equal(after, explained(copy.deepcopy(model), "gradient"))

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
+from salience.adapters.inference_copy import one_state_per_call
 from salience.adapters.torch import as_adapter
 from salience.explanation import Explanation
 from salience.methods.base import EXPLAINER, Explainer, SinglePassExplainer, attribute_shared
@@ -117,18 +118,15 @@ def explain_all(
     if len(set(names)) != len(names):
         raise ValueError(f"each method may be asked for once; got {', '.join(names)}")
     spec = parse_target(target, class_names)
-    inputs = adapter.prepare_input(x)
     shared = [e for e in explainers if isinstance(e, SinglePassExplainer)]
-    results = dict(
-        zip((e.name for e in shared), attribute_shared(shared, inputs, spec, score), strict=True)
-    )
+    with one_state_per_call():  # every map is of the model as it was when the call began
+        inputs = adapter.prepare_input(x)
+        attributions = attribute_shared(shared, inputs, spec, score)
+        results = {e.name: a for e, a in zip(shared, attributions, strict=True)}
+        for explainer in explainers:
+            if explainer.name not in results:
+                results[explainer.name] = explainer.attribute(inputs, spec, score)
     return {
-        explainer.name: explainer.explanation(
-            results[explainer.name]
-            if explainer.name in results
-            else explainer.attribute(inputs, spec, score),
-            score,
-            class_names,
-        )
+        explainer.name: explainer.explanation(results[explainer.name], score, class_names)
         for explainer in explainers
     }

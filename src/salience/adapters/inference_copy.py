@@ -12,23 +12,24 @@ computes with differs from what the cache was built from:
   instance, ...; ``training`` aside, since the copy always runs in eval mode) and its hook
   dictionaries (hooks registered after the copy was made);
 - the names, identity, dtype, device and shape of every parameter and buffer, and their
-  CONTENTS: compared bit for bit with a snapshot taken when the state was recorded (byte by byte,
-  so NaN equals NaN and -0.0 differs from 0.0). Tensor versions cannot prove a tensor unchanged:
-  ``p.data.mul_(2)`` writes through a tensor with a version counter of its own.
+  CONTENTS: the 128-bit XXH3 digest of each tensor's bytes, read in place, against the digest
+  recorded with the state (bytes, so NaN equals NaN and -0.0 differs from 0.0; a tensor that is
+  not a dense CPU tensor is compared bit for bit with a copy instead). Tensor versions cannot
+  prove a tensor unchanged: ``p.data.mul_(2)`` writes through a tensor with a version counter
+  of its own, and so do writes through ``numpy()`` views.
 
 Attributes that hold other objects (a function, a config object) are compared by identity, and
 containers of them element by element; an object mutated in place is not seen.
 
-Cost (bench/freshness.py, the bundled EfficientNet-Lite0 at 224×224: 296 tensors, 18.8 MB; one
-thread of a 2-core AMD EPYC shared with other work): the check is 4-7% of one
-``salience.Gradient`` call (about 2.5% the tree walk, the rest the comparison); the snapshot
-holds one extra copy of the weights. Contents are compared with the C library's ``memcmp``
-(about 2.5× faster than ``torch.equal`` on integer views, which remains the fallback for
-non-contiguous, complex or non-CPU tensors). Alternatives measured and rejected: a CRC32 of the
-weights reads them once instead of twice but is slower still and proves nothing; version
-counters and pointers alone (0.3%) miss writes through ``.data``. Reading every weight twice is
-the floor of an exact check: its share of a call is lowest where memory bandwidth is high
-relative to compute.
+Cost (``bench/freshness.py``: the bundled EfficientNet-Lite0, 296 tensors, 18.8 MB, against one
+224×224 ``salience.Gradient`` call on 2 threads of a 2-core AMD EPYC, weights out of cache as
+they are between calls): 6.6 ms, about 8% of that call, its cheapest use (2.2 ms the tree walk,
+3.8 ms the digests: reading 18.8 MB at 5 GB/s); a multi-pass method pays it once per call, under
+1% of the call. Alternatives measured: ``memcmp`` against a copy of the weights costs the same
+and doubles their memory; ``torch.equal`` on integer views costs twice as much, zlib's CRC32
+three times; version counters and pointers alone (0.8%) miss writes through ``.data``. Hashing
+in a thread beside the pass did not hide the cost (the digest holds the interpreter lock and the
+pass uses both cores). Reading every weight once is the floor of an exact check.
 
 Decisions taken on a probe batch (whether folding is exact) are cached only when the probe's
 outputs are finite: a non-finite output proves nothing about the copy.
@@ -36,15 +37,17 @@ outputs are finite: a non-finite output proves nothing about the copy.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import ctypes
-import os
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
+import xxhash
 from torch import Tensor, nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -84,34 +87,44 @@ _MAX_DEPTH = 4
 
 
 class ModelState:
-    """What a model computed with at one moment: its structure and a snapshot of its tensors.
+    """What a model computed with at one moment: its structure and a digest of each tensor.
 
     Caches store the state they were built against and are current while :func:`model_state`
     returns that same object (compare with ``is``).
     """
 
-    __slots__ = ("__weakref__", "_spans", "snapshot", "structure")
+    __slots__ = ("__weakref__", "_digests", "_snapshots", "_spans", "structure")
 
     def __init__(self, structure: tuple, tensors: Sequence[Tensor]) -> None:
         self.structure = structure
-        self.snapshot = tuple(t.detach().clone() for t in tensors)
-        # Where each snapshot's bytes are, for the memcmp fast path (None: torch.equal instead).
-        self._spans = tuple(map(_dense_span, self.snapshot))
+        self._spans = tuple(map(_dense_span, tensors))
+        self._digests = tuple(None if span is None else _digest(*span) for span in self._spans)
+        # A tensor whose bytes cannot be read in place (not a dense CPU tensor) keeps a copy.
+        self._snapshots = tuple(
+            None if span is not None else t.detach().clone()
+            for t, span in zip(tensors, self._spans, strict=True)
+        )
 
     def matches(self, structure: tuple, tensors: Sequence[Tensor]) -> bool:
-        """Whether ``structure`` and every tensor's contents equal this snapshot exactly.
+        """Whether ``structure`` and every tensor's contents equal what was recorded.
 
-        The structure holds each tensor's dtype, device and shape, so once it matches, a
-        contiguous tensor has the bytes of its snapshot's span exactly when the two compare
-        equal with ``memcmp``.
+        The structure holds each tensor's identity, dtype and shape; a tensor still dense at
+        the same address then holds the same values exactly when its bytes have the digest
+        recorded (a moved or no longer dense tensor counts as changed).
         """
-        if structure != self.structure or len(tensors) != len(self.snapshot):
+        if structure != self.structure or len(tensors) != len(self._spans):
             return False
-        for snapshot, span, current in zip(self.snapshot, self._spans, tensors, strict=True):
-            if span is not None and current.layout == torch.strided and current.is_contiguous():
-                if _MEMCMP(span[0], current.data_ptr(), span[1]) != 0:
+        for span, digest, snapshot, current in zip(
+            self._spans, self._digests, self._snapshots, tensors, strict=True
+        ):
+            if span is None:
+                if not _identical(snapshot, current):
                     return False
-            elif not _identical(snapshot, current):
+            elif (
+                current.data_ptr() != span[0]
+                or not current.is_contiguous()
+                or _digest(*span) != digest
+            ):
                 return False
         return True
 
@@ -125,35 +138,30 @@ def _as_bits(t: Tensor) -> Tensor:
     return t
 
 
-def _c_memcmp() -> Callable[[int, int, int], int] | None:
-    """The C library's ``memcmp``: bit-for-bit comparison at memory speed (None if missing)."""
-    try:
-        library = ctypes.cdll.msvcrt if os.name == "nt" else ctypes.CDLL(None)
-        memcmp = library.memcmp
-    except (OSError, AttributeError):
-        return None
-    memcmp.restype = ctypes.c_int
-    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    return memcmp
-
-
-_MEMCMP = _c_memcmp()
-
-
 def _dense_span(t: Tensor) -> tuple[int, int] | None:
-    """(address, byte count) of a dense real CPU tensor, when ``memcmp`` can compare it."""
-    usable = (
-        _MEMCMP is not None
-        and t.is_cpu
+    """(address, byte count) of a dense CPU tensor whose bytes are its values; None for others.
+
+    Conjugate and negative views, quantized and sparse tensors hold bytes that are not their
+    values: they are compared through a snapshot instead.
+    """
+    dense = (
+        t.is_cpu
         and t.layout == torch.strided
-        and not (t.is_complex() or t.is_quantized)  # no conjugate/negative views, no scales
+        and not (t.is_quantized or t.is_conj() or t.is_neg())
         and t.is_contiguous()
     )
-    return (t.data_ptr(), t.nbytes) if usable else None
+    return (t.data_ptr(), t.nbytes) if dense else None
+
+
+def _digest(address: int, size: int) -> int:
+    """The 128-bit XXH3 digest of ``size`` bytes at ``address``, read in place."""
+    if size == 0:
+        return 0
+    return xxhash.xxh3_128_intdigest((ctypes.c_char * size).from_address(address))
 
 
 def _identical(snapshot: Tensor, current: Tensor) -> bool:
-    """Bit-for-bit equality with ``torch.equal`` on integer views (the memcmp path's fallback)."""
+    """Bit-for-bit equality with ``torch.equal`` on integer views (for tensors not digested)."""
     try:
         return torch.equal(_as_bits(snapshot), _as_bits(current.detach()))
     except (RuntimeError, TypeError):  # a layout equality is not defined for: treat as changed
@@ -228,6 +236,29 @@ def describe(nodes: Iterable[Node], tensors: Iterable[Tensor] = ()) -> tuple[tup
 _STATES: weakref.WeakKeyDictionary[object, ModelState] = weakref.WeakKeyDictionary()
 
 
+_CALL_STATES: contextvars.ContextVar[dict[int, ModelState] | None] = contextvars.ContextVar(
+    "salience_call_states", default=None
+)
+"""Inside :func:`one_state_per_call`: the state each model was found in by this call."""
+
+
+@contextmanager
+def one_state_per_call() -> Iterator[None]:
+    """Check each model's state once for the whole block (one explanation), not at every pass.
+
+    An explanation is of the model as it was when the call began: the first check inside the
+    block holds for the rest of it, in this thread (or task). Blocks nest; the outermost counts.
+    """
+    if _CALL_STATES.get() is not None:
+        yield
+        return
+    token = _CALL_STATES.set({})
+    try:
+        yield
+    finally:
+        _CALL_STATES.reset(token)
+
+
 def current_state(key: object, nodes: Iterable[Node], tensors: Iterable[Tensor] = ()) -> ModelState:
     """The recorded state of ``key``'s model if nothing changed since, else a new one.
 
@@ -238,12 +269,16 @@ def current_state(key: object, nodes: Iterable[Node], tensors: Iterable[Tensor] 
     nodes, tensors
         As for :func:`describe`.
     """
-    structure, found = describe(nodes, tensors)
+    seen = _CALL_STATES.get()
     recorded = _STATES.get(key)
-    if recorded is not None and recorded.matches(structure, found):
+    if seen is not None and recorded is not None and seen.get(id(key)) is recorded:
         return recorded
-    state = _STATES[key] = ModelState(structure, found)
-    return state
+    structure, found = describe(nodes, tensors)
+    if recorded is None or not recorded.matches(structure, found):
+        recorded = _STATES[key] = ModelState(structure, found)
+    if seen is not None:
+        seen[id(key)] = recorded
+    return recorded
 
 
 def model_state(model: nn.Module) -> ModelState:

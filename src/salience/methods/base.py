@@ -22,6 +22,7 @@ from salience.adapters.base import (
     Outputs,
     check_finite_output,
 )
+from salience.adapters.inference_copy import one_state_per_call
 from salience.adapters.torch import TorchAdapter, as_adapter
 from salience.explanation import Explanation
 from salience.registry import available, get, register
@@ -129,7 +130,8 @@ class Explainer(ABC):
         if score not in SCORE_KINDS:
             raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
         spec = parse_target(target, class_names)
-        result = self.attribute(self.adapter.prepare_input(x), spec, score)
+        with one_state_per_call():
+            result = self.attribute(self.adapter.prepare_input(x), spec, score)
         return self.explanation(result, score, class_names)
 
     def explanation(
