@@ -15,8 +15,8 @@ from torch import Tensor
 
 import salience
 from model_factories import DigitsNet
+from salience.adapters import as_adapter
 from salience.adapters.keras import KerasAdapter, import_keras, load_keras_model
-from salience.adapters.torch import as_adapter
 from salience.cli import main
 from salience.loading import LoadOptions, open_model
 

@@ -15,11 +15,13 @@ from PIL import Image
 from torch import Tensor, nn
 
 import salience
+from salience.adapters import as_adapter
 from salience.adapters.base import GradientsUnavailableError, Need
 from salience.adapters.onnx import OnnxAdapter, infer_layout, parse_class_names
-from salience.adapters.torch import TorchAdapter, as_adapter
+from salience.adapters.torch import TorchAdapter
 from salience.cli import main
 from salience.images import IMAGENET_PRESET
+from salience.loading import adapter_for
 from salience.methods.base import Attribution, Explainer
 from salience.registry import available, get
 from salience.targets import TargetSpec
@@ -145,8 +147,10 @@ def test_outputs_equal_the_torch_model(net: TinyCNN, model_path: Path, batch: Te
     out = adapter.forward(batch)
     assert out.dtype == torch.float32 and out.shape == (7, CLASSES)
     torch.testing.assert_close(out, torch_logits(net, batch), rtol=1e-5, atol=1e-5)
-    assert isinstance(as_adapter(model_path), OnnxAdapter)
-    assert isinstance(as_adapter(str(model_path)), OnnxAdapter)
+    assert isinstance(adapter_for(model_path), OnnxAdapter)
+    assert isinstance(adapter_for(str(model_path)), OnnxAdapter)
+    with pytest.raises(TypeError, match=r"model objects.*salience\.loading\.adapter_for"):
+        as_adapter(model_path)  # the adapters layer never opens files
 
 
 def test_chunks_and_dtypes_do_not_change_outputs(model_path: Path, batch: Tensor) -> None:

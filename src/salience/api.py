@@ -9,8 +9,8 @@ from typing import Any
 from torch import Tensor
 
 from salience.adapters.inference_copy import one_state_per_call
-from salience.adapters.torch import as_adapter
 from salience.explanation import Explanation
+from salience.loading import adapter_for
 from salience.methods.base import EXPLAINER, Explainer, SinglePassExplainer, attribute_shared
 from salience.registry import get
 from salience.targets import SCORE_KINDS, TargetLike, parse_target
@@ -107,7 +107,7 @@ def explain_all(
     """
     if score not in SCORE_KINDS:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
-    adapter = as_adapter(model)
+    adapter = adapter_for(model)
     explainers = [
         method
         if isinstance(method, Explainer)

@@ -15,13 +15,11 @@ when moving it to the model's device and dtype did not make one already.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -517,40 +515,3 @@ class TorchAdapter:
                 stacklevel=4,
             )
             return None
-
-
-def as_adapter(model: object) -> Any:
-    """Wrap a model in the right adapter; an adapter is returned as it is.
-
-    A Keras model gets a :class:`~salience.adapters.keras.KerasAdapter`, a TorchScript module
-    or ``torch.export`` program a :class:`~salience.adapters.program.ProgramAdapter`, any other
-    ``torch.nn.Module`` a :class:`TorchAdapter`, a path to an ``.onnx`` file an
-    :class:`~salience.adapters.onnx.OnnxAdapter` (a black box: scores only), and any other
-    model file or name the adapter :func:`salience.loading.open_model` opens it with.
-    """
-    if isinstance(model, TorchAdapter) or getattr(model, "is_adapter", False):
-        return model
-    from salience.adapters.keras import is_keras_model  # imports no Keras
-
-    if is_keras_model(model):
-        from salience.adapters.keras import KerasAdapter
-
-        return KerasAdapter(model)
-    if isinstance(model, torch.jit.ScriptModule | torch.export.ExportedProgram):
-        from salience.adapters.program import ProgramAdapter
-
-        return ProgramAdapter(model)
-    if isinstance(model, nn.Module):
-        return TorchAdapter(model)
-    if isinstance(model, str | os.PathLike) and os.fspath(model).lower().endswith(".onnx"):
-        from salience.adapters.onnx import OnnxAdapter
-
-        return OnnxAdapter(model)
-    if isinstance(model, str | os.PathLike):
-        from salience.loading import open_model
-
-        return open_model(os.fspath(model)).adapter
-    raise TypeError(
-        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module, a Keras model or the "
-        "path of a model file"
-    )

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from salience.adapters.torch import as_adapter
 from salience.api import make_explainer, method_options
 from salience.explanation import Explanation
 from salience.fileio import write_csv_atomic, write_json_atomic
+from salience.loading import adapter_for
 from salience.methods.base import Explainer
 from salience.methods.masking import BULK_PASSES, masked_scores
 from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
@@ -241,7 +241,7 @@ class CausalMetric:
             raise ValueError(
                 f"unknown substrate {substrate!r}; choose zeros, blur, a number or a tensor"
             )
-        self.adapter = as_adapter(model)
+        self.adapter = adapter_for(model)
         self.mode = mode
         self.pixels_per_step = pixels_per_step
         self.score = score
@@ -527,7 +527,7 @@ def evaluate_methods(
     -------
     FaithfulnessReport
     """
-    adapter = as_adapter(model)
+    adapter = adapter_for(model)
     x = adapter.prepare_input(x)
     _check_images(x)
     labels = tuple(labels) if labels is not None else tuple(f"image-{i}" for i in range(len(x)))

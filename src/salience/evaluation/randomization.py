@@ -26,7 +26,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from salience.adapters.randomize import RandomizationError
-from salience.adapters.torch import as_adapter
 from salience.evaluation.similarity import (
     SIMILARITY_METRICS,
     compare,
@@ -34,6 +33,7 @@ from salience.evaluation.similarity import (
     comparison_size,
 )
 from salience.fileio import write_csv_atomic, write_json_atomic
+from salience.loading import adapter_for
 from salience.targets import Custom, TargetLike, parse_target, resolve
 
 MODES: tuple[str, ...] = ("cascading", "independent")
@@ -260,7 +260,7 @@ def sanity_check(
         raise ValueError(f"unknown randomization mode {mode!r}; choose one of {', '.join(MODES)}")
     if not methods:
         raise ValueError("name at least one method to test")
-    adapter = as_adapter(model)
+    adapter = adapter_for(model)
     if not hasattr(adapter, "randomized"):
         raise RandomizationError(
             "the randomization test re-initializes the model's weights, which "

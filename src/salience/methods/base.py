@@ -23,8 +23,9 @@ from salience.adapters.base import (
     check_finite_output,
 )
 from salience.adapters.inference_copy import one_state_per_call
-from salience.adapters.torch import TorchAdapter, as_adapter
+from salience.adapters.torch import TorchAdapter
 from salience.explanation import Explanation
+from salience.loading import adapter_for
 from salience.registry import available, get, register
 from salience.targets import (
     SCORE_KINDS,
@@ -68,8 +69,8 @@ class Explainer(ABC):
 
     Parameters
     ----------
-    model : torch.nn.Module or adapter
-        The model to explain.
+    model : torch.nn.Module, Keras model, adapter, or a model's path or name
+        The model to explain (:func:`salience.loading.adapter_for`).
     """
 
     name: ClassVar[str] = ""
@@ -81,7 +82,7 @@ class Explainer(ABC):
     single_pass: ClassVar[bool] = False
 
     def __init__(self, model: object) -> None:
-        self.adapter: TorchAdapter = as_adapter(model)
+        self.adapter: TorchAdapter = adapter_for(model)
         if self.needs_gradients and not self.adapter.differentiable:
             black_box = [m for m in available(EXPLAINER) if not get(EXPLAINER, m).needs_gradients]
             raise GradientsUnavailableError(

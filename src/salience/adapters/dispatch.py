@@ -1,0 +1,50 @@
+"""Which adapter runs a model object: the one place that knows every adapter class.
+
+Opening a model *file* or a bundled model's *name* is the job of the layer above
+(:func:`salience.loading.adapter_for`, :func:`salience.loading.open_model`): adapters only run
+models, they never read them from disk by name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from salience.adapters.keras import KerasAdapter, is_keras_model
+from salience.adapters.program import ProgramAdapter
+from salience.adapters.torch import TorchAdapter
+
+
+def as_adapter(model: object) -> Any:
+    """Wrap a model object in the right adapter; an adapter is returned as it is.
+
+    A Keras model gets a :class:`~salience.adapters.keras.KerasAdapter`, a TorchScript module
+    or ``torch.export`` program a :class:`~salience.adapters.program.ProgramAdapter`, any other
+    ``torch.nn.Module`` a :class:`~salience.adapters.torch.TorchAdapter`.
+
+    Raises
+    ------
+    TypeError
+        For a path or name (open it with :func:`salience.loading.adapter_for`) and for anything
+        that is not a model.
+    """
+    if isinstance(model, TorchAdapter) or getattr(model, "is_adapter", False):
+        return model
+    if is_keras_model(model):
+        return KerasAdapter(model)
+    if isinstance(model, torch.jit.ScriptModule | torch.export.ExportedProgram):
+        return ProgramAdapter(model)
+    if isinstance(model, nn.Module):
+        return TorchAdapter(model)
+    if isinstance(model, str | os.PathLike):
+        raise TypeError(
+            f"as_adapter wraps model objects, not the path or name {os.fspath(model)!r}: open it "
+            "with salience.loading.adapter_for (salience.explain and the explainers take paths)"
+        )
+    raise TypeError(
+        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module, a Keras model or the "
+        "path of a model file"
+    )
