@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from salience.adapters.randomize import initialize
+from salience.evaluation.randomization import CELL_INCHES
 from salience.evaluation.similarity import (
     SIMILARITY_METRICS,
     compare,
@@ -32,6 +33,10 @@ from salience.evaluation.similarity import (
     comparison_size,
 )
 from salience.fileio import write_csv_atomic, write_json_atomic
+from salience.viz import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LABELINGS: tuple[str, ...] = ("true", "permuted")
 COMPARE_SIZE = comparison_size((8, 8))
@@ -214,9 +219,6 @@ class DataRandomizationResult:
 
     def save(self, folder: str | os.PathLike[str], *, figures: bool = True) -> list[Path]:
         """Write ``data_randomization.csv``, ``.json`` and ``.png``, atomically."""
-        from salience.evaluation.plots import data_randomization_figure
-        from salience.viz import save_figure
-
         stem = Path(folder) / "data_randomization"
         written = [
             write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
@@ -289,3 +291,30 @@ def data_randomization_test(
     return DataRandomizationResult(
         tuple(methods), similarity, pictures, ((images[:shown, 0] + 1.0) / 2.0).numpy(), trained
     )
+
+
+def data_randomization_figure(result: DataRandomizationResult) -> Figure:
+    """Digits on top; below, per method, each digit's map from the true-label model and from
+    the permuted-label model side by side."""
+    methods, _, shown = result.maps.shape[:3]
+    figure = new_figure(CELL_INCHES * 2 * shown + 1.0, CELL_INCHES * (methods + 1) + 0.8)
+    axes = figure.subplots(methods + 1, 2 * shown, squeeze=False)
+    for n in range(shown):
+        for side, label in enumerate(("true labels", "permuted labels")):
+            column = 2 * n + side
+            axes[0, column].imshow(result.images[n], cmap="gray", vmin=0.0, vmax=1.0)
+            axes[0, column].set_title(label, fontsize=7)
+            for m in range(methods):
+                axes[m + 1, column].imshow(result.maps[m, side, n], cmap="gray", vmin=0, vmax=1)
+    for m, method in enumerate(result.methods):
+        axes[m + 1, 0].set_ylabel(method, fontsize=8)
+    axes[0, 0].set_ylabel("digit", fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    accuracies = ", ".join(
+        f"{t.labeling} labels: train {t.train_accuracy:.0%}, test {t.test_accuracy:.0%}"
+        for t in result.models
+    )
+    figure.suptitle(f"data randomization ({accuracies})", fontsize=9)
+    return figure

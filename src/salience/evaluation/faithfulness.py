@@ -49,9 +49,10 @@ from salience.targets import (
     parse_target,
     resolve,
 )
+from salience.viz import new_figure, save_figure
 
 if TYPE_CHECKING:
-    pass
+    from matplotlib.figure import Figure
 
 DELETION = "deletion"
 INSERTION = "insertion"
@@ -459,9 +460,6 @@ class FaithfulnessReport:
 
     def save(self, folder: str | os.PathLike[str], *, model: str | None = None) -> list[Path]:
         """Write ``faithfulness.csv``, ``.json`` and the curves ``.png`` atomically."""
-        from salience.evaluation.plots import faithfulness_figure
-        from salience.viz import save_figure
-
         stem = Path(folder) / "faithfulness"
         summary = self.to_dict() if model is None else {"model": model, **self.to_dict()}
         return [
@@ -654,3 +652,29 @@ def _pixel_maps(saliency: Tensor, x: Tensor, reduce: str) -> Tensor:
     if (low_height, low_width) != (height, width):
         maps = upsample(maps, (height, width))
     return maps
+
+
+def faithfulness_figure(report: FaithfulnessReport) -> Figure:
+    """Deletion and insertion curves side by side: each method's mean over the images.
+
+    The legend gives each method's mean area; the random baseline is dashed.
+    """
+    figure = new_figure(10.0, 4.0, "faithfulness curves")
+    axes = figure.subplots(1, 2, sharey=True)
+    for axis, mode in zip(axes, MODES, strict=True):
+        better = "lower" if mode == DELETION else "higher"
+        for entry in report.methods:
+            curve = getattr(entry, mode)
+            style = {"linestyle": "--", "color": "gray"} if entry.method == RANDOM_METHOD else {}
+            axis.plot(
+                curve.fractions.numpy(), curve.scores.mean(dim=0).numpy(),
+                label=f"{entry.method} (AUC {curve.mean_auc:.3f})", **style,
+            )  # fmt: skip
+        axis.set_title(f"{mode} ({better} AUC is better)")
+        verb = "deleted" if mode == DELETION else "inserted"
+        axis.set_xlabel(f"fraction of pixels {verb}, most salient first")
+        axis.set_xlim(0.0, 1.0)
+        axis.legend(fontsize="small")
+    kind = report.methods[0].deletion.score_kind if report.methods else "probability"
+    axes[0].set_ylabel(f"{kind} of the explained class (mean of {len(report.images)} images)")
+    return figure

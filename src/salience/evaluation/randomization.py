@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from salience.adapters.randomize import RandomizationError
 from salience.evaluation.similarity import (
+    METRIC_TITLES,
     SIMILARITY_METRICS,
     compare,
     compared_map,
@@ -35,6 +36,10 @@ from salience.evaluation.similarity import (
 from salience.fileio import write_csv_atomic, write_json_atomic
 from salience.loading import adapter_for
 from salience.targets import Custom, TargetLike, parse_target, resolve
+from salience.viz import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MODES: tuple[str, ...] = ("cascading", "independent")
 VERDICT_METRIC = "spearman_abs"
@@ -183,9 +188,6 @@ class SanityResult:
         """Write ``sanity_<mode>.csv``, ``.json`` and, with ``figures``, the maps figure
         (``sanity_<mode>.png``) and the curves (``sanity_<mode>_curves.png``); all atomically.
         """
-        from salience.evaluation.plots import sanity_curves, sanity_figure
-        from salience.viz import save_figure
-
         stem = Path(folder) / f"sanity_{self.mode}"
         written = [
             write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
@@ -312,3 +314,52 @@ def sanity_check(
         mode, tuple(methods), tuple(unit.name for unit in units), similarity, maps,
         seed=seed, threshold=threshold,
     )  # fmt: skip
+
+
+#: The side of one map in the figures, inches.
+CELL_INCHES = 1.3
+
+
+def sanity_figure(result: SanityResult) -> Figure:
+    """The paper's figure: one row per method, the trained model's map, then one column per step.
+
+    Maps are the normalized absolute maps of the first sample, in gray (white = salient).
+    """
+    methods, columns = result.maps.shape[:2]
+    labels = ["trained", *result.steps]
+    figure = new_figure(CELL_INCHES * columns + 1.5, CELL_INCHES * methods + 1.2, "sanity figures")
+    axes = figure.subplots(methods, columns, squeeze=False)
+    for m, method in enumerate(result.methods):
+        for c in range(columns):
+            axis = axes[m, c]
+            axis.imshow(result.maps[m, c], cmap="gray", vmin=0.0, vmax=1.0)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if m == 0:
+                axis.set_title(labels[c], fontsize=7, rotation=60, ha="left", loc="left")
+        axes[m, 0].set_ylabel(method, fontsize=8)
+    how = "cumulatively, top down" if result.mode == "cascading" else "one at a time"
+    figure.suptitle(f"{result.mode} randomization: blocks re-initialized {how}", fontsize=10)
+    return figure
+
+
+def sanity_curves(result: SanityResult) -> Figure:
+    """Each similarity measure against the randomized block, one line per method."""
+    metrics = result.metrics
+    figure = new_figure(4.2 * len(metrics), 3.6, "sanity curves")
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    positions = np.arange(len(result.steps))
+    for axis, metric in zip(axes, metrics, strict=True):
+        means = result.mean(metric)
+        for m, method in enumerate(result.methods):
+            axis.plot(positions, means[m], marker="o", markersize=3, label=method)
+        if metric == "spearman_abs":
+            axis.axhline(result.threshold, color="gray", linestyle="--", linewidth=0.8)
+        axis.set_title(METRIC_TITLES.get(metric, metric), fontsize=9)
+        axis.set_xticks(positions, result.steps, rotation=90, fontsize=6)
+        axis.set_ylim(min(-0.1, float(np.nanmin(means)) - 0.05), 1.05)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("similarity to the trained model's map")
+    axes[-1].legend(fontsize=7, loc="best")
+    figure.suptitle(f"{result.mode} randomization", fontsize=10)
+    return figure

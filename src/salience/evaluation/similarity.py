@@ -20,6 +20,13 @@ from torch import Tensor
 from salience.postprocess import to_display
 
 SIMILARITY_METRICS: tuple[str, ...] = ("spearman_abs", "spearman_signed", "ssim", "hog")
+#: How the figures name each measure.
+METRIC_TITLES = {
+    "spearman_abs": "rank correlation (absolute)",
+    "spearman_signed": "rank correlation (signed)",
+    "ssim": "SSIM",
+    "hog": "HOG similarity",
+}
 """The measures reported by :func:`similarities`, in the paper's order."""
 
 PERCENTILE = 99.0
@@ -201,6 +208,7 @@ def largest_size(maps: list[Tensor]) -> tuple[int, int]:
 
 
 __all__ = [
+    "METRIC_TITLES",
     "PERCENTILE",
     "SIMILARITY_METRICS",
     "ComparedMap",
