@@ -608,22 +608,9 @@ def _inputs(names: Sequence[str]) -> list[_Input]:
 
 def method_names(text: str) -> list[str]:
     """Methods named on the command line: comma-separated, ``cams`` for every CAM."""
-    from salience.methods.base import EXPLAINER
-    from salience.methods.cam import CAMExplainer
-    from salience.registry import available, get
+    from salience.methods import method_names as named_methods
 
-    names: list[str] = []
-    for name in (part.strip() for part in text.split(",")):
-        if name == "cams":
-            names += [
-                method
-                for method in available(EXPLAINER, sort=False)
-                if issubclass(get(EXPLAINER, method), CAMExplainer)
-            ]
-        elif name:
-            get(EXPLAINER, name)  # unknown names fail before any work
-            names.append(name)
-    return list(dict.fromkeys(names))
+    return named_methods(text)
 
 
 def run_explain(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Saliency methods; importing this package registers them all."""
 
 from salience.methods.base import (
+    EXPLAINER,
     Attribution,
     Explainer,
     GradientExplainer,
@@ -22,6 +23,30 @@ from salience.methods.integrated import IntegratedGradients
 from salience.methods.noise import SmoothGrad, VarGrad
 from salience.methods.perturbation import RISE, Occlusion
 from salience.methods.score_cam import AblationCAM, ScoreCAM
+from salience.registry import available, get
+
+
+def method_names(text: str) -> list[str]:
+    """Methods named in ``text``: comma-separated, ``cams`` for every CAM; each name once.
+
+    Raises
+    ------
+    LookupError
+        For an unknown name, before any work is done.
+    """
+    names: list[str] = []
+    for name in (part.strip() for part in text.split(",")):
+        if name == "cams":
+            names += [
+                method
+                for method in available(EXPLAINER, sort=False)
+                if issubclass(get(EXPLAINER, method), CAMExplainer)
+            ]
+        elif name:
+            get(EXPLAINER, name)  # unknown names fail before any work
+            names.append(name)
+    return list(dict.fromkeys(names))
+
 
 __all__ = [
     "RISE",
@@ -47,4 +72,5 @@ __all__ = [
     "VarGrad",
     "XGradCAM",
     "attribute_shared",
+    "method_names",
 ]

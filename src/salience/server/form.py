@@ -98,7 +98,7 @@ def plan_request(
 
     from salience import viz
     from salience.api import make_explainer, method_options
-    from salience.cli import method_names
+    from salience.methods import method_names
     from salience.targets import TopK, check_target, parse_target
 
     names = method_names(",".join(form.methods))

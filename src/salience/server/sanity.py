@@ -48,7 +48,7 @@ class SanityForm:
 
 def check_methods(form: SanityForm) -> list[str]:
     """The requested methods, refused unless each takes one pass."""
-    from salience.cli import method_names
+    from salience.methods import method_names
     from salience.methods.base import EXPLAINER, SinglePassExplainer
     from salience.registry import get
 
