@@ -9,7 +9,10 @@ dependency. The table below is the one in ``docs/architecture.md``; a test keeps
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -30,7 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "images": ("salience.images", "salience.viz"),
     "adapters": ("salience.adapters",),
-    "models": ("salience.loading", "salience.presets", "salience.zoo"),
+    "models": ("salience.loading", "salience.opening", "salience.presets", "salience.zoo"),
     "methods": ("salience.methods",),
     "api": ("salience.api",),
     "evaluation": ("salience.evaluation",),
@@ -160,6 +163,23 @@ def test_the_document_shows_the_same_layers() -> None:
         (name, tuple(sorted(re.findall(r"`([\w.]+)`", cells)))) for _, name, cells in rows
     ]
     assert documented == [(name, tuple(sorted(members))) for name, members in LAYERS.items()]
+
+
+def test_explaining_a_model_object_opens_nothing() -> None:
+    """Paths and names are opened by salience.loading, imported only for them (it brings the
+    image and preset readers, which a model object does not need)."""
+    script = (
+        "import sys, torch, salience\n"
+        "from torch import nn\n"
+        "net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(18, 2))\n"
+        "salience.explain(net, torch.rand(1, 3, 5, 5), method='gradient')\n"
+        "print(sorted(m for m in ('salience.loading', 'salience.images') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(salience.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_reader_sees_lazy_cycles_and_upward_imports(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from salience.adapters.onnx import OnnxAdapter, infer_layout, parse_class_names
 from salience.adapters.torch import TorchAdapter
 from salience.cli import main
 from salience.images import IMAGENET_PRESET
-from salience.loading import adapter_for
 from salience.methods.base import Attribution, Explainer
+from salience.opening import adapter_for
 from salience.registry import available, get
 from salience.targets import TargetSpec
 
@@ -149,7 +149,7 @@ def test_outputs_equal_the_torch_model(net: TinyCNN, model_path: Path, batch: Te
     torch.testing.assert_close(out, torch_logits(net, batch), rtol=1e-5, atol=1e-5)
     assert isinstance(adapter_for(model_path), OnnxAdapter)
     assert isinstance(adapter_for(str(model_path)), OnnxAdapter)
-    with pytest.raises(TypeError, match=r"model objects.*salience\.loading\.adapter_for"):
+    with pytest.raises(TypeError, match=r"model objects.*salience\.opening\.adapter_for"):
         as_adapter(model_path)  # the adapters layer never opens files
 
 

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from salience.adapters.inference_copy import one_state_per_call
 from salience.explanation import Explanation
-from salience.loading import adapter_for
 from salience.methods.base import EXPLAINER, Explainer, SinglePassExplainer, attribute_shared
+from salience.opening import adapter_for
 from salience.registry import get
 from salience.targets import SCORE_KINDS, TargetLike, parse_target
 

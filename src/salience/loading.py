@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import pickle
 import re
 import zipfile
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salience.adapters.dispatch import as_adapter
 from salience.adapters.keras import KERAS_SUFFIXES
 from salience.images import ImagePreset
 from salience.presets import (
@@ -236,24 +234,6 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
     preset = settings.apply(base) if settings.given() else base
     names = _class_names(adapter, name, preset, settings, metadata_names)
     return LoadedModel(adapter, name, preset, names)
-
-
-def adapter_for(model: object) -> Any:
-    """The adapter that runs ``model``: a model object or adapter, or a model's path or name.
-
-    Model objects are wrapped by :func:`salience.adapters.as_adapter`; a path to an ``.onnx``
-    file gets an :class:`~salience.adapters.onnx.OnnxAdapter` (a black box: scores only), and
-    any other path or name the adapter :func:`open_model` opens it with. This is what
-    :func:`salience.explain`, the explainers and the evaluations call on the model they get.
-    """
-    if not isinstance(model, str | os.PathLike):
-        return as_adapter(model)
-    path = os.fspath(model)
-    if path.lower().endswith(".onnx"):
-        from salience.adapters.onnx import OnnxAdapter
-
-        return OnnxAdapter(path)
-    return open_model(path).adapter
 
 
 def _open_bundled(model: str, options: LoadOptions, *, fuse: bool) -> LoadedModel:
@@ -669,7 +649,6 @@ def _unreadable(name: str, error: BaseException) -> ValueError:
 __all__ = [
     "LoadOptions",
     "LoadedModel",
-    "adapter_for",
     "call_factory",
     "check_unpacked_size",
     "is_onnx",

@@ -1,7 +1,7 @@
 """Which adapter runs a model object: the one place that knows every adapter class.
 
 Opening a model *file* or a bundled model's *name* is the job of the layer above
-(:func:`salience.loading.adapter_for`, :func:`salience.loading.open_model`): adapters only run
+(:func:`salience.opening.adapter_for`, :func:`salience.loading.open_model`): adapters only run
 models, they never read them from disk by name.
 """
 
@@ -28,7 +28,7 @@ def as_adapter(model: object) -> Any:
     Raises
     ------
     TypeError
-        For a path or name (open it with :func:`salience.loading.adapter_for`) and for anything
+        For a path or name (open it with :func:`salience.opening.adapter_for`) and for anything
         that is not a model.
     """
     if isinstance(model, TorchAdapter) or getattr(model, "is_adapter", False):
@@ -42,7 +42,7 @@ def as_adapter(model: object) -> Any:
     if isinstance(model, str | os.PathLike):
         raise TypeError(
             f"as_adapter wraps model objects, not the path or name {os.fspath(model)!r}: open it "
-            "with salience.loading.adapter_for (salience.explain and the explainers take paths)"
+            "with salience.opening.adapter_for (salience.explain and the explainers take paths)"
         )
     raise TypeError(
         f"cannot explain a {type(model).__name__}: pass a torch.nn.Module, a Keras model or the "

@@ -33,7 +33,6 @@ from salience.evaluation.similarity import (
     comparison_size,
 )
 from salience.fileio import write_csv_atomic, write_json_atomic
-from salience.viz import new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -219,6 +218,8 @@ class DataRandomizationResult:
 
     def save(self, folder: str | os.PathLike[str], *, figures: bool = True) -> list[Path]:
         """Write ``data_randomization.csv``, ``.json`` and ``.png``, atomically."""
+        from salience.viz import save_figure
+
         stem = Path(folder) / "data_randomization"
         written = [
             write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
@@ -296,6 +297,8 @@ def data_randomization_test(
 def data_randomization_figure(result: DataRandomizationResult) -> Figure:
     """Digits on top; below, per method, each digit's map from the true-label model and from
     the permuted-label model side by side."""
+    from salience.viz import new_figure
+
     methods, _, shown = result.maps.shape[:3]
     figure = new_figure(CELL_INCHES * 2 * shown + 1.0, CELL_INCHES * (methods + 1) + 0.8)
     axes = figure.subplots(methods + 1, 2 * shown, squeeze=False)

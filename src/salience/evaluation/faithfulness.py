@@ -34,11 +34,11 @@ from tqdm.auto import tqdm
 from salience.api import make_explainer, method_options
 from salience.explanation import Explanation
 from salience.fileio import write_csv_atomic, write_json_atomic
-from salience.loading import adapter_for
 from salience.methods.base import Explainer
 from salience.methods.masking import BULK_PASSES, masked_scores
 from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
 from salience.methods.sampling import make_generator
+from salience.opening import adapter_for
 from salience.postprocess import REDUCTIONS, gaussian_blur, reduce_channels, upsample
 from salience.targets import (
     SCORE_KINDS,
@@ -49,7 +49,6 @@ from salience.targets import (
     parse_target,
     resolve,
 )
-from salience.viz import new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -460,6 +459,8 @@ class FaithfulnessReport:
 
     def save(self, folder: str | os.PathLike[str], *, model: str | None = None) -> list[Path]:
         """Write ``faithfulness.csv``, ``.json`` and the curves ``.png`` atomically."""
+        from salience.viz import save_figure
+
         stem = Path(folder) / "faithfulness"
         summary = self.to_dict() if model is None else {"model": model, **self.to_dict()}
         return [
@@ -659,6 +660,8 @@ def faithfulness_figure(report: FaithfulnessReport) -> Figure:
 
     The legend gives each method's mean area; the random baseline is dashed.
     """
+    from salience.viz import new_figure
+
     figure = new_figure(10.0, 4.0, "faithfulness curves")
     axes = figure.subplots(1, 2, sharey=True)
     for axis, mode in zip(axes, MODES, strict=True):

@@ -34,9 +34,8 @@ from salience.evaluation.similarity import (
     comparison_size,
 )
 from salience.fileio import write_csv_atomic, write_json_atomic
-from salience.loading import adapter_for
+from salience.opening import adapter_for
 from salience.targets import Custom, TargetLike, parse_target, resolve
-from salience.viz import new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -188,6 +187,8 @@ class SanityResult:
         """Write ``sanity_<mode>.csv``, ``.json`` and, with ``figures``, the maps figure
         (``sanity_<mode>.png``) and the curves (``sanity_<mode>_curves.png``); all atomically.
         """
+        from salience.viz import save_figure
+
         stem = Path(folder) / f"sanity_{self.mode}"
         written = [
             write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
@@ -325,6 +326,8 @@ def sanity_figure(result: SanityResult) -> Figure:
 
     Maps are the normalized absolute maps of the first sample, in gray (white = salient).
     """
+    from salience.viz import new_figure
+
     methods, columns = result.maps.shape[:2]
     labels = ["trained", *result.steps]
     figure = new_figure(CELL_INCHES * columns + 1.5, CELL_INCHES * methods + 1.2, "sanity figures")
@@ -345,6 +348,8 @@ def sanity_figure(result: SanityResult) -> Figure:
 
 def sanity_curves(result: SanityResult) -> Figure:
     """Each similarity measure against the randomized block, one line per method."""
+    from salience.viz import new_figure
+
     metrics = result.metrics
     figure = new_figure(4.2 * len(metrics), 3.6, "sanity curves")
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]

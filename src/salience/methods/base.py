@@ -25,7 +25,7 @@ from salience.adapters.base import (
 from salience.adapters.inference_copy import one_state_per_call
 from salience.adapters.torch import TorchAdapter
 from salience.explanation import Explanation
-from salience.loading import adapter_for
+from salience.opening import adapter_for
 from salience.registry import available, get, register
 from salience.targets import (
     SCORE_KINDS,
@@ -70,7 +70,7 @@ class Explainer(ABC):
     Parameters
     ----------
     model : torch.nn.Module, Keras model, adapter, or a model's path or name
-        The model to explain (:func:`salience.loading.adapter_for`).
+        The model to explain (:func:`salience.opening.adapter_for`).
     """
 
     name: ClassVar[str] = ""
