@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from salience.adapters.inference_copy import one_state_per_call
+from salience.errors import InvalidInputError
 from salience.explanation import Explanation
 from salience.methods.base import EXPLAINER, Explainer, SinglePassExplainer, attribute_shared
 from salience.opening import adapter_for
@@ -106,7 +107,7 @@ def explain_all(
         Keyed by method name, in the order given.
     """
     if score not in SCORE_KINDS:
-        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
+        raise InvalidInputError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
     adapter = adapter_for(model)
     explainers = [
         method
@@ -116,7 +117,7 @@ def explain_all(
     ]
     names = [explainer.name for explainer in explainers]
     if len(set(names)) != len(names):
-        raise ValueError(f"each method may be asked for once; got {', '.join(names)}")
+        raise InvalidInputError(f"each method may be asked for once; got {', '.join(names)}")
     spec = parse_target(target, class_names)
     shared = [e for e in explainers if isinstance(e, SinglePassExplainer)]
     with one_state_per_call():  # every map is of the model as it was when the call began

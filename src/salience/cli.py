@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dis
 import math
 import os
 import sys
@@ -13,6 +12,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from salience.errors import InvalidInputError, MissingFileError, MissingPackageError, SalienceError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +37,7 @@ DEBUG_VARIABLE = "SALIENCE_DEBUG"
 DEBUG_HELP = f"show the traceback of every error (also {DEBUG_VARIABLE}=1)"
 
 
-class CommandError(Exception):
+class CommandError(SalienceError):
     """An image or model failed for a reason of the user's, reported in one line."""
 
 
@@ -287,7 +288,7 @@ def _option_type(name: str, check: Callable[[Any], Any], convert: Callable[[str]
 
 def _finite(value: float) -> None:
     if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value}")
+        raise InvalidInputError(f"must be a finite number, got {value}")
 
 
 def _number(text: str) -> float:
@@ -297,25 +298,25 @@ def _number(text: str) -> float:
 def _at_least(low: int) -> Callable[[str], int]:
     def check(value: int) -> None:
         if value < low:
-            raise ValueError(f"must be an integer >= {low}, got {value}")
+            raise InvalidInputError(f"must be an integer >= {low}, got {value}")
 
     return _option_type("an integer", check, int)
 
 
 def _fraction(value: float) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be in [0, 1], got {value}")
+        raise InvalidInputError(f"must be in [0, 1], got {value}")
 
 
 def _non_negative(value: float) -> None:
     if not (value >= 0.0 and math.isfinite(value)):
-        raise ValueError(f"must be a finite number >= 0, got {value}")
+        raise InvalidInputError(f"must be a finite number >= 0, got {value}")
 
 
 def _percent(text: str) -> float:
     def check(value: float) -> None:
         if not 0.0 < value <= 100.0:
-            raise ValueError(f"must be a percentage in (0, 100], got {value}")
+            raise InvalidInputError(f"must be a percentage in (0, 100], got {value}")
 
     return _option_type("a number", check, float)(text)
 
@@ -349,7 +350,7 @@ def _output_folder(text: str) -> str:
             if place.exists():
                 if not place.is_dir():
                     what = "" if place == path else f" (in {value})"
-                    raise ValueError(f"{place}{what} is a file, not a folder; name a folder")
+                    raise InvalidInputError(f"{place}{what} is a file, not a folder; name a folder")
                 return
 
     return _option_type("a folder", check, str)(text)
@@ -363,7 +364,7 @@ def _scale_number(text: str) -> float:
 
 def _positive_scale(value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"must be a positive finite number, got {value}")
+        raise InvalidInputError(f"must be a positive finite number, got {value}")
 
 
 def _add_display_arguments(parser: argparse.ArgumentParser) -> None:
@@ -540,7 +541,7 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     )  # fmt: skip
     if model_kind(args.model, options) == BUNDLED and (given := options.given()):
         flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
-        raise ValueError(
+        raise InvalidInputError(
             f"{flags} apply to model files and factories, not to the bundled model {args.model}"
         )
     return options
@@ -556,7 +557,7 @@ def check_before_model(args: argparse.Namespace) -> None:
         Naming the problem and the fix.
     """
     if isinstance(getattr(args, "method", None), str) and not method_names(args.method):
-        raise ValueError("name at least one method (salience methods lists them)")
+        raise InvalidInputError("name at least one method (salience methods lists them)")
     if getattr(args, "cmap", None) is not None:
         import numpy as np
 
@@ -569,7 +570,7 @@ def check_before_model(args: argparse.Namespace) -> None:
         for name in args.images:
             if not Path(name).is_file() and name not in SAMPLE_IMAGES:
                 what = "a folder" if Path(name).is_dir() else "no file"
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{name} is {what}: give image files or bundled photos "
                     f"({', '.join(SAMPLE_IMAGES)})"
                 )
@@ -736,7 +737,7 @@ def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
     except ValueError:
         values = ()
     if len(values) != 3:
-        raise ValueError(f"{flag} takes 3 comma-separated numbers R,G,B, got {text!r}")
+        raise InvalidInputError(f"{flag} takes 3 comma-separated numbers R,G,B, got {text!r}")
     return values
 
 
@@ -859,7 +860,7 @@ def _run_data_randomization(
     from salience.evaluation.data_randomization import data_randomization_test
 
     if args.images or args.model != "efficientnet_lite0" or args.layers:
-        raise ValueError(
+        raise InvalidInputError(
             "--data trains its own models on the digits: drop IMAGE, --model, --layers"
         )
     result = data_randomization_test(methods, progress=values.pop("progress"), **values)
@@ -887,7 +888,9 @@ def run_compare(args: argparse.Namespace) -> int:
 
     methods = method_names(args.method)
     if len(methods) < 2:
-        raise ValueError(f"compare needs at least 2 methods, got {', '.join(methods) or 'none'}")
+        raise InvalidInputError(
+            f"compare needs at least 2 methods, got {', '.join(methods) or 'none'}"
+        )
     loaded = open_model_from_args(args)
     target = checked_target(args.target, loaded)
     values = method_values(args)
@@ -945,7 +948,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from salience.server.app import create_app
         from salience.server.protocol import http_protocol
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackageError(
             f"salience serve needs FastAPI and uvicorn ({error}); pip install 'salience[server]'"
         ) from error
     from salience.loading import open_model
@@ -956,7 +959,7 @@ def run_serve(args: argparse.Namespace) -> int:
         for name in given.split(",") if name.strip()
     ]  # fmt: skip
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
     limits = Limits(
         max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
         max_pixels=args.max_pixels, time_limit=args.time_limit,
@@ -1067,8 +1070,10 @@ def run_layers(args: argparse.Namespace) -> int:
 
 
 _PACKAGE = str(Path(__file__).resolve().parent) + os.sep
-_RAISE = dis.opmap["RAISE_VARARGS"]
 _DEBUG_HINT = " (salience --debug ... shows its traceback)"
+USER_ERRORS = (SalienceError, OSError, MemoryError, ImportError)
+"""Errors reported in one line: what salience refuses, and the machine's (files, memory,
+packages); any other error is a bug and keeps its traceback."""
 
 
 def _is_salience_code(frame: Any) -> bool:
@@ -1093,33 +1098,18 @@ def raised_by_the_model(error: BaseException | None) -> bool:
     return bool(own) and any(_is_model_call(frame) for frame in frames[own[-1] + 1 :])
 
 
-def raised_on_purpose(error: BaseException) -> bool:
-    """Whether salience raised ``error`` itself, by a ``raise`` statement with its message.
-
-    A failed ``assert``, a call that fails inside salience or a library (``int("x")``, a missing
-    key) is a bug, not an error of the user's.
-    """
-    last = error.__traceback__
-    if isinstance(error, AssertionError) or last is None:
-        return False
-    while last.tb_next is not None:
-        last = last.tb_next
-    code = last.tb_frame.f_code
-    return _is_salience_code(last.tb_frame) and code.co_code[last.tb_lasti] == _RAISE
-
-
 def one_line_message(error: BaseException, *, on: str | None = None) -> str | None:
     """The one-line report of an error of the user's input, model or machine; None for a bug.
 
-    The user's: what salience refuses on purpose (bad input, a model it cannot explain, a dead
-    worker), what the model itself raised, files (OSError), memory and missing packages.
+    The user's: what salience refuses (a :class:`~salience.errors.SalienceError`), what the
+    model itself raised, files (OSError), memory and missing packages. Any other error is a
+    bug of salience and keeps its traceback.
     """
     where = f" on {on}" if on else ""
     if raised_by_the_model(error):
         name = type(error).__name__
         return f"the model raised {name}{where}: {_first_line(error)}"
-    user = (CommandError, OSError, MemoryError, ImportError)
-    if isinstance(error, user) or raised_on_purpose(error):
+    if isinstance(error, USER_ERRORS):
         return f"{on}: {_first_line(error)}" if on else _first_line(error)
     return None
 

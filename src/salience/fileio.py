@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from salience.errors import InvalidInputError
+
 
 def _read_umask() -> int:
     umask = os.umask(0o022)  # reading the umask means setting it: done once, at import
@@ -59,7 +61,7 @@ def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
 def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write records with the same keys as a CSV table with a header, atomically."""
     if not rows:
-        raise ValueError(f"no rows to write to {path}")
+        raise InvalidInputError(f"no rows to write to {path}")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -28,6 +28,7 @@ import torch
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
+from salience.errors import InvalidInputError, SalienceError, UnsupportedError
 from salience.postprocess import upsample
 
 __all__ = [
@@ -96,7 +97,7 @@ _SWAPS_AXES = frozenset({_T.TRANSPOSE, _T.ROTATE_90, _T.ROTATE_270, _T.TRANSVERS
 _DecodePlan = Callable[[str, int, int], tuple[int, int]]
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(SalienceError, ValueError):
     """An image that cannot be loaded: missing, unreadable, corrupt or too large."""
 
 
@@ -356,7 +357,7 @@ def _decode(
 def _load(source: ImageSource, max_pixels: int, plan: _DecodePlan | None = None) -> _Decoded:
     """:func:`load_image`'s work; ``plan`` is asked, before decoding, what resolution is needed."""
     if not _is_positive_int(max_pixels):
-        raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}")
+        raise InvalidInputError(f"max_pixels must be a positive int; got {max_pixels!r}")
     if isinstance(source, np.ndarray):
         label = f"array of shape {source.shape}"
         if source.ndim >= 2:
@@ -380,7 +381,7 @@ def _load(source: ImageSource, max_pixels: int, plan: _DecodePlan | None = None)
                 f"{label} cannot be opened ({exc}); check its permissions"
             ) from exc
     else:
-        raise TypeError(
+        raise UnsupportedError(
             "source must be a path, bytes, a PIL image or a numpy array; "
             f"got {type(source).__name__}"
         )
@@ -441,12 +442,12 @@ def as_2d_map(saliency: Any, *, name: str = "saliency") -> np.ndarray:
     """
     values = np.asarray(saliency, dtype=np.float64)
     if values.ndim != 2 or values.size == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} must be a non-empty 2-D map (h, w); got shape {values.shape}; "
             "squeeze batch and channel axes first"
         )
     if np.isinf(values).any():
-        raise ValueError(f"{name} contains infinite values; clip them or use np.nan_to_num")
+        raise InvalidInputError(f"{name} contains infinite values; clip them or use np.nan_to_num")
     return values
 
 
@@ -468,7 +469,9 @@ def resize_map(saliency: Any, size: tuple[int, int]) -> np.ndarray:
     values = as_2d_map(saliency)
     height, width = size
     if not (_is_positive_int(height) and _is_positive_int(width)):
-        raise ValueError(f"size must be a (height, width) pair of positive ints; got {size!r}")
+        raise InvalidInputError(
+            f"size must be a (height, width) pair of positive ints; got {size!r}"
+        )
     if values.shape == (height, width):
         return values.copy()
     return upsample(torch.from_numpy(values), (height, width), antialias=True).numpy()
@@ -500,7 +503,7 @@ class CropGeometry:
         sizes = (*self.original_size, resized_height, resized_width, height, width)
         fits = 0 <= top <= resized_height - height and 0 <= left <= resized_width - width
         if not (all(map(_is_positive_int, sizes)) and fits):
-            raise ValueError(
+            raise InvalidInputError(
                 f"crop_box {self.crop_box} (top, left, height, width) must lie inside "
                 f"resized_size {self.resized_size}, and all sizes must be positive ints"
             )
@@ -574,7 +577,9 @@ class PreparedImage:
 def _channel_triple(name: str, values: Any) -> tuple[float, float, float]:
     triple = tuple(float(v) for v in values)
     if len(triple) != 3:
-        raise ValueError(f"{name} must have 3 values, one per RGB channel; got {len(triple)}")
+        raise InvalidInputError(
+            f"{name} must have 3 values, one per RGB channel; got {len(triple)}"
+        )
     return triple  # type: ignore[return-value]
 
 
@@ -603,7 +608,7 @@ class ImagePreset:
 
     def __post_init__(self) -> None:
         if self.resize_shorter is not None and not _is_positive_int(self.resize_shorter):
-            raise ValueError(
+            raise InvalidInputError(
                 f"resize_shorter must be a positive int or None; got {self.resize_shorter!r}"
             )
         crop = (self.crop, self.crop) if _is_positive_int(self.crop) else self.crop
@@ -611,7 +616,7 @@ class ImagePreset:
             isinstance(crop, tuple) and len(crop) == 2 and all(map(_is_positive_int, crop))
         )
         if not valid_crop:
-            raise ValueError(
+            raise InvalidInputError(
                 "crop must be a positive int, a (height, width) pair of positive ints or None; "
                 f"got {self.crop!r}"
             )
@@ -619,10 +624,10 @@ class ImagePreset:
         object.__setattr__(self, "mean", _channel_triple("mean", self.mean))
         std = _channel_triple("std", self.std)
         if min(std) <= 0:
-            raise ValueError(f"std values must be positive; got {std}")
+            raise InvalidInputError(f"std values must be positive; got {std}")
         object.__setattr__(self, "std", std)
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}; "
                 f"got {self.interpolation!r}"
             )
@@ -639,7 +644,7 @@ class ImagePreset:
             return 0, 0, height, width
         crop_height, crop_width = self.crop  # type: ignore[misc]
         if crop_height > height or crop_width > width:
-            raise ValueError(
+            raise InvalidInputError(
                 f"crop {crop_height}x{crop_width} is larger than the resized image "
                 f"{height}x{width}; use a smaller crop or a larger resize_shorter"
             )
@@ -703,7 +708,9 @@ class ImagePreset:
             more than ``max_pixels`` (checked from the header, before decoding).
         """
         if not _is_positive_int(display_max_side):
-            raise ValueError(f"display_max_side must be a positive int; got {display_max_side!r}")
+            raise InvalidInputError(
+                f"display_max_side must be a positive int; got {display_max_side!r}"
+            )
         decoded = _load(image, max_pixels, self._decode_plan(max_pixels, display_max_side))
         height, width = decoded.size
         resized_height, resized_width = self._resized_size(height, width)
@@ -759,18 +766,20 @@ class ImagePreset:
         """
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"numpy images must be (H, W, 3) RGB; got shape {image.shape}")
+                raise InvalidInputError(
+                    f"numpy images must be (H, W, 3) RGB; got shape {image.shape}"
+                )
             tensor = torch.tensor(image).permute(2, 0, 1)
         elif isinstance(image, torch.Tensor):
             tensor = image
         else:
-            raise TypeError(
+            raise UnsupportedError(
                 f"image must be a numpy array or a torch tensor; got {type(image).__name__}"
             )
         if tensor.ndim == 3:
             tensor = tensor.unsqueeze(0)
         if tensor.ndim != 4 or tensor.shape[1] != 3:
-            raise ValueError(
+            raise InvalidInputError(
                 f"tensors must be (3, H, W) or (N, 3, H, W); got shape {tuple(tensor.shape)}"
             )
         if tensor.dtype == torch.uint8:
@@ -779,12 +788,14 @@ class ImagePreset:
             tensor = tensor.float()
             low, high = float(tensor.min()), float(tensor.max())
             if low < 0 or high > 1:
-                raise ValueError(
+                raise InvalidInputError(
                     f"float images must lie in [0, 1], got [{low:g}, {high:g}]; "
                     "divide 0..255 values by 255"
                 )
         else:
-            raise ValueError(f"image dtype {tensor.dtype} is not supported; use uint8 or float")
+            raise InvalidInputError(
+                f"image dtype {tensor.dtype} is not supported; use uint8 or float"
+            )
         mean, std = self._channel_tensors(tensor)
         return (tensor - mean) / std
 
@@ -805,7 +816,7 @@ class ImagePreset:
         if values.ndim == 3:
             values = values.unsqueeze(0)
         if values.ndim != 4 or values.shape[:2] != (1, 3):
-            raise ValueError(
+            raise InvalidInputError(
                 f"denormalize takes one image, (3, H, W) or (1, 3, H, W); "
                 f"got shape {tuple(tensor.shape)}; index the batch first"
             )

@@ -32,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from salience.adapters.keras import KERAS_SUFFIXES
+from salience.errors import (
+    InvalidInputError,
+    MissingFileError,
+    MissingPackageError,
+    NotFoundError,
+    UnsupportedError,
+)
 from salience.images import ImagePreset
 from salience.presets import (
     PresetOverrides,
@@ -126,7 +133,7 @@ class LoadOptions:
     def overrides(self) -> PresetOverrides:
         """The input settings given here, as preset overrides."""
         if self.size is not None and self.size < 1:
-            raise ValueError(f"size must be a positive int, got {self.size}")
+            raise InvalidInputError(f"size must be a positive int, got {self.size}")
         return PresetOverrides(
             size=self.size,
             mean=None if self.mean is None else tuple(float(v) for v in self.mean),
@@ -169,7 +176,7 @@ def model_kind(model: str, options: LoadOptions | None = None) -> str:
     if suffix == ".pt2":
         return EXPORT
     if not exists:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no model file {model}; give a bundled model (salience models lists them), a file "
             "(.pt, .pt2, .pth, .safetensors, .keras, .h5, .onnx) or package.module:function"
         )
@@ -218,13 +225,15 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
     if kind == BUNDLED:
         return _open_bundled(model, options, fuse=fuse)
     if options.weights is not None and kind != FACTORY:
-        raise ValueError(
+        raise InvalidInputError(
             f"weights go with a factory (package.module:function), not with the {kind} {model}"
         )
     if options.input_name is not None and kind != ONNX:
-        raise ValueError(f"an input name (--input-name) is for ONNX models, not the {kind} {model}")
+        raise InvalidInputError(
+            f"an input name (--input-name) is for ONNX models, not the {kind} {model}"
+        )
     if kind == FACTORY and _FACTORY.fullmatch(model.strip()) and options.factory is not None:
-        raise ValueError(f"give the factory once: {model} or factory={options.factory}")
+        raise InvalidInputError(f"give the factory once: {model} or factory={options.factory}")
     if kind != FACTORY and Path(model).is_file():
         check_unpacked_size(model)
     factory_named = kind == FACTORY and options.factory is None
@@ -238,7 +247,7 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
 
 def _open_bundled(model: str, options: LoadOptions, *, fuse: bool) -> LoadedModel:
     if given := options.given():
-        raise ValueError(
+        raise InvalidInputError(
             f"{', '.join(given)} apply to model files and factories, not to the bundled model "
             f"{model} (its preprocessing is known)"
         )
@@ -286,7 +295,9 @@ def _class_names(
     else:
         return [f"class {i}" for i in range(count)]
     if len(names) != count:
-        raise ValueError(f"{source} names {len(names)} classes but {name} has {count} outputs")
+        raise InvalidInputError(
+            f"{source} names {len(names)} classes but {name} has {count} outputs"
+        )
     return names
 
 
@@ -321,7 +332,7 @@ def _open_torchscript(path: str, options: LoadOptions, settings: PresetOverrides
     try:
         module = torch.jit.load(path, map_location="cpu")
     except Exception as error:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} cannot be read as a TorchScript module ({_first_line(error)}); it may be "
             "truncated: save it again with torch.jit.save"
         ) from error
@@ -341,13 +352,13 @@ def _open_export(path: str, options: LoadOptions, settings: PresetOverrides) -> 
     name = Path(path).name
     _no_layout(settings, name)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no torch.export program at {path}")
+        raise MissingFileError(f"no torch.export program at {path}")
     try:
         program = load_exported_program(path, trust_pickle=options.trust_pickle)
     except UntrustedFileError:
         raise
     except Exception as error:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} cannot be read as a torch.export program ({_first_line(error)}); it may be "
             "truncated: save it again with torch.export.save"
         ) from error
@@ -365,7 +376,7 @@ def _open_torch_file(path: str, options: LoadOptions, settings: PresetOverrides)
     _no_layout(settings, name)
     loaded = _read_torch_file(path, trust_pickle=options.trust_pickle)
     if isinstance(loaded, Mapping):
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} holds weights only (a state dict); name the code that builds the model: "
             "--factory package.module:function (factory= in Python)"
         )
@@ -400,7 +411,9 @@ _OPENERS: dict[str, Callable[[str, LoadOptions, PresetOverrides], _Opened]] = {
 
 def _no_layout(settings: PresetOverrides, name: str) -> None:
     if settings.layout not in (None, "nchw"):
-        raise ValueError(f"{name} is a PyTorch model: it takes NCHW inputs, not {settings.layout}")
+        raise InvalidInputError(
+            f"{name} is a PyTorch model: it takes NCHW inputs, not {settings.layout}"
+        )
 
 
 def _first_line(error: BaseException) -> str:
@@ -416,25 +429,25 @@ def call_factory(spec: str) -> Any:
     from salience.adapters.keras import is_keras_model
 
     if not _FACTORY.fullmatch(spec.strip()):
-        raise ValueError(f"a factory is written package.module:function, got {spec!r}")
+        raise InvalidInputError(f"a factory is written package.module:function, got {spec!r}")
     module_name, _, attribute = spec.strip().partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackageError(
             f"cannot import {module_name} for the factory {spec} ({_first_line(error)}); install "
             "it or add its folder to PYTHONPATH"
         ) from error
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise LookupError(f"{module_name} has no {attribute} (the factory {spec})")
+            raise NotFoundError(f"{module_name} has no {attribute} (the factory {spec})")
         target = getattr(target, part)
     if not callable(target):
-        raise TypeError(f"the factory {spec} is a {type(target).__name__}, not a function")
+        raise UnsupportedError(f"the factory {spec} is a {type(target).__name__}, not a function")
     built = target()
     if not (isinstance(built, torch.nn.Module) or is_keras_model(built)):
-        raise TypeError(
+        raise UnsupportedError(
             f"the factory {spec} returned a {type(built).__name__}; it must return a "
             "torch.nn.Module or a Keras model"
         )
@@ -455,27 +468,29 @@ def load_weights(model: Any, path: str, *, trust_pickle: bool = False) -> None:
 
     name = Path(path).name
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no weights file {path}")
+        raise MissingFileError(f"no weights file {path}")
     check_unpacked_size(path)
     if is_keras_model(model):
         try:
             model.load_weights(path)
         except Exception as error:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} does not fit the Keras model ({_first_line(error)}); save it with "
                 "model.save_weights('model.weights.h5') from the same architecture"
             ) from error
         return
     own = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if (held := unpacked_size(path)) > CHECKPOINT_RATIO * own + UNPACKED_SLACK:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} holds {_size_text(held)} of data, more than {CHECKPOINT_RATIO}× the "
             f"{_size_text(own)} of the factory's model; check that the factory builds the "
             "architecture the weights were saved from, or save model.state_dict() alone"
         )
     state = _read_torch_file(path, trust_pickle=trust_pickle)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{name} holds a whole model, not weights; open it without a factory")
+        raise InvalidInputError(
+            f"{name} holds a whole model, not weights; open it without a factory"
+        )
     state = _unwrapped_state(state)
     own = model.state_dict()
     if all(key.startswith("module.") for key in state) and state:  # saved from DataParallel
@@ -497,7 +512,7 @@ def load_weights(model: Any, path: str, *, trust_pickle: bool = False) -> None:
         if keys
     ]
     if problems:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} does not fit the factory's model: {'; '.join(problems)}; check that the "
             "factory builds the architecture the weights were saved from"
         )
@@ -546,7 +561,7 @@ def _hdf5_size(source: Any, name: str) -> int:
         )
         for dataset in datasets:
             if dataset.external or dataset.is_virtual:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{name} stores {dataset.name} in another file (HDF5 external or virtual "
                     "storage), which would read that file into the model; save the model again "
                     "with model.save('model.keras')"
@@ -566,7 +581,7 @@ def check_unpacked_size(path: str | Path) -> None:
     size = Path(path).stat().st_size
     unpacked = unpacked_size(path)
     if unpacked > UNPACKED_RATIO * size + UNPACKED_SLACK:
-        raise ValueError(
+        raise InvalidInputError(
             f"{Path(path).name} claims to unpack to {_size_text(unpacked)} from "
             f"{_size_text(size)} (more than {UNPACKED_RATIO}× its size); a model file stores "
             "its tensors uncompressed: save the model again, without compressing the archive"
@@ -605,14 +620,14 @@ def _read_torch_file(path: str, *, trust_pickle: bool) -> Any:
         try:
             from safetensors.torch import load_file
         except ImportError as error:
-            raise ImportError(
+            raise MissingPackageError(
                 "safetensors files need the safetensors package: pip install "
                 "'salience[safetensors]'"
             ) from error
         try:
             return load_file(path, device="cpu")
         except Exception as error:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} cannot be read as safetensors ({_first_line(error)}); it may be "
                 "truncated: save it again with safetensors.torch.save_file"
             ) from error
@@ -622,7 +637,7 @@ def _read_torch_file(path: str, *, trust_pickle: bool) -> Any:
         if "Unsupported global" not in str(error) and "GLOBAL" not in str(error):
             raise _unreadable(name, error) from error
         if not trust_pickle:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} is a pickled model: loading it runs whatever code the file carries "
                 f"(arbitrary code execution). {SAFE_SAVING[0].upper()}{SAFE_SAVING[1:]}; if you "
                 "trust the file, pass --trust-pickle (trust_pickle=True)"
@@ -632,7 +647,7 @@ def _read_torch_file(path: str, *, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} is a pickled model that cannot be unpickled here ({_first_line(error)}); "
             f"the code of its classes must be importable, or {SAFE_SAVING}"
         ) from error

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from salience.errors import InvalidInputError
+
 Reduction = Literal["abs_max", "abs_sum", "l2", "sum", "max"]
 REDUCTIONS: tuple[str, ...] = ("abs_max", "abs_sum", "l2", "sum", "max")
 
@@ -20,7 +22,7 @@ REDUCTIONS: tuple[str, ...] = ("abs_max", "abs_sum", "l2", "sum", "max")
 def check_reduction(how: str) -> str:
     """``how`` if it names a channel reduction; else a ValueError listing them."""
     if how not in REDUCTIONS:
-        raise ValueError(
+        raise InvalidInputError(
             f"unknown channel reduction {how!r}; choose one of {', '.join(REDUCTIONS)}"
         )
     return how
@@ -29,14 +31,14 @@ def check_reduction(how: str) -> str:
 def check_percentile(percentile: float) -> float:
     """``percentile`` if it is in (0, 100]; else a ValueError with the range."""
     if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        raise InvalidInputError(f"percentile must be in (0, 100], got {percentile}")
     return percentile
 
 
 def check_sigma(sigma: float) -> float:
     """``sigma`` if it is a finite number of pixels >= 0; else a ValueError with the range."""
     if not (sigma >= 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a finite number of pixels >= 0, got {sigma}")
+        raise InvalidInputError(f"sigma must be a finite number of pixels >= 0, got {sigma}")
     return sigma
 
 

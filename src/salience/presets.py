@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from salience.errors import InvalidInputError
 from salience.images import IMAGENET_PRESET, INTERPOLATIONS, ImagePreset
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -48,7 +49,7 @@ class ModelPreset(ImagePreset):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}; "
                 f"got {self.channel_order!r}"
             )
@@ -108,7 +109,7 @@ class PresetOverrides:
     def apply(self, base: ImagePreset) -> ModelPreset:
         """``base`` (the model's own or ImageNet's preprocessing) with these settings applied."""
         if self.std is not None and self.scale is not None:
-            raise ValueError("give std or scale, not both (scale s means std = 1 / (255·s))")
+            raise InvalidInputError("give std or scale, not both (scale s means std = 1 / (255·s))")
         order = self.channel_order or getattr(base, "channel_order", "rgb")
         crop = base.crop if self.size is None else self.size
         resize = self.resize
@@ -163,7 +164,7 @@ def find_sidecar(model_path: str | Path) -> Path | None:
     found = [path.with_name(stem + suffix) for suffix in SIDECAR_SUFFIXES]
     found = [candidate for candidate in found if candidate.is_file()]
     if len(found) > 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"{found[0].name} and {found[1].name} both describe {path.name}; remove one of them"
         )
     return found[0] if found else None
@@ -180,9 +181,9 @@ def read_sidecar(path: str | Path) -> PresetOverrides:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
-        raise ValueError(f"the preset {path.name} is not valid {kind}: {error}") from error
+        raise InvalidInputError(f"the preset {path.name} is not valid {kind}: {error}") from error
     if not isinstance(data, dict):
-        raise ValueError(f"the preset {path.name} must be a table of settings, not a list")
+        raise InvalidInputError(f"the preset {path.name} must be a table of settings, not a list")
     return overrides_from_mapping(data, source=path.name, folder=path.parent)
 
 
@@ -195,7 +196,7 @@ def overrides_from_mapping(
     """Check and convert the settings of a sidecar; ``folder`` anchors a relative labels path."""
     unknown = sorted(set(data) - _KEYS)
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"{source} has unknown settings {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
         )
     values: dict[str, Any] = {}
@@ -209,7 +210,7 @@ def overrides_from_mapping(
 
 def _positive_int(key: str, value: Any, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{source}: {key} must be a positive integer, got {value!r}")
+        raise InvalidInputError(f"{source}: {key} must be a positive integer, got {value!r}")
     return value
 
 
@@ -222,20 +223,22 @@ def _size(key: str, value: Any, source: str) -> int | tuple[int, int]:
 def _triple(key: str, value: Any, source: str) -> tuple[float, ...]:
     ok = isinstance(value, list | tuple) and len(value) == 3
     if not ok or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{source}: {key} must be a list of 3 numbers, got {value!r}")
+        raise InvalidInputError(f"{source}: {key} must be a list of 3 numbers, got {value!r}")
     return tuple(float(v) for v in value)
 
 
 def _positive_float(key: str, value: Any, source: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{source}: {key} must be a positive number, got {value!r}")
+        raise InvalidInputError(f"{source}: {key} must be a positive number, got {value!r}")
     return float(value)
 
 
 def _choice(options: Sequence[str]) -> Any:
     def check(key: str, value: Any, source: str) -> str:
         if not isinstance(value, str) or value.lower() not in options:
-            raise ValueError(f"{source}: {key} must be one of {', '.join(options)}, got {value!r}")
+            raise InvalidInputError(
+                f"{source}: {key} must be one of {', '.join(options)}, got {value!r}"
+            )
         return value.lower()
 
     return check
@@ -246,7 +249,9 @@ def _labels(key: str, value: Any, source: str) -> tuple[str, ...] | Path:
         return Path(value)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise ValueError(f"{source}: {key} must be a labels file or a list of names, got {value!r}")
+    raise InvalidInputError(
+        f"{source}: {key} must be a labels file or a list of names, got {value!r}"
+    )
 
 
 _CHECKS = {
@@ -272,7 +277,7 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
         raise OSError(f"cannot read the labels file {path}: {error.strerror or error}") from error
     names = parse_class_names(text)
     if not names:
-        raise ValueError(f"the labels file {path} names no classes; write one name per line")
+        raise InvalidInputError(f"the labels file {path} names no classes; write one name per line")
     return names
 
 

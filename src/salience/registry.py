@@ -7,6 +7,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from salience.errors import InvalidInputError, SalienceError
+
 T = TypeVar("T")
 
 _REGISTRIES: dict[str, dict[str, Any]] = {}
@@ -20,7 +22,7 @@ def _entries(kind: str) -> dict[str, Any]:
     return _REGISTRIES.get(kind, {})
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(SalienceError, KeyError, ValueError):
     """A name that no registry entry carries; the message lists the known names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
@@ -41,7 +43,7 @@ def register(kind: str, name: str) -> Callable[[T], T]:
     def decorator(obj: T) -> T:
         entries = _REGISTRIES.setdefault(kind, {})
         if name in entries and entries[name] is not obj:
-            raise ValueError(f"{kind} {name!r} is already registered")
+            raise InvalidInputError(f"{kind} {name!r} is already registered")
         entries[name] = obj
         return obj
 

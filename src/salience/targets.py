@@ -15,11 +15,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from salience.errors import SalienceError
+
 ScoreKind = Literal["logit", "probability"]
 SCORE_KINDS: tuple[str, ...] = ("logit", "probability")
 
 
-class TargetError(ValueError):
+class TargetError(SalienceError, ValueError):
     """A target that does not fit the model's output (bad index, unknown name, wrong shape)."""
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from salience.errors import InvalidInputError, MissingPackageError
 from salience.fileio import write_bytes_atomic
 from salience.images import as_2d_map, resize_map
 
@@ -41,7 +42,9 @@ def _import_matplotlib(feature: str) -> ModuleType:
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError(f"{feature} needs matplotlib; pip install 'salience[viz]'") from exc
+        raise MissingPackageError(
+            f"{feature} needs matplotlib; pip install 'salience[viz]'"
+        ) from exc
     return matplotlib
 
 
@@ -52,7 +55,7 @@ def _colormap(name: str) -> Colormap:
         return matplotlib.colormaps[name]
     close = difflib.get_close_matches(str(name), list(matplotlib.colormaps), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(
+    raise InvalidInputError(
         f"unknown colormap {name!r}{hint}; use a matplotlib colormap such as "
         f"{', '.join(SUGGESTED_CMAPS)}"
     )
@@ -119,7 +122,7 @@ def colorize(
         low = low if vmin is None else float(vmin)
         high = high if vmax is None else float(vmax)
         if not low < high:
-            raise ValueError(f"vmin ({low:g}) must be less than vmax ({high:g})")
+            raise InvalidInputError(f"vmin ({low:g}) must be less than vmax ({high:g})")
     if high > low:
         positions = np.clip((values - low) / (high - low), 0.0, 1.0)
     else:  # constant map: neutral midpoint if signed, lowest colour otherwise
@@ -134,7 +137,7 @@ def colorize(
 def _check_rgb_image(image: Any, name: str = "image") -> np.ndarray:
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} must be a uint8 (H, W, 3) RGB array; got {array.dtype} {array.shape}; "
             "load it with salience.images.load_image"
         )
@@ -169,7 +172,7 @@ def overlay(
     """
     pixels = _check_rgb_image(image)
     if not (_is_real(alpha) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha must be a number between 0 and 1; got {alpha!r}")
+        raise InvalidInputError(f"alpha must be a number between 0 and 1; got {alpha!r}")
     values = as_2d_map(saliency)
     if values.shape != pixels.shape[:2]:
         values = resize_map(values, pixels.shape[:2])
@@ -184,7 +187,9 @@ def _write_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write PNG bytes to ``path`` atomically (see :mod:`salience.fileio`)."""
     target = Path(path)
     if target.suffix.lower() != ".png":
-        raise ValueError(f"{target} does not end in .png; give the output file a .png suffix")
+        raise InvalidInputError(
+            f"{target} does not end in .png; give the output file a .png suffix"
+        )
     return write_bytes_atomic(target, data)
 
 
@@ -207,7 +212,7 @@ def encode_png(image: np.ndarray, *, compress_level: int = 6) -> bytes:
     array = np.asarray(image)
     valid_shape = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
     if array.dtype != np.uint8 or not valid_shape or array.size == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"a PNG takes a uint8 (H, W), (H, W, 3) or (H, W, 4) array; "
             f"got {array.dtype} {array.shape}; convert with np.clip(x, 0, 255).astype(np.uint8)"
         )
@@ -243,20 +248,20 @@ def _check_grid_shape(
     column_titles: Sequence[str],
 ) -> None:
     if not images:
-        raise ValueError("images is empty; give at least one image")
+        raise InvalidInputError("images is empty; give at least one image")
     if len(rows_of_maps) != len(images):
-        raise ValueError(
+        raise InvalidInputError(
             f"rows_of_maps has {len(rows_of_maps)} rows for {len(images)} images; "
             "give one row of maps per image"
         )
     if len(row_titles) != len(images):
-        raise ValueError(
+        raise InvalidInputError(
             f"row_titles has {len(row_titles)} titles for {len(images)} images; "
             "give one title per image"
         )
     for index, maps in enumerate(rows_of_maps):
         if len(maps) != len(column_titles):
-            raise ValueError(
+            raise InvalidInputError(
                 f"row {index} has {len(maps)} maps but column_titles names "
                 f"{len(column_titles)} methods; give one map per method in every row"
             )
@@ -397,7 +402,7 @@ def new_figure(width: float, height: float, feature: str = "plots") -> Figure:
 def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
     """Render ``figure`` to PNG and write it atomically; return the written path."""
     if not (_is_real(dpi) and dpi > 0):
-        raise ValueError(f"dpi must be a positive number; got {dpi!r}")
+        raise InvalidInputError(f"dpi must be a positive number; got {dpi!r}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     return _write_atomically(path, buffer.getvalue())

@@ -9,6 +9,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from salience.errors import InvalidInputError, SalienceError
+
 ScoreFn = Callable[[Tensor], Tensor]
 """Maps the model's (logit) outputs ``(N, ...)`` to the ``(N, K)`` scores to explain."""
 
@@ -38,9 +40,9 @@ class Need:
 
     def __post_init__(self) -> None:
         if self.layer_grad and self.layer is None:
-            raise ValueError("layer_grad needs a layer name")
+            raise InvalidInputError("layer_grad needs a layer name")
         if self.backward_rule is not None and self.backward_rule not in BACKWARD_RULES:
-            raise ValueError(
+            raise InvalidInputError(
                 f"unknown backward rule {self.backward_rule!r}; known: {', '.join(BACKWARD_RULES)}"
             )
 
@@ -75,15 +77,15 @@ class Outputs:
     layer_grad: Tensor | None = None
 
 
-class GradientsUnavailableError(TypeError):
+class GradientsUnavailableError(SalienceError, TypeError):
     """A method that needs gradients or layer activations, asked of a black-box model."""
 
 
-class NonFiniteInputError(ValueError):
+class NonFiniteInputError(SalienceError, ValueError):
     """An input holds NaN or infinite values: no saliency map of it means anything."""
 
 
-class NonFiniteOutputError(ValueError):
+class NonFiniteOutputError(SalienceError, ValueError):
     """A finite input gave non-finite scores, maps or activations: the model's arithmetic
     overflows (or divides by zero) on it."""
 

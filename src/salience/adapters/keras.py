@@ -45,6 +45,7 @@ from salience.adapters.randomize import (
     unit_generator,
 )
 from salience.adapters.torch import TorchAdapter
+from salience.errors import InvalidInputError, MissingPackageError, UnsupportedError
 
 KERAS_INSTALL_HINT = "pip install 'salience[keras]'"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -68,15 +69,17 @@ def import_keras() -> ModuleType:
     try:
         import keras
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackageError(
             f"Keras models need Keras 3 (run on its torch backend): {KERAS_INSTALL_HINT}"
         ) from error
     version = str(getattr(keras, "__version__", "0"))
     if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 3:
-        raise ImportError(f"salience needs Keras 3, found Keras {version}: {KERAS_INSTALL_HINT}")
+        raise MissingPackageError(
+            f"salience needs Keras 3, found Keras {version}: {KERAS_INSTALL_HINT}"
+        )
     backend = keras.backend.backend()
     if backend != "torch":
-        raise ImportError(
+        raise MissingPackageError(
             f"Keras was already imported with the {backend} backend; salience runs Keras models "
             "on the torch backend: set KERAS_BACKEND=torch before anything imports keras"
         )
@@ -110,7 +113,7 @@ def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) 
     name = Path(path).name
     version = tuple(int(part) for part in re.findall(r"\d+", keras.__version__)[:3])
     if not trust_code and version < SAFE_KERAS:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} is not opened: Keras {keras.__version__} lets a model file run code even "
             f"in safe mode (fixed in Keras {'.'.join(map(str, SAFE_KERAS))}); upgrade keras, or "
             "pass --trust-pickle (trust_pickle=True) if you trust the file"
@@ -121,11 +124,11 @@ def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) 
         lines = str(error).strip().splitlines()
         reason = lines[0] if lines else type(error).__name__
         if "safe_mode" in str(error) or "Lambda" in str(error):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} holds Python code (a Lambda layer) that would run when loading it; if "
                 "you trust the file, pass --trust-pickle (trust_pickle=True)"
             ) from error
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} cannot be read as a Keras 3 model ({reason}); save it again with "
             "model.save('model.keras')"
         ) from error
@@ -373,11 +376,11 @@ class KerasAdapter(TorchAdapter):
     ) -> None:
         keras = import_keras()
         if not isinstance(model, keras.Model):
-            raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
+            raise UnsupportedError(f"expected a keras.Model, got {type(model).__name__}")
         self.keras_model = model
         layout = (layout or _default_layout(keras, model)).lower()
         if layout not in ("nhwc", "nchw"):
-            raise ValueError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
+            raise InvalidInputError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
         module = keras_module(model, layout=layout, strip_softmax=strip_softmax)
         # The module runs a private copy already: no second copy, no fusion.
         super().__init__(module, inference_copy=False, fold_batchnorm=False, strip_softmax=False)

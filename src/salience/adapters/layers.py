@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from salience.errors import SalienceError, UnsupportedError
+
 AUTO = "auto"
 LayerLike = str | nn.Module | None
 
 
-class LayerError(LookupError):
+class LayerError(SalienceError, LookupError):
     """A layer that the model does not have, or that cannot be used for a CAM."""
 
 
@@ -147,7 +149,7 @@ def layer_name(model: nn.Module, layer: LayerLike) -> str | None:
             "one of its submodules or its name (salience layers MODEL lists them)"
         )
     if not isinstance(layer, str):
-        raise TypeError(
+        raise UnsupportedError(
             f"layer must be a module name, a module or None, not {type(layer).__name__}"
         )
     if layer in names:

@@ -30,6 +30,12 @@ from salience.adapters.base import (
     ScoreFn,
     check_finite_input,
 )
+from salience.errors import (
+    InvalidInputError,
+    MissingFileError,
+    MissingPackageError,
+    UnsupportedError,
+)
 from salience.images import IMAGENET_PRESET, ImagePreset
 
 LAYOUTS = ("nchw", "nhwc")
@@ -47,7 +53,7 @@ def _onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as error:
-        raise ImportError(f"ONNX models need onnxruntime: {INSTALL_HINT}") from error
+        raise MissingPackageError(f"ONNX models need onnxruntime: {INSTALL_HINT}") from error
     return onnxruntime
 
 
@@ -70,7 +76,9 @@ def _check_external_data(path: Path) -> None:
     try:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as error:
-        raise ValueError(f"{path.name} is not a valid ONNX model: {_first_line(error)}") from error
+        raise InvalidInputError(
+            f"{path.name} is not a valid ONNX model: {_first_line(error)}"
+        ) from error
     folder = path.parent.resolve()
     for tensor in _get_all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -82,7 +90,7 @@ def _check_external_data(path: Path) -> None:
             or ".." in Path(location).parts
             or folder not in target.parents
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path.name} keeps the tensor {tensor.name!r} in {location!r}, outside the "
                 "model's folder; keep its external data files beside the model (onnx.save_model "
                 "with save_as_external_data=True writes them there)"
@@ -119,7 +127,9 @@ def _floats(key: str, text: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3:
-        raise ValueError(f"ONNX metadata {key!r} must be 3 comma-separated numbers; got {text!r}")
+        raise InvalidInputError(
+            f"ONNX metadata {key!r} must be 3 comma-separated numbers; got {text!r}"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -130,7 +140,9 @@ def _size(key: str, text: str) -> int | tuple[int, int]:
     except ValueError:
         values = []
     if len(values) not in (1, 2) or min(values) < 1:
-        raise ValueError(f"ONNX metadata {key!r} must be a positive int (or H,W); got {text!r}")
+        raise InvalidInputError(
+            f"ONNX metadata {key!r} must be a positive int (or H,W); got {text!r}"
+        )
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
@@ -200,16 +212,16 @@ class OnnxAdapter:
         strip_softmax: bool = True,
     ) -> None:
         if layout is not None and layout.lower() not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+            raise InvalidInputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         ort = _onnxruntime()
         self.path = Path(path)
         self.name = self.path.name
         if not self.path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {os.fspath(path)}")
+            raise MissingFileError(f"no ONNX model at {os.fspath(path)}")
         options = ort.SessionOptions()
         if threads is not None:
             if threads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
+                raise InvalidInputError(f"threads must be >= 1, got {threads}")
             options.intra_op_num_threads = threads
         self._options = options
         self._providers = list(providers)
@@ -223,18 +235,18 @@ class OnnxAdapter:
         names = ", ".join(inputs)
         if input_name is None:
             if len(inputs) != 1:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{self.name} has {len(inputs)} inputs ({names}); choose the image input "
                     "with input_name= (--input-name)"
                 )
             input_name = next(iter(inputs))
         elif input_name not in inputs:
-            raise ValueError(f"{self.name} has no input {input_name!r}; its inputs: {names}")
+            raise InvalidInputError(f"{self.name} has no input {input_name!r}; its inputs: {names}")
         self.input_name = input_name
         self.input_shape: list[object] = list(inputs[input_name].shape)
         self._input_type = _NUMPY_TYPES.get(inputs[input_name].type)
         if self._input_type is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"input {input_name!r} of {self.name} takes {inputs[input_name].type}; salience "
                 "feeds float images (float, float16 or double)"
             )
@@ -246,7 +258,7 @@ class OnnxAdapter:
                 layout, _ = infer_layout(self.input_shape)
             self.layout: str | None = layout.lower()
         elif layout is not None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"input {input_name!r} of {self.name} has shape {_shape_text(self.input_shape)}; "
                 "a layout applies to 4-D image inputs only"
             )
@@ -261,7 +273,7 @@ class OnnxAdapter:
         try:
             return ort.InferenceSession(model, self._options, providers=self._providers)
         except Exception as error:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.name} is not a valid ONNX model: {_first_line(error)}"
             ) from error
 
@@ -270,7 +282,7 @@ class OnnxAdapter:
         try:
             import onnx
         except ImportError as error:
-            raise ImportError(
+            raise MissingPackageError(
                 f"reading the graph of an ONNX model needs onnx: {INSTALL_HINT} (or pass "
                 "strip_softmax=False)"
             ) from error
@@ -298,14 +310,14 @@ class OnnxAdapter:
         unknown = sorted(set(given) - set(inputs))
         if unknown or self.input_name in given:
             bad = ", ".join(unknown) or self.input_name
-            raise ValueError(
+            raise InvalidInputError(
                 f"other_inputs names {bad}, which is not another input of {self.name}; "
                 f"its inputs: {', '.join(inputs)}"
             )
         missing = [n for n in inputs if n != self.input_name and n not in given]
         if missing:
             needs = ", ".join(f"{n} {_shape_text(inputs[n].shape)}" for n in missing)
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.name} also needs inputs {needs}; give them with other_inputs= "
                 "(salience feeds the images only)"
             )
@@ -373,7 +385,7 @@ class OnnxAdapter:
             if "resize" in meta:
                 resize_value = _size("resize", meta["resize"])
                 if not isinstance(resize_value, int):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"ONNX metadata 'resize' must be one int; got {meta['resize']!r}"
                     )
                 resize = resize_value
@@ -428,15 +440,17 @@ class OnnxAdapter:
             When ``x`` holds NaN or infinite values (a ``ValueError``).
         """
         if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+            raise UnsupportedError(f"expected a torch.Tensor input, got {type(x).__name__}")
         if x.ndim < 1 or x.shape[0] == 0:
-            raise ValueError(f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
+            raise InvalidInputError(
+                f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}"
+            )
         expected = self.expected_shape()
         fits = x.ndim == len(expected) and all(
             e is None or e == s for e, s in zip(expected[1:], x.shape[1:], strict=True)
         )
         if not fits:
-            raise ValueError(self._mismatch(tuple(x.shape)))
+            raise InvalidInputError(self._mismatch(tuple(x.shape)))
         return check_finite_input(x.detach().to(device="cpu", dtype=torch.float32).contiguous())
 
     def _mismatch(self, got: tuple[int, ...]) -> str:
@@ -488,7 +502,7 @@ class OnnxAdapter:
             hint = ""
             if self.layout is not None and self.layout_inferred:
                 hint = "; if the model takes channels-last images, pass layout='nhwc' (--layout)"
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.name} failed on a batch of shape {tuple(chunk.shape)}: "
                 f"{_first_line(error)}{hint}"
             ) from error
@@ -516,7 +530,9 @@ def _channels(
     if given is not None:
         values = tuple(float(v) for v in given)
         if len(values) != 3:
-            raise ValueError(f"{key} must have 3 values, one per RGB channel; got {len(values)}")
+            raise InvalidInputError(
+                f"{key} must have 3 values, one per RGB channel; got {len(values)}"
+            )
         return values  # type: ignore[return-value]
     if meta.get(key, "").strip():
         return _floats(key, meta[key])

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from salience.adapters.base import Need, Outputs, ScoreFn
 from salience.adapters.layers import LayerError, LayerInfo, LayerLike
 from salience.adapters.torch import TorchAdapter
+from salience.errors import InvalidInputError, SalienceError
 
 TORCHSCRIPT = "TorchScript module"
 EXPORTED = "torch.export program"
@@ -105,7 +106,7 @@ class ExportedModule(CompiledModule):
             if node.op == "placeholder" and node.name in program.graph_signature.user_inputs
         ]
         if len(inputs) != 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} takes {len(inputs)} inputs; salience explains programs with one image "
                 "input: export a module that takes the image only"
             )
@@ -131,7 +132,7 @@ class ExportedModule(CompiledModule):
         )
         if not fits:
             wanted = ", ".join("N" if i == 0 else str(d or "?") for i, d in enumerate(expected))
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.name} was exported for inputs ({wanted}), got {tuple(x.shape)}; prepare "
                 "images at that size (--size, or a preset sidecar) or export with dynamic shapes"
             )
@@ -194,7 +195,7 @@ class ProgramAdapter(TorchAdapter):
         if need.layer is not None:
             raise self.model.no_layers()
         if need.backward_rule is not None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.name} is a {self.kind}: its ReLUs run inside a compiled graph, so the "
                 f"{need.backward_rule} backward rule (guided backprop) cannot be applied; open "
                 "the model from its code: --model package.module:function --weights FILE"
@@ -246,7 +247,7 @@ _REFUSED_ARGUMENTS = ("as_graph", "as_custom_obj", "as_operator", "custom_obj")
 MODEL_NAME = "model"
 
 
-class UntrustedFileError(ValueError):
+class UntrustedFileError(SalienceError, ValueError):
     """A program file holds something that would run code from the file if it were opened."""
 
 
@@ -298,11 +299,11 @@ def _read_exported_program(path: str) -> torch.export.ExportedProgram:
     name = Path(path).name
     with PT2ArchiveReader(path) as reader:
         if reader.read_string(archive.ARCHIVE_VERSION_PATH) != archive.ARCHIVE_VERSION_VALUE:
-            raise ValueError(f"{name} was saved by another version of torch.export")
+            raise InvalidInputError(f"{name} was saved by another version of torch.export")
         records = set(reader.get_file_names())  # AOTInductor libraries (native code): unread
         program_file = archive.MODELS_FILENAME_FORMAT.format(MODEL_NAME)
         if program_file not in records:
-            raise ValueError(f"{name} holds no program named {MODEL_NAME!r}")
+            raise InvalidInputError(f"{name} holds no program named {MODEL_NAME!r}")
         document = json.loads(reader.read_string(program_file))
         _check_program(document, name)
         weights = _read_payloads(reader, archive.WEIGHTS_CONFIG_FILENAME_FORMAT, archive, name)
@@ -324,7 +325,7 @@ def _check_program(document: dict[str, Any], name: str) -> None:
     document["guards_code"] = []  # Python source, executed by ExportedProgram.module()
     graph_module = document.get("graph_module")
     if not isinstance(graph_module, dict) or not isinstance(graph_module.get("graph"), dict):
-        raise ValueError(f"{name} holds no program graph")
+        raise InvalidInputError(f"{name} holds no program graph")
     graph_module["metadata"] = {}
     graph_module["treespec_namedtuple_fields"] = {}
     for node in graph_module["graph"].get("nodes", []):
@@ -434,7 +435,7 @@ def _read_payloads(reader: Any, config_format: str, archive: Any, name: str) -> 
     if f"{folder}{MODEL_NAME}.pt" in records:  # the format of torch 2.7
         return _unpickle_tensors(reader.read_bytes(f"{folder}{MODEL_NAME}.pt"), name)
     if config_file not in records:
-        raise ValueError(f"{name} has no {config_file}")
+        raise InvalidInputError(f"{name} has no {config_file}")
     document = json.loads(reader.read_string(config_file))
     _check_value(document, "", name)
     config = _dict_to_dataclass(schema.PayloadConfig, document)
@@ -446,7 +447,7 @@ def _read_payloads(reader: Any, config_format: str, archive: Any, name: str) -> 
             _untrusted(name, f"it holds the object {payload.path_name[:40]} (a pickle)")
         record = f"{folder}{payload.path_name}"
         if record not in records:
-            raise ValueError(f"{name} has no {record}")
+            raise InvalidInputError(f"{name} has no {record}")
         if not payload.use_pickle:
             _check_record_size(reader, record, payload.tensor_meta, name)
     flat = _build_file_map(reader, config, folder)
@@ -459,7 +460,7 @@ def _read_payloads(reader: Any, config_format: str, archive: Any, name: str) -> 
             )
             continue
         if meta is None:
-            raise ValueError(f"{name} has no shape for {key}")
+            raise InvalidInputError(f"{name} has no shape for {key}")
         tensor = torch.as_strided(
             flat[payload.path_name],
             deserialize_size(meta.sizes),
@@ -478,7 +479,7 @@ def _check_record_size(reader: Any, record: str, meta: Any, name: str) -> None:
         return
     claimed = [size.as_int if size.type == "as_int" else None for size in meta.sizes]
     if None in claimed or math.prod(claimed) != 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} claims a tensor of shape {claimed} in the empty record {record}; the file "
             "is damaged or forged: export the model again with torch.export.save"
         )

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from salience.adapters.layers import LayerError, LayerInfo
+from salience.errors import SalienceError
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -45,7 +46,7 @@ TRUNCATED_STD = 0.8796256610342398
 """The standard deviation of a unit normal cut at ±2: draws are scaled up by its inverse."""
 
 
-class RandomizationError(ValueError):
+class RandomizationError(SalienceError, ValueError):
     """A model that cannot be randomized: a black box, or one that cannot be copied."""
 
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from salience.errors import InvalidInputError
+
 
 class _GuidedClamp(torch.autograd.Function):
     """``clamp(x, 0, upper)`` whose backward keeps only positive gradients where x is inside."""
@@ -78,4 +80,4 @@ def backward_rule_mode(rule: str | None) -> TorchFunctionMode | None:
         return None
     if rule == "guided_relu":
         return GuidedReLUMode()
-    raise ValueError(f"unknown backward rule {rule!r}")
+    raise InvalidInputError(f"unknown backward rule {rule!r}")

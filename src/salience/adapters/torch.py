@@ -51,6 +51,7 @@ from salience.adapters.randomize import (
     randomized_copy,
 )
 from salience.adapters.rules import backward_rule_mode
+from salience.errors import InvalidInputError, SalienceError, UnsupportedError
 
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -65,7 +66,7 @@ _FAN_OUT: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = (
 )
 
 
-class ModelOutputError(TypeError):
+class ModelOutputError(SalienceError, TypeError):
     """The model returned something other than one tensor."""
 
 
@@ -161,7 +162,7 @@ class TorchAdapter:
         fuse: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+            raise UnsupportedError(f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.inference_copy = inference_copy
         self.fold_batchnorm = fold_batchnorm
@@ -257,9 +258,11 @@ class TorchAdapter:
             When ``x`` holds NaN or infinite values (a ``ValueError``).
         """
         if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+            raise UnsupportedError(f"expected a torch.Tensor input, got {type(x).__name__}")
         if x.ndim < 1 or x.shape[0] == 0:
-            raise ValueError(f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
+            raise InvalidInputError(
+                f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}"
+            )
         dtype = x.dtype if x.is_floating_point() else self.dtype
         prepared = check_finite_input(x.detach().to(device=self.device, dtype=dtype))
         if prepared.device == x.device and prepared.data_ptr() == x.data_ptr():
@@ -304,13 +307,13 @@ class TorchAdapter:
                 logits = capture.logits(self._check_output(model(self._layout(x))))
             scores = score(logits)
             if scores.ndim != 2 or scores.shape[0] != x.shape[0]:
-                raise ValueError(
+                raise InvalidInputError(
                     f"score function returned shape {tuple(scores.shape)}; expected "
                     f"({x.shape[0]}, K)"
                 )
             activation = capture.activation
             if need.layer is not None and activation is None:
-                raise RuntimeError(f"layer {need.layer!r} was not called during the forward pass")
+                raise LayerError(f"layer {need.layer!r} was not called during the forward pass")
             input_grads: list[Tensor] = []
             layer_grads: list[Tensor] = []
             if need.any_grad:
@@ -370,9 +373,9 @@ class TorchAdapter:
         """
         x = self.prepare_input(x)
         if x.shape[0] != 1:
-            raise ValueError(f"expected one sample (1, ...), got a batch of {x.shape[0]}")
+            raise InvalidInputError(f"expected one sample (1, ...), got a batch of {x.shape[0]}")
         if scales.ndim != 2:
-            raise ValueError(f"scales must be (B, C), got shape {tuple(scales.shape)}")
+            raise InvalidInputError(f"scales must be (B, C), got shape {tuple(scales.shape)}")
         with self._lock:
             state = self._state()
             with self._runnable(x, layer, state) as model, torch.inference_mode():
@@ -413,7 +416,7 @@ class TorchAdapter:
             shape[0] = scales.shape[0]
             shape[channel_dim] = scales.shape[1]
             if output.shape[channel_dim] != scales.shape[1]:
-                raise ValueError(
+                raise InvalidInputError(
                     f"layer {layer!r} has {output.shape[channel_dim]} channels on dimension "
                     f"{channel_dim}, but {scales.shape[1]} scales were given"
                 )

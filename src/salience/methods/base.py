@@ -24,6 +24,7 @@ from salience.adapters.base import (
 )
 from salience.adapters.inference_copy import one_state_per_call
 from salience.adapters.torch import TorchAdapter
+from salience.errors import InvalidInputError
 from salience.explanation import Explanation
 from salience.opening import adapter_for
 from salience.registry import available, get, register
@@ -129,7 +130,9 @@ class Explainer(ABC):
             When the model's scores or the maps of the finite ``x`` are not finite.
         """
         if score not in SCORE_KINDS:
-            raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
+            raise InvalidInputError(
+                f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}"
+            )
         spec = parse_target(target, class_names)
         with one_state_per_call():
             result = self.attribute(self.adapter.prepare_input(x), spec, score)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from salience.errors import InvalidInputError
 from salience.postprocess import gaussian_blur
 
 BASELINES: tuple[str, ...] = ("zeros", "mean", "blur")
@@ -17,7 +18,7 @@ BaselineLike = str | float | Tensor
 def check_baseline(baseline: BaselineLike) -> None:
     """Raise a ValueError for a baseline name that does not exist."""
     if isinstance(baseline, str) and baseline not in BASELINES:
-        raise ValueError(
+        raise InvalidInputError(
             f"unknown baseline {baseline!r}; choose {', '.join(BASELINES)}, a number or a tensor"
         )
 
@@ -45,6 +46,6 @@ def baseline_like(x: Tensor, baseline: BaselineLike, *, blur_sigma: float | None
         return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
     if baseline == "blur":
         if x.ndim < 3:
-            raise ValueError("a blurred baseline needs image inputs (N, C, H, W)")
+            raise InvalidInputError("a blurred baseline needs image inputs (N, C, H, W)")
         return gaussian_blur(x, blur_sigma or min(x.shape[-2:]) / 10)
     return torch.full_like(x, float(baseline))

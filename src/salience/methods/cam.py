@@ -25,6 +25,7 @@ from torch import Tensor
 
 from salience.adapters.base import Need, Outputs, check_finite_output
 from salience.adapters.layers import LayerLike, layer_name
+from salience.errors import InvalidInputError
 from salience.methods.base import (
     Attribution,
     Explainer,
@@ -51,12 +52,12 @@ def tokens_to_grid(tokens: Tensor, grid: tuple[int, int] | None = None) -> Tenso
     if grid is None:
         side = math.isqrt(count)
         if side < 2:
-            raise ValueError(f"cannot lay {count} tokens out on a grid; pass grid=(H, W)")
+            raise InvalidInputError(f"cannot lay {count} tokens out on a grid; pass grid=(H, W)")
         grid = (side, side)
     height, width = grid
     prefix = count - height * width
     if prefix < 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"a {height}×{width} grid needs {height * width} tokens; the layer has {count}"
         )
     patches = tokens[..., prefix:, :]
@@ -110,7 +111,7 @@ class CAMExplainer(Explainer):
         if captured.ndim == batch_dims + 2 and self.tokens:
             return tokens_to_grid(captured, self.grid)
         if captured.ndim < batch_dims + 2:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the layer's output {tuple(captured.shape)} has no spatial dimensions; choose a "
                 "layer before global pooling (salience layers MODEL shows the shapes)"
             )
@@ -289,7 +290,7 @@ class GuidedGradCAM(CAMExplainer):
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Guided backprop and Grad-CAM on the same targets, multiplied."""
         if x.ndim != 4:
-            raise ValueError(
+            raise InvalidInputError(
                 f"guided_gradcam needs image inputs (N, C, H, W), got shape {tuple(x.shape)}"
             )
         gradcam = GradCAM(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from salience.errors import InvalidInputError
 from salience.methods.base import (
     DEFAULT_CHUNK_SIZE,
     Attribution,
@@ -50,10 +51,12 @@ class Nodes:
 def initial_nodes(rule: str, steps: int) -> Nodes:
     """The rule's nodes and weights for ``steps`` points."""
     if rule not in RULES:
-        raise ValueError(f"unknown integration rule {rule!r}; choose one of {', '.join(RULES)}")
+        raise InvalidInputError(
+            f"unknown integration rule {rule!r}; choose one of {', '.join(RULES)}"
+        )
     minimum = 2 if rule == "riemann_trapezoid" else 1
     if steps < minimum:
-        raise ValueError(f"{rule} needs steps >= {minimum}, got {steps}")
+        raise InvalidInputError(f"{rule} needs steps >= {minimum}, got {steps}")
     k = np.arange(steps, dtype=np.float64)
     uniform = np.full(steps, 1.0 / steps)
     if rule == "gausslegendre":
@@ -134,7 +137,7 @@ class IntegratedGradients(Explainer):
         initial_nodes(rule, steps)  # validates rule and steps
         check_baseline(baseline)
         if tolerance is not None and tolerance <= 0:
-            raise ValueError(f"tolerance must be > 0, got {tolerance}")
+            raise InvalidInputError(f"tolerance must be > 0, got {tolerance}")
         self.baseline = baseline
         self.steps = steps
         self.rule = rule

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from salience.errors import SalienceError
 from salience.methods.sampling import map_in_chunks
 from salience.targets import Selection, target_scores
 
@@ -33,7 +34,7 @@ BULK_PASSES = 256
 """From this many masked inputs on, a fused copy pays back its tracing and warm-up (~2 s)."""
 
 
-class ChunkMemoryError(MemoryError):
+class ChunkMemoryError(SalienceError, MemoryError):
     """A chunk of perturbed inputs does not fit in memory."""
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from salience.errors import InvalidInputError
 from salience.methods.base import (
     DEFAULT_CHUNK_SIZE,
     EXPLAINER,
@@ -46,14 +47,16 @@ class _NoiseExplainer(Explainer):
         super().__init__(model)
         base_class = get(EXPLAINER, base)
         if not getattr(base_class, "single_pass", False):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.name} runs over single-pass methods; {base!r} is not one (use "
                 "gradient, gradient_x_input, guided_backprop or a gradient CAM such as gradcam)"
             )
         if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+            raise InvalidInputError(f"n_samples must be >= 1, got {n_samples}")
         if noise < 0:
-            raise ValueError(f"noise must be >= 0 (a fraction of the input range), got {noise}")
+            raise InvalidInputError(
+                f"noise must be >= 0 (a fraction of the input range), got {noise}"
+            )
         self.base: SinglePassExplainer = base_class(self.adapter, **base_options)
         self.base_options = base_options
         self.n_samples = n_samples

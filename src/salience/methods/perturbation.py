@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, Explainer, register_explainer
 from salience.methods.baselines import BaselineLike, baseline_like, check_baseline
 from salience.methods.masking import masked_scores, weight_kind
@@ -30,19 +31,21 @@ WEIGHTING_CHUNK_SIZE = 64
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+        raise InvalidInputError(f"{name} must be a positive int or a pair of them, got {value!r}")
     return int(pair[0]), int(pair[1])
 
 
 def _check_images(x: Tensor, method: str) -> None:
     if x.ndim != 4:
-        raise ValueError(f"{method} perturbs images (N, C, H, W); got shape {tuple(x.shape)}")
+        raise InvalidInputError(
+            f"{method} perturbs images (N, C, H, W); got shape {tuple(x.shape)}"
+        )
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Window positions along one axis: every ``stride``, plus one flush with the far edge."""
     if window > size:
-        raise ValueError(f"a window of {window} does not fit in {size} pixels")
+        raise InvalidInputError(f"a window of {window} does not fit in {size} pixels")
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
         starts.append(size - window)
@@ -186,11 +189,11 @@ class RISE(Explainer):
     ) -> None:
         super().__init__(model)
         if n_masks < 1:
-            raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+            raise InvalidInputError(f"n_masks must be >= 1, got {n_masks}")
         if grid < 1:
-            raise ValueError(f"grid must be >= 1, got {grid}")
+            raise InvalidInputError(f"grid must be >= 1, got {grid}")
         if not 0 < keep <= 1:
-            raise ValueError(f"keep must be in (0, 1], got {keep}")
+            raise InvalidInputError(f"keep must be in (0, 1], got {keep}")
         self.n_masks = n_masks
         self.grid = grid
         self.keep = keep

@@ -8,11 +8,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salience.errors import InvalidInputError
+
 
 def chunks(total: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` covering ``range(total)``."""
     if size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {size}")
+        raise InvalidInputError(f"chunk_size must be >= 1, got {size}")
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from salience.adapters.base import Need, Outputs
+from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, register_explainer
 from salience.methods.cam import CAMExplainer
 from salience.methods.masking import masked_scores, weight_kind
@@ -45,7 +46,7 @@ class _PerturbationCAM(CAMExplainer):
         super().__init__(model, **cam_options)
         self.chunk_size = chunk_size or self.default_chunk_size
         if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+            raise InvalidInputError(f"chunk_size must be >= 1, got {chunk_size}")
         self.progress = progress
 
     def capture(self, x: Tensor, spec: TargetSpec, score: str) -> tuple[str, Outputs, Selection]:
@@ -106,11 +107,13 @@ class ScoreCAM(_PerturbationCAM):
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Score every non-constant channel's masked input, chunk by chunk."""
         if x.ndim != 4:
-            raise ValueError(f"scorecam masks images (N, C, H, W); got shape {tuple(x.shape)}")
+            raise InvalidInputError(
+                f"scorecam masks images (N, C, H, W); got shape {tuple(x.shape)}"
+            )
         _, out, selection = self.capture(x, spec, score)
         features = self.feature_map(out.activations)
         if features.ndim != 4:
-            raise ValueError(
+            raise InvalidInputError(
                 f"scorecam needs a 2-D feature map; the layer gives {tuple(features.shape)}"
             )
         kind = weight_kind(out.outputs, selection, score, self.softmax)

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from salience.errors import InvalidInputError, MissingFileError, MissingPackageError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 PATH_COLUMN = "path"
@@ -83,7 +85,7 @@ def collect_inputs(source: str | os.PathLike[str]) -> list[BatchItem]:
     if _GLOB_CHARACTERS.search(text):
         files = sorted(name for name in glob.glob(text, recursive=True) if Path(name).is_file())
         return _items(_glob_root(text), [(name, None) for name in files], text)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{text} is no folder, file or pattern that matches files; give a folder of images, a "
         "glob ('photos/*.jpg') or a .csv/.parquet manifest with a path column"
     )
@@ -91,7 +93,7 @@ def collect_inputs(source: str | os.PathLike[str]) -> list[BatchItem]:
 
 def _items(root: Path, entries: list[tuple[str, str | None]], source: str) -> list[BatchItem]:
     if not entries:
-        raise ValueError(
+        raise InvalidInputError(
             f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder, a glob or a "
             "manifest of image files"
         )
@@ -141,14 +143,14 @@ def _read_manifest(path: Path) -> list[tuple[str, str | None]]:
         try:
             import pyarrow.parquet as pq
         except ImportError as error:
-            raise ImportError(
+            raise MissingPackageError(
                 f"reading the Parquet manifest {path.name} needs pyarrow; "
                 "pip install 'salience[batch]'"
             ) from error
         table = pq.read_table(path)
         columns, rows = list(table.column_names), table.to_pylist()
     if PATH_COLUMN not in columns:
-        raise ValueError(
+        raise InvalidInputError(
             f"the manifest {path} has no {PATH_COLUMN!r} column (it has: "
             f"{', '.join(columns) or 'none'}); name the image column {PATH_COLUMN!r}"
         )
@@ -157,12 +159,12 @@ def _read_manifest(path: Path) -> list[tuple[str, str | None]]:
     for number, row in enumerate(rows, start=1):
         given = row[PATH_COLUMN]
         if given is None or not str(given).strip():
-            raise ValueError(f"row {number} of {path} has an empty {PATH_COLUMN}")
+            raise InvalidInputError(f"row {number} of {path} has an empty {PATH_COLUMN}")
         image = Path(str(given).strip())
         image = image if image.is_absolute() else path.parent / image
         name = os.path.normpath(image)
         if name in seen:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} lists {given} twice (rows {seen[name]} and {number}); remove one row"
             )
         seen[name] = number
@@ -188,7 +190,7 @@ def label_index(label: str | None, class_names: list[str], item: BatchItem) -> i
         return lowered.index(label.lower())
     if label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
         return int(label)
-    raise ValueError(
+    raise InvalidInputError(
         f"the label {label!r} of {item.path} is neither a class name nor a class index "
         f"(0..{len(class_names) - 1}) of the model; fix the manifest's label column"
     )

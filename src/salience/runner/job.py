@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from salience.errors import InvalidInputError
 from salience.runner.index import write_index
 from salience.runner.inputs import collect_inputs, label_index
 from salience.runner.manifest import JobFolder
@@ -57,13 +58,13 @@ def make_engine(
         from salience.runner.local import LocalEngine
 
         if address is not None or chunk_size is not None:
-            raise ValueError("an address and a chunk size are options of the ray engine")
+            raise InvalidInputError("an address and a chunk size are options of the ray engine")
         return LocalEngine(workers)
     if name == "ray":
         from salience.runner.ray_engine import DEFAULT_CHUNK_SIZE, RayEngine
 
         return RayEngine(workers, address=address, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
-    raise ValueError(f"unknown engine {name!r}; choose {' or '.join(ENGINES)}")
+    raise InvalidInputError(f"unknown engine {name!r}; choose {' or '.join(ENGINES)}")
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _checked_worker(spec: JobSpec) -> ItemWorker:
     worker = ItemWorker(spec)
     viz.colorize(np.zeros((1, 1)), spec.display.cmap)
     if spec.auc and isinstance(worker.target, TopK):
-        raise ValueError(
+        raise InvalidInputError(
             "deletion and insertion follow one class per image: drop the AUCs or explain one "
             "target (not top-K)"
         )

@@ -17,6 +17,7 @@ import signal
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from salience.errors import InvalidInputError, SalienceError
 from salience.runner.spec import JobSpec
 from salience.runner.work import ItemResult, Task
 
@@ -32,7 +33,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class WorkerError(RuntimeError):
+class WorkerError(SalienceError, RuntimeError):
     """A worker could not start or died; the job stops (re-running it resumes)."""
 
 
@@ -49,7 +50,7 @@ class LocalEngine:
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is not None and not (isinstance(workers, int) and workers >= 1):
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+            raise InvalidInputError(f"workers must be an int >= 1, got {workers!r}")
         self.workers = workers or available_cores()
 
     def describe(self) -> str:

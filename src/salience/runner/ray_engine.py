@@ -23,7 +23,9 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from salience.errors import InvalidInputError, MissingPackageError
 from salience.runner import reaper
+from salience.runner.local import WorkerError
 from salience.runner.spec import JobSpec
 from salience.runner.work import ItemResult, Task
 
@@ -36,7 +38,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackageError(
             f"the ray engine needs Ray ({error}); pip install 'salience[ray]'"
         ) from error
     return ray
@@ -85,9 +87,9 @@ class RayEngine:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:  # fmt: skip
         if workers is not None and not (isinstance(workers, int) and workers >= 1):
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+            raise InvalidInputError(f"workers must be an int >= 1, got {workers!r}")
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"the chunk size must be an int >= 1, got {chunk_size!r}")
+            raise InvalidInputError(f"the chunk size must be an int >= 1, got {chunk_size!r}")
         import_ray()
         self.workers = workers
         self.address = address
@@ -156,7 +158,7 @@ class RayEngine:
                 results = ray.get(ready)
             except Exception as error:
                 message = str(error).strip().splitlines()
-                raise RuntimeError(
+                raise WorkerError(
                     f"a Ray worker failed: {message[-1] if message else type(error).__name__}; "
                     "re-run the same command to resume"
                 ) from error

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from salience.errors import InvalidInputError
 from salience.loading import LoadOptions
 from salience.methods.base import EXPLAINER
 from salience.postprocess import check_percentile, check_reduction, check_sigma
@@ -58,9 +59,11 @@ class DisplayOptions:
         check_percentile(self.percentile)
         check_sigma(self.smooth)
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"the opacity (alpha) must be in [0, 1], got {self.alpha}")
+            raise InvalidInputError(f"the opacity (alpha) must be in [0, 1], got {self.alpha}")
         if not (isinstance(self.thumbnail, int) and self.thumbnail >= 16):
-            raise ValueError(f"thumbnails must be an int >= 16 pixels, got {self.thumbnail!r}")
+            raise InvalidInputError(
+                f"thumbnails must be an int >= 16 pixels, got {self.thumbnail!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -105,21 +108,29 @@ class JobSpec:
     def __post_init__(self) -> None:
         methods = tuple(self.methods)
         if not methods:
-            raise ValueError("a batch job needs at least one method; salience methods lists them")
+            raise InvalidInputError(
+                "a batch job needs at least one method; salience methods lists them"
+            )
         if len(set(methods)) != len(methods):
-            raise ValueError(f"each method may be asked for once; got {', '.join(methods)}")
+            raise InvalidInputError(f"each method may be asked for once; got {', '.join(methods)}")
         for method in methods:
             get(EXPLAINER, method)  # unknown names fail before any work
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "options", dict(self.options))
         if "progress" in self.options:
-            raise ValueError("progress is the engine's business; leave it out of the options")
+            raise InvalidInputError(
+                "progress is the engine's business; leave it out of the options"
+            )
         if self.score not in SCORE_KINDS:
-            raise ValueError(f"unknown score {self.score!r}; choose {' or '.join(SCORE_KINDS)}")
+            raise InvalidInputError(
+                f"unknown score {self.score!r}; choose {' or '.join(SCORE_KINDS)}"
+            )
         if self.pixels_per_step is not None and not (
             isinstance(self.pixels_per_step, int) and self.pixels_per_step >= 1
         ):
-            raise ValueError(f"pixels per step must be an int >= 1, got {self.pixels_per_step!r}")
+            raise InvalidInputError(
+                f"pixels per step must be an int >= 1, got {self.pixels_per_step!r}"
+            )
 
     def with_absolute_paths(self) -> JobSpec:
         """The same job with the files it names made absolute, for workers in other folders."""

@@ -35,6 +35,8 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Annotated, Any, Literal
 
+from salience.errors import InvalidInputError, MissingPackageError
+
 try:
     from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
     from fastapi.concurrency import run_in_threadpool
@@ -42,7 +44,7 @@ try:
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
+    raise MissingPackageError(
         f"the salience server needs FastAPI ({error}); pip install 'salience[server]'"
     ) from error
 
@@ -165,7 +167,7 @@ def create_app(
     pool = ModelPool(_open(models))
     workers = workers or os.cpu_count() or 1
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise InvalidInputError(f"workers must be at least 1, got {workers}")
     executor = WorkerPool(workers)
     budget = PendingBudget(limits.max_pending, limits.max_pending_bytes)
     jobs = JobStore()

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from salience.errors import SalienceError
 from salience.server.limits import (
     ASGIApp,
     Message,
@@ -22,6 +23,9 @@ from salience.server.limits import (
 from salience.server.watch import RequestCancelledError, TimeLimitExceededError
 
 logger = logging.getLogger("salience.server")
+
+MACHINE_ERRORS = (MemoryError, OSError, ImportError)
+"""Errors of the server's machine (memory, files, packages): its operator's to fix, so 500."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,10 @@ def _one_line(error: BaseException) -> str:
 def classify(error: BaseException) -> ApiError:
     """The status, kind and message of an error raised while serving a request.
 
-    Bad input (an unknown method, layer or class, a target out of range, an image that cannot be
-    read, a method the model cannot run) is the client's: 4xx. The time limit is 504; anything
-    else is the server's own failure: 500.
+    What salience refuses (a :class:`~salience.errors.SalienceError`: an unknown method, layer
+    or class, a target out of range, an image that cannot be read, a method the model cannot
+    run) is the client's: 4xx. The time limit is 504. The machine's errors (memory, files,
+    packages) and anything else, a bug, are the server's own failure: 500.
     """
     from salience.adapters.base import GradientsUnavailableError
     from salience.adapters.layers import LayerError
@@ -68,11 +73,12 @@ def classify(error: BaseException) -> ApiError:
         (LayerError, "bad_layer"),
         (UnknownNameError, "unknown_name"),
         (GradientsUnavailableError, "needs_gradients"),
-        (ValueError, "bad_request"),
     )
     for kind, name in kinds:
         if isinstance(error, kind):
             return ApiError(422 if name == "bad_image" else 400, name, message)
+    if isinstance(error, SalienceError) and not isinstance(error, MACHINE_ERRORS):
+        return ApiError(400, "bad_request", message)
     name = type(error).__name__
     detail = name if message == name else f"{name}: {message}"
     return ApiError(500, "internal", f"the server failed ({detail}); its log has the traceback")

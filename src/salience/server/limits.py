@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from salience.errors import InvalidInputError, SalienceError
+
 IMAGE_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
     ("PNG", ((0, b"\x89PNG\r\n\x1a\n"),)),
     ("JPEG", ((0, b"\xff\xd8\xff"),)),
@@ -36,7 +38,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class RequestRejectedError(ValueError):
+class RequestRejectedError(SalienceError, ValueError):
     """A request the server refuses; ``status`` is the HTTP status and ``kind`` a short code."""
 
     def __init__(self, status: int, kind: str, message: str) -> None:
@@ -80,9 +82,9 @@ class Limits:
         for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
         if not self.time_limit > 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"time_limit must be a positive number of seconds, got {self.time_limit}"
             )
 

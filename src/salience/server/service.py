@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from salience.errors import InvalidInputError
 from salience.images import CropGeometry, PreparedImage
 from salience.loading import LoadedModel
 from salience.postprocess import REDUCTIONS, to_display
@@ -38,10 +39,10 @@ class ModelPool:
 
     def __init__(self, models: Sequence[LoadedModel]) -> None:
         if not models:
-            raise ValueError("give at least one model to serve")
+            raise InvalidInputError("give at least one model to serve")
         self._models = {model.name: model for model in models}
         if len(self._models) != len(models):
-            raise ValueError("two served models have the same name; give each model once")
+            raise InvalidInputError("two served models have the same name; give each model once")
         self.default = models[0].name
         self._samples: dict[str, torch.Tensor] = {}
 

@@ -16,12 +16,14 @@ from typing import Any
 
 from torch import Tensor
 
+from salience.errors import SalienceError
 
-class TimeLimitExceededError(RuntimeError):
+
+class TimeLimitExceededError(SalienceError, RuntimeError):
     """The request computed for longer than the server's time limit."""
 
 
-class RequestCancelledError(RuntimeError):
+class RequestCancelledError(SalienceError, RuntimeError):
     """The request was cancelled by its client."""
 
 
