@@ -25,6 +25,7 @@ FACADE = "salience"
 #: Lowest first. A module may import modules of its own layer and of the layers below it.
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
+        "salience.errors",
         "salience.explanation",
         "salience.fileio",
         "salience.postprocess",

@@ -61,14 +61,7 @@ BUILTIN_RAISES = frozenset(
     }
 )
 
-NOT_YET_CONVERTED = {
-    ("evaluation/agreement.py", None),
-    ("evaluation/data_randomization.py", None),
-    ("evaluation/faithfulness.py", None),
-    ("evaluation/randomization.py", None),
-    ("evaluation/similarity.py", None),
-    ("adapters/torch.py", "as_adapter"),
-}
+NOT_YET_CONVERTED: set[tuple[str, str | None]] = set()
 """(file, function or None for the whole file) that still raise bare builtins."""
 
 

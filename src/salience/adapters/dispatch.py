@@ -16,6 +16,7 @@ from torch import nn
 from salience.adapters.keras import KerasAdapter, is_keras_model
 from salience.adapters.program import ProgramAdapter
 from salience.adapters.torch import TorchAdapter
+from salience.errors import UnsupportedError
 
 
 def as_adapter(model: object) -> Any:
@@ -40,11 +41,11 @@ def as_adapter(model: object) -> Any:
     if isinstance(model, nn.Module):
         return TorchAdapter(model)
     if isinstance(model, str | os.PathLike):
-        raise TypeError(
+        raise UnsupportedError(
             f"as_adapter wraps model objects, not the path or name {os.fspath(model)!r}: open it "
             "with salience.opening.adapter_for (salience.explain and the explainers take paths)"
         )
-    raise TypeError(
+    raise UnsupportedError(
         f"cannot explain a {type(model).__name__}: pass a torch.nn.Module, a Keras model or the "
         "path of a model file"
     )

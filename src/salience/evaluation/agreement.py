@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from salience.errors import InvalidInputError
 from salience.evaluation.similarity import comparable, largest_size, spearman, top_k_iou
 from salience.fileio import write_json_atomic
 
@@ -95,9 +96,9 @@ def agreement(
         methods).
     """
     if len(maps) < 2:
-        raise ValueError(f"agreement needs maps of at least 2 methods, got {len(maps)}")
+        raise InvalidInputError(f"agreement needs maps of at least 2 methods, got {len(maps)}")
     if not 0.0 < top_fraction <= 1.0:
-        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        raise InvalidInputError(f"top_fraction must be in (0, 1], got {top_fraction}")
     names = tuple(maps)
     size = size or largest_size(list(maps.values()))
     shown = [comparable(maps[name], size, signed=False) for name in names]

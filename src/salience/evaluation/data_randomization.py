@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from salience.adapters.randomize import initialize
+from salience.errors import InvalidInputError, MissingPackageError
 from salience.evaluation.randomization import CELL_INCHES
 from salience.evaluation.similarity import (
     SIMILARITY_METRICS,
@@ -60,7 +61,7 @@ def load_digits_split(seed: int = 0) -> Digits:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackageError(
             "the data randomization test trains on scikit-learn's digits: "
             "pip install 'salience[trust]'"
         ) from error
@@ -130,7 +131,9 @@ def train_digits_model(
         Show a progress bar over the epochs.
     """
     if labeling not in LABELINGS:
-        raise ValueError(f"unknown labeling {labeling!r}; choose one of {', '.join(LABELINGS)}")
+        raise InvalidInputError(
+            f"unknown labeling {labeling!r}; choose one of {', '.join(LABELINGS)}"
+        )
     generator = torch.Generator().manual_seed(seed)
     labels = digits.train_labels
     if labeling == "permuted":
@@ -189,7 +192,9 @@ class DataRandomizationResult:
     def mean(self, metric: str = "spearman_abs") -> np.ndarray:
         """``(methods,)``: one measure averaged over the digits."""
         if metric not in self.metrics:
-            raise ValueError(f"unknown measure {metric!r}; choose one of {', '.join(self.metrics)}")
+            raise InvalidInputError(
+                f"unknown measure {metric!r}; choose one of {', '.join(self.metrics)}"
+            )
         return self.similarity[..., self.metrics.index(metric)].mean(axis=-1)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -262,10 +267,10 @@ def data_randomization_test(
     from salience.api import explain_all, make_explainer, method_options
 
     if not methods:
-        raise ValueError("name at least one method to test")
+        raise InvalidInputError("name at least one method to test")
     digits = load_digits_split(seed)
     if not 1 <= samples <= len(digits.test_labels):
-        raise ValueError(f"samples must be in 1..{len(digits.test_labels)}, got {samples}")
+        raise InvalidInputError(f"samples must be in 1..{len(digits.test_labels)}, got {samples}")
     shown = min(shown, samples)
     images = digits.test_images[:samples]
     target = [int(label) for label in digits.test_labels[:samples]]

@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from salience.api import make_explainer, method_options
+from salience.errors import InvalidInputError, UnsupportedError
 from salience.explanation import Explanation
 from salience.fileio import write_csv_atomic, write_json_atomic
 from salience.methods.base import Explainer
@@ -40,6 +41,7 @@ from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
 from salience.methods.sampling import make_generator
 from salience.opening import adapter_for
 from salience.postprocess import REDUCTIONS, gaussian_blur, reduce_channels, upsample
+from salience.registry import UnknownNameError
 from salience.targets import (
     SCORE_KINDS,
     Custom,
@@ -75,9 +77,9 @@ def rise_blur_kernel(size: int = BLUR_KERNEL_SIZE, sigma: float = BLUR_SIGMA) ->
     0.37 for the plain Gaussian (nearly an 11×11 box filter).
     """
     if not (isinstance(size, int) and size >= 1 and size % 2 == 1):
-        raise ValueError(f"the blur kernel size must be an odd positive int, got {size!r}")
+        raise InvalidInputError(f"the blur kernel size must be an odd positive int, got {size!r}")
     if not sigma > 0:
-        raise ValueError(f"the blur sigma must be > 0 pixels, got {sigma!r}")
+        raise InvalidInputError(f"the blur sigma must be > 0 pixels, got {sigma!r}")
     impulse = torch.zeros(size, size, dtype=torch.float64)
     impulse[size // 2, size // 2] = 1.0
     return gaussian_blur(impulse, sigma)
@@ -226,19 +228,23 @@ class CausalMetric:
         progress: bool = False,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose {' or '.join(MODES)}")
+            raise InvalidInputError(f"unknown mode {mode!r}; choose {' or '.join(MODES)}")
         if pixels_per_step is not None and not (
             isinstance(pixels_per_step, int) and pixels_per_step >= 1
         ):
-            raise ValueError(f"pixels_per_step must be an int >= 1, got {pixels_per_step!r}")
+            raise InvalidInputError(f"pixels_per_step must be an int >= 1, got {pixels_per_step!r}")
         if score not in SCORE_KINDS:
-            raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
+            raise InvalidInputError(
+                f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}"
+            )
         if reduce not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+            raise InvalidInputError(
+                f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}"
+            )
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
-            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+            raise InvalidInputError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
         if isinstance(substrate, str) and substrate not in ("zeros", "blur"):
-            raise ValueError(
+            raise InvalidInputError(
                 f"unknown substrate {substrate!r}; choose zeros, blur, a number or a tensor"
             )
         self.adapter = adapter_for(model)
@@ -421,7 +427,9 @@ class FaithfulnessReport:
         for entry in self.methods:
             if entry.method == method:
                 return entry
-        raise KeyError(f"no method {method!r} in the report; it has {', '.join(self.names)}")
+        raise UnknownNameError(
+            f"no method {method!r} in the report; it has {', '.join(self.names)}"
+        )
 
     @property
     def names(self) -> list[str]:
@@ -531,7 +539,7 @@ def evaluate_methods(
     _check_images(x)
     labels = tuple(labels) if labels is not None else tuple(f"image-{i}" for i in range(len(x)))
     if len(labels) != len(x):
-        raise ValueError(f"{len(labels)} labels given for {len(x)} images")
+        raise InvalidInputError(f"{len(labels)} labels given for {len(x)} images")
     explainers = [
         method
         if isinstance(method, Explainer)
@@ -540,7 +548,7 @@ def evaluate_methods(
     ]
     names = [explainer.name for explainer in explainers]
     if len(set(names)) != len(names) or RANDOM_METHOD in names:
-        raise ValueError(f"each method may be asked for once; got {', '.join(names)}")
+        raise InvalidInputError(f"each method may be asked for once; got {', '.join(names)}")
     spec = parse_target(target, class_names)
     curve_options = {"pixels_per_step": pixels_per_step, "score": score, "chunk_size": chunk_size}
     metrics = [CausalMetric(adapter, mode, progress=progress, **curve_options) for mode in MODES]
@@ -595,7 +603,7 @@ def _row(method: str, image: str, deleted: float, inserted: float, seconds: floa
 
 def _check_images(x: Tensor) -> None:
     if x.ndim != 4:
-        raise ValueError(
+        raise InvalidInputError(
             f"deletion and insertion change the pixels of images (N, C, H, W); "
             f"got shape {tuple(x.shape)}"
         )
@@ -605,7 +613,7 @@ def _explained_classes(explanation: Explanation) -> Tensor:
     """The ``(N,)`` classes an explanation's maps explain (its default target)."""
     targets = explanation.targets[:, 0]
     if bool((targets < 0).any()):
-        raise ValueError(
+        raise InvalidInputError(
             "the explanation explains a custom score: pass the same target to follow its score"
         )
     return targets
@@ -614,7 +622,7 @@ def _explained_classes(explanation: Explanation) -> Tensor:
 def _single_map(explanation: Explanation) -> Tensor:
     """The explanation's maps ``(N, *S)``; it must have one per input."""
     if explanation.attributions.shape[1] != 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"the explanation has {explanation.attributions.shape[1]} maps per input; evaluate "
             "one target at a time: pass explanation.attributions[:, k] with "
             "target=explanation.targets[:, k]"
@@ -625,7 +633,7 @@ def _single_map(explanation: Explanation) -> Tensor:
 def _pixel_maps(saliency: Tensor, x: Tensor, reduce: str) -> Tensor:
     """Maps ``(N, H, W)`` at the input's resolution: channels reduced, coarse grids upsampled."""
     if not isinstance(saliency, Tensor):
-        raise TypeError(
+        raise UnsupportedError(
             f"expected a saliency tensor or an Explanation, got {type(saliency).__name__}"
         )
     n, channels, height, width = x.shape
@@ -635,13 +643,15 @@ def _pixel_maps(saliency: Tensor, x: Tensor, reduce: str) -> Tensor:
     if maps.ndim == 4 and maps.shape[1] in (1, channels):
         maps = maps[:, 0] if maps.shape[1] == 1 else reduce_channels(maps, reduce, dim=1)
     elif maps.ndim != 3:
-        raise ValueError(f"the saliency maps have shape {shape}; expected {expected}")
+        raise InvalidInputError(f"the saliency maps have shape {shape}; expected {expected}")
     if maps.shape[0] != n:
-        raise ValueError(f"{maps.shape[0]} saliency maps given for {n} images; expected {expected}")
+        raise InvalidInputError(
+            f"{maps.shape[0]} saliency maps given for {n} images; expected {expected}"
+        )
     low_height, low_width = maps.shape[-2:]
     coarser = low_height <= height and low_width <= width
     if not coarser or abs(low_height * width / height - low_width) > 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"saliency maps of {low_height}×{low_width} pixels do not fit images of "
             f"{height}×{width}: give maps at the input's resolution or on a coarser grid of the "
             "same shape"
@@ -649,7 +659,7 @@ def _pixel_maps(saliency: Tensor, x: Tensor, reduce: str) -> Tensor:
     if not maps.is_floating_point():
         maps = maps.double()
     if not bool(torch.isfinite(maps).all()):
-        raise ValueError("the saliency maps contain NaN or infinite values")
+        raise InvalidInputError("the saliency maps contain NaN or infinite values")
     if (low_height, low_width) != (height, width):
         maps = upsample(maps, (height, width))
     return maps

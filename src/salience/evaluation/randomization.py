@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from salience.adapters.randomize import RandomizationError
+from salience.errors import InvalidInputError
 from salience.evaluation.similarity import (
     METRIC_TITLES,
     SIMILARITY_METRICS,
@@ -128,7 +129,9 @@ class SanityResult:
     def mean(self, metric: str = VERDICT_METRIC) -> np.ndarray:
         """``(methods, steps)``: one measure averaged over the samples."""
         if metric not in self.metrics:
-            raise ValueError(f"unknown measure {metric!r}; choose one of {', '.join(self.metrics)}")
+            raise InvalidInputError(
+                f"unknown measure {metric!r}; choose one of {', '.join(self.metrics)}"
+            )
         return self.similarity[..., self.metrics.index(metric)].mean(axis=-1)
 
     def verdicts(self) -> dict[str, Verdict]:
@@ -210,7 +213,7 @@ def _fixed_target(
         return spec
     selection = resolve(spec, adapter.forward(inputs))
     if selection.k != 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"sanity checks explain one target per sample; {target!r} asks for {selection.k}"
         )
     return [int(c) for c in selection.labels()[:, 0]]
@@ -260,9 +263,11 @@ def sanity_check(
     from salience.api import explain_all, make_explainer, method_options
 
     if mode not in MODES:
-        raise ValueError(f"unknown randomization mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise InvalidInputError(
+            f"unknown randomization mode {mode!r}; choose one of {', '.join(MODES)}"
+        )
     if not methods:
-        raise ValueError("name at least one method to test")
+        raise InvalidInputError("name at least one method to test")
     adapter = adapter_for(model)
     if not hasattr(adapter, "randomized"):
         raise RandomizationError(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
+from salience.errors import InvalidInputError
 from salience.postprocess import to_display
 
 SIMILARITY_METRICS: tuple[str, ...] = ("spearman_abs", "spearman_signed", "ssim", "hog")
@@ -49,7 +50,9 @@ def comparable(saliency: Tensor, size: tuple[int, int], *, signed: bool) -> np.n
         and scale to ``[0, 1]``.
     """
     if saliency.ndim not in (2, 3):
-        raise ValueError(f"expected a map (C, H, W) or (H, W), got shape {tuple(saliency.shape)}")
+        raise InvalidInputError(
+            f"expected a map (C, H, W) or (H, W), got shape {tuple(saliency.shape)}"
+        )
     shown = to_display(
         saliency.detach().cpu().double(),
         reduce="sum" if signed else "abs_sum",
@@ -90,7 +93,7 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0) -> float:
 
     a, b = _same_shape(a, b)
     if min(a.shape) < 11:
-        raise ValueError(
+        raise InvalidInputError(
             f"SSIM with a Gaussian window of σ 1.5 needs maps of at least 11×11 pixels, got "
             f"{a.shape}; compare at comparison_size(...)"
         )
@@ -124,7 +127,7 @@ def top_k_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> float:
     position, so both sets have the same size).
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"the top fraction must be in (0, 1], got {fraction}")
+        raise InvalidInputError(f"the top fraction must be in (0, 1], got {fraction}")
     a, b = _same_shape(a, b)
     count = int(np.ceil(fraction * a.size))
     top_a = np.zeros(a.size, dtype=bool)
@@ -137,7 +140,7 @@ def top_k_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> float:
 def _same_shape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"maps to compare must have one shape, got {a.shape} and {b.shape}")
+        raise InvalidInputError(f"maps to compare must have one shape, got {a.shape} and {b.shape}")
     return a, b
 
 
