@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "salience.registry",
         "salience.targets",
     ),
-    "images": ("salience.images", "salience.viz"),
+    "images": ("salience.images", "salience.render", "salience.viz"),
     "adapters": ("salience.adapters",),
     "models": ("salience.loading", "salience.opening", "salience.presets", "salience.zoo"),
     "methods": ("salience.methods",),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from salience.explanation import Explanation
     from salience.images import PreparedImage
     from salience.loading import LoadedModel, LoadOptions
+    from salience.render import DisplayOptions, View
     from salience.targets import TargetSpec
 
 # Read by PyTorch when it starts; doubles no-grad batched throughput on small CPUs.
@@ -386,6 +387,27 @@ def _add_display_arguments(parser: argparse.ArgumentParser) -> None:
         type=_option_type("a number", _display_check("check_sigma"), float),
         help="Gaussian σ (pixels, >= 0)",
     )
+    parser.add_argument(
+        "--view-size",
+        type=_option_type("an int", _at_least(1), int),
+        metavar="PIXELS",
+        help="draw the overlays on the photo shrunk to this longest side (default: its own size)",
+    )
+
+
+def display_from_args(args: argparse.Namespace) -> DisplayOptions:
+    """The ``--reduce``, ``--percentile``, ``--smooth``, ``--view-size``, ``--cmap`` and
+    ``--alpha`` flags as :class:`~salience.render.DisplayOptions`."""
+    from salience.render import DisplayOptions
+
+    return DisplayOptions(
+        reduce=args.reduce,
+        percentile=args.percentile,
+        smooth=args.smooth,
+        cmap=args.cmap,
+        alpha=args.alpha,
+        view_size=args.view_size,
+    )
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -629,6 +651,7 @@ def run_explain(args: argparse.Namespace) -> int:
     output = Path(args.output)
     values = method_values(args)
     explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
+    display = display_from_args(args)
 
     probabilities = []
     for item, image in prepared:
@@ -654,9 +677,11 @@ def run_explain(args: argparse.Namespace) -> int:
                 )
                 files: dict[str, bytes] = {}
                 rows: list[list[Any]] = []
+                view = display.view(image)
                 for name, explanation in explanations.items():
                     explanation = explanation.with_names(names, model=model_name)
-                    maps = _encode_outputs(explanation, image, f"{item.label}_{name}", args, files)
+                    stem = f"{item.label}_{name}"
+                    maps = _encode_outputs(explanation, view, stem, display, files)
                     for k, full in enumerate(maps):
                         if len(rows) <= k:
                             rows.append([])
@@ -667,7 +692,7 @@ def run_explain(args: argparse.Namespace) -> int:
             for k, row in enumerate(rows):
                 index = int(first.targets[0, k])
                 row_titles.append(f"{names[index]} {float(image_probabilities[index]):.2f}")
-                grid_images.append(image.original)
+                grid_images.append(view.image)
                 grid_rows.append(row)
             finished += 1
     finally:
@@ -757,28 +782,22 @@ def _print_predictions(
 
 def _encode_outputs(
     explanation: Explanation,
-    image: PreparedImage,
+    image: View,
     stem: str,
-    args: argparse.Namespace,
+    display: DisplayOptions,
     files: dict[str, bytes],
 ) -> list[np.ndarray]:
     """Add the raw maps and one overlay per target to ``files``; return the display maps."""
-    from salience import viz
-    from salience.postprocess import to_display
+    from salience.render import render
 
     files[f"{stem}.npz"], files[f"{stem}.json"] = explanation.to_bytes()
     count = explanation.targets.shape[1]
     maps = []
     for k in range(count):
-        shown = to_display(
-            explanation.map(0, k), reduce=args.reduce, percentile=args.percentile,
-            smooth=args.smooth,
-        )  # fmt: skip
-        full = image.geometry.to_original(shown.numpy())
+        rendering = render(explanation, k, image, display)
         suffix = f"_top{k + 1}" if count > 1 else ""
-        overlay = viz.overlay(image.original, full, alpha=args.alpha, cmap=args.cmap)
-        files[f"{stem}{suffix}.png"] = viz.encode_png(overlay)
-        maps.append(full)
+        files[f"{stem}{suffix}.png"] = rendering.png
+        maps.append(rendering.shown)
     return maps
 
 
@@ -983,7 +1002,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     """``salience batch``: explain a folder or data set, resumably, locally or on Ray."""
-    from salience.runner import DisplayOptions, JobSpec, make_engine, run_job
+    from salience.runner import JobSpec, make_engine, run_job
 
     options = load_options_from_args(args)
     values = method_values(args)
@@ -991,11 +1010,7 @@ def run_batch(args: argparse.Namespace) -> int:
     spec = JobSpec(
         model=args.model, load_options=options, methods=tuple(method_names(args.method)),
         options=values, target=args.target, score=args.score, auc=args.auc,
-        pixels_per_step=args.step,
-        display=DisplayOptions(
-            reduce=args.reduce, percentile=args.percentile, smooth=args.smooth, cmap=args.cmap,
-            alpha=args.alpha,
-        ),
+        pixels_per_step=args.step, display=display_from_args(args),
     )  # fmt: skip
     engine = make_engine(
         args.engine, args.workers, address=args.ray_address, chunk_size=args.chunk_size

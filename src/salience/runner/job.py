@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from salience.errors import InvalidInputError
@@ -166,11 +165,9 @@ def run_job(
 
 
 def _checked_worker(spec: JobSpec) -> ItemWorker:
-    """An item worker built here: the model, methods, target and colormap fail before any work."""
-    from salience import viz
-
+    """An item worker built here: the model, methods and target fail before any work (the
+    colormap did when the spec's display was made)."""
     worker = ItemWorker(spec)
-    viz.colorize(np.zeros((1, 1)), spec.display.cmap)
     if spec.auc and isinstance(worker.target, TopK):
         raise InvalidInputError(
             "deletion and insertion follow one class per image: drop the AUCs or explain one "

@@ -18,52 +18,13 @@ from typing import Any
 from salience.errors import InvalidInputError
 from salience.loading import LoadOptions
 from salience.methods.base import EXPLAINER
-from salience.postprocess import check_percentile, check_reduction, check_sigma
 from salience.registry import get
+from salience.render import DisplayOptions
 from salience.targets import SCORE_KINDS
 
 LAYOUT_VERSION = 1
 """The layout of a job's output folder; part of every fingerprint."""
 _FILE_OPTIONS = ("preset", "factory", "weights", "classes")
-
-
-@dataclass(frozen=True)
-class DisplayOptions:
-    """How each map is drawn on its image: post-processing, colours, thumbnail size.
-
-    Attributes
-    ----------
-    reduce : str
-        Channel reduction (:func:`salience.postprocess.reduce_channels`).
-    percentile : float
-        Clip the display map at this percentile of its absolute values.
-    smooth : float
-        Gaussian σ in pixels of the map; 0 for none.
-    cmap : str
-        Colormap of the overlays.
-    alpha : float
-        Overlay opacity in [0, 1].
-    thumbnail : int
-        Longest side of the index page's thumbnails, pixels.
-    """
-
-    reduce: str = "abs_max"
-    percentile: float = 99.0
-    smooth: float = 0.0
-    cmap: str = "jet"
-    alpha: float = 0.5
-    thumbnail: int = 128
-
-    def __post_init__(self) -> None:
-        check_reduction(self.reduce)
-        check_percentile(self.percentile)
-        check_sigma(self.smooth)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise InvalidInputError(f"the opacity (alpha) must be in [0, 1], got {self.alpha}")
-        if not (isinstance(self.thumbnail, int) and self.thumbnail >= 16):
-            raise InvalidInputError(
-                f"thumbnails must be an int >= 16 pixels, got {self.thumbnail!r}"
-            )
 
 
 @dataclass(frozen=True)
@@ -92,7 +53,7 @@ class JobSpec:
     pixels_per_step : int, optional
         Pixels changed per step of those curves (default: the image width).
     display : DisplayOptions
-        How the overlays and thumbnails are drawn.
+        How the overlays and thumbnails are drawn (:class:`salience.render.DisplayOptions`).
     """
 
     model: str = "efficientnet_lite0"
@@ -155,7 +116,7 @@ class JobSpec:
             "score": self.score,
             "auc": self.auc,
             "pixels_per_step": self.pixels_per_step,
-            "display": asdict(self.display),
+            "display": _display_settings(self.display),
         }
 
     def fingerprint(self) -> str:
@@ -169,6 +130,14 @@ class JobSpec:
         }
         text = json.dumps(content, sort_keys=True, default=repr)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _display_settings(display: DisplayOptions) -> dict[str, Any]:
+    """The display's fields; ``view_size`` only when set, so jobs written before it resume."""
+    settings = asdict(display)
+    if settings["view_size"] is None:
+        del settings["view_size"]
+    return settings
 
 
 def _file_stamp(name: str) -> list[int] | None:

@@ -15,22 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from salience import viz
 from salience.api import explain_all, make_explainer, method_options
 from salience.evaluation.faithfulness import MODES, CausalMetric
 from salience.images import PreparedImage
 from salience.loading import open_model
-from salience.postprocess import to_display
+from salience.render import encode, render, thumbnail
 from salience.runner.inputs import BatchItem
 from salience.runner.spec import JobSpec
 from salience.targets import as_score_matrix, check_target, parse_target
 
 DONE, FAILED = "done", "failed"
-PNG_LEVEL = 1
 IMAGE_THUMBNAIL = "image.thumb.png"
 """The image's own thumbnail, in every finished item's folder."""
 
@@ -131,24 +127,19 @@ class ItemWorker:
         probabilities = torch.softmax(as_score_matrix(outputs), dim=1)[0]
         predicted = int(probabilities.argmax())
         display = spec.display
-        files = {IMAGE_THUMBNAIL: _png(thumbnail(image.original, display.thumbnail))}
+        view = display.view(image)
+        files = {IMAGE_THUMBNAIL: encode(thumbnail(view.image, display.thumbnail))}
         auc: dict[str, dict[str, float]] = {}
         for method, explanation in explanations.items():
             explanation = explanation.with_names(names, model=self.loaded.name)
             files[f"{method}.npz"], files[f"{method}.json"] = explanation.to_bytes(compress=False)
             count = explanation.targets.shape[1]
             for k in range(count):
-                shown = to_display(
-                    explanation.map(0, k), reduce=display.reduce,
-                    percentile=display.percentile, smooth=display.smooth,
-                )  # fmt: skip
-                full = image.geometry.to_original(shown.numpy())
-                overlay = viz.overlay(image.original, full, alpha=display.alpha, cmap=display.cmap)
+                rendering = render(explanation, k, view, display)
                 suffix = f"_top{k + 1}" if count > 1 else ""
-                files[f"{method}{suffix}.png"] = _png(overlay)
+                files[f"{method}{suffix}.png"] = rendering.png
                 if k == 0:
-                    small = thumbnail(overlay, display.thumbnail)
-                    files[method_thumbnail(method)] = _png(small)
+                    files[method_thumbnail(method)] = rendering.thumbnail_png
             if self.metrics:
                 curves = [metric(image.tensor, explanation) for metric in self.metrics]
                 auc[method] = {curve.mode: float(curve.auc[0]) for curve in curves}
@@ -164,18 +155,6 @@ class ItemWorker:
             "auc": auc,
         }
         return record, files
-
-
-def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
-    """A copy of a uint8 RGB image whose longest side is at most ``size`` pixels."""
-    small = Image.fromarray(image)
-    small.thumbnail((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(small)
-
-
-def _png(image: np.ndarray) -> bytes:
-    """PNG at zlib level 1: overlays of noisy maps shrink little more at higher levels."""
-    return viz.encode_png(image, compress_level=PNG_LEVEL)
 
 
 def _failed(item: BatchItem, error: str, start: float) -> ItemResult:

@@ -14,7 +14,7 @@ from fastapi import File, Form, UploadFile
 
 from salience.loading import LoadedModel
 from salience.server.limits import Limits, RequestRejectedError
-from salience.server.service import DisplayOptions, ModelPool
+from salience.server.service import VIEW_MAX_SIDE, DisplayOptions, ModelPool
 from salience.server.watch import Watch, WatchedAdapter
 
 MAX_METHODS = 20
@@ -94,9 +94,6 @@ def plan_request(
         For an unknown method, class or layer, a target out of range, a method the model cannot
         run, or an unknown colormap (all answered as 4xx).
     """
-    import numpy as np
-
-    from salience import viz
     from salience.api import make_explainer, method_options
     from salience.methods import method_names
     from salience.targets import TopK, check_target, parse_target
@@ -118,8 +115,14 @@ def plan_request(
     layer = form.layer.strip() or "auto"
     if layer != "auto" and hasattr(loaded.adapter, "resolve_layer"):
         loaded.adapter.resolve_layer(layer, pool.sample_input(loaded))  # unknown: LayerError
-    display = DisplayOptions(form.reduce, form.smooth, form.percentile, form.cmap, form.alpha)
-    viz.colorize(np.zeros((1, 1)), form.cmap)  # an unknown colormap fails here, with suggestions
+    display = DisplayOptions(  # an unknown reduction or colormap: InvalidInputError, 400
+        reduce=form.reduce,
+        percentile=form.percentile,
+        smooth=form.smooth,
+        cmap=form.cmap,
+        alpha=form.alpha,
+        view_size=VIEW_MAX_SIDE,
+    )
     watch = Watch(limits.time_limit)
     adapter = WatchedAdapter(loaded.adapter, watch)
     values = {

@@ -23,7 +23,7 @@ from salience.images import PreparedImage
 from salience.loading import LoadedModel
 from salience.server.errors import ApiError, classify, report
 from salience.server.limits import ImageUpload, RequestRejectedError
-from salience.server.service import DisplayOptions, RenderedMap, View, render
+from salience.server.service import DisplayOptions, RenderedMap, render
 from salience.server.watch import RequestCancelledError, Watch
 
 QUEUED, RUNNING, DONE, FAILED, STOPPED = "queued", "running", "done", "failed", "stopped"
@@ -101,7 +101,7 @@ class Job:
             self.watch.check()  # cancelled while queued (its client left): nothing is decoded
             assert upload is not None
             image = self.model.preset.prepare(upload.data, max_pixels=self.max_pixels)
-            view = View.of(image)
+            view = self.display.view(image)
             self.view_png = png_bytes(view.image)
             single = [e for e in self.explainers if e.single_pass]
             groups = ([single] if single else []) + [

@@ -14,16 +14,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from salience.errors import InvalidInputError
-from salience.images import CropGeometry, PreparedImage
+from salience.images import PreparedImage
 from salience.loading import LoadedModel
-from salience.postprocess import REDUCTIONS, to_display
+from salience.render import DisplayOptions, View, encode
+from salience.render import render as render_map
 from salience.server.limits import RequestRejectedError
 
 VIEW_MAX_SIDE = 640
-"""Longest side of the photo the page shows (and the maps are rendered on)."""
+"""Longest side of the photo the page shows (and the maps are rendered on): the server's
+``DisplayOptions.view_size``."""
 PREDICTIONS = 5
 SHOWN_COLORMAPS = ("jet", "viridis", "inferno", "magma", "hot", "gray", "RdBu_r")
 
@@ -169,69 +170,9 @@ def predictions(model: LoadedModel, image: PreparedImage, k: int = PREDICTIONS) 
     ]
 
 
-@dataclass(frozen=True)
-class DisplayOptions:
-    """How the server renders its own overlays (the page re-renders maps in the browser).
-
-    Attributes
-    ----------
-    reduce : str
-        Channel reduction of input-sized maps.
-    smooth : float
-        Gaussian σ in pixels of the map.
-    percentile : float
-        Clip the overlay's map at this percentile of ``|map|``.
-    cmap : str
-        Colormap of the overlay PNG.
-    alpha : float
-        Opacity of the overlay PNG's colours.
-    """
-
-    reduce: str = "abs_max"
-    smooth: float = 0.0
-    percentile: float = 99.0
-    cmap: str = "jet"
-    alpha: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.reduce not in REDUCTIONS:
-            raise RequestRejectedError(
-                400, "bad_option",
-                f"unknown channel reduction {self.reduce!r}; choose one of {', '.join(REDUCTIONS)}",
-            )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class View:
-    """The photo as the page shows it, and where the model's input lies on it."""
-
-    image: np.ndarray
-    geometry: CropGeometry
-
-    @classmethod
-    def of(cls, prepared: PreparedImage, max_side: int = VIEW_MAX_SIDE) -> View:
-        """The original photo, shrunk to ``max_side`` on its longer side when larger."""
-        original = prepared.original
-        height, width = original.shape[:2]
-        scale = min(1.0, max_side / max(height, width))
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        if size != (height, width):
-            shrunk = Image.fromarray(original).resize((size[1], size[0]), Image.Resampling.BOX)
-            original = np.asarray(shrunk)
-        # to_original scales by resized/original, so the same crop maps onto the smaller photo
-        geometry = CropGeometry(size, prepared.geometry.resized_size, prepared.geometry.crop_box)
-        return cls(original, geometry)
-
-    def place(self, saliency: torch.Tensor) -> np.ndarray:
-        """A map on the model's input, drawn onto the view (NaN where the model saw nothing)."""
-        return self.geometry.to_original(saliency.numpy())
-
-
 def png_bytes(image: np.ndarray) -> bytes:
-    """Encode a uint8 image as PNG, in memory (fast zlib level: served once, not archived)."""
-    from salience.viz import encode_png
-
-    return encode_png(image, compress_level=1)
+    """Encode a uint8 image as PNG, in memory (as every overlay: :func:`salience.render.encode`)."""
+    return encode(image)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -267,16 +208,12 @@ def render(
     display: DisplayOptions,
     probabilities: Mapping[int, float],
 ) -> RenderedMap:
-    """Render map ``target`` of a one-image explanation for the page and the API."""
-    from salience import viz
+    """Render map ``target`` of a one-image explanation for the page and the API.
 
-    raw = explanation.map(0, target)
-    normalized = to_display(raw, reduce=display.reduce, percentile=None, smooth=display.smooth)
-    clipped = to_display(
-        raw, reduce=display.reduce, percentile=display.percentile, smooth=display.smooth
-    )
-    on_view = view.place(normalized).astype("<f4")
-    overlay = viz.overlay(view.image, view.place(clipped), alpha=display.alpha, cmap=display.cmap)
+    ``view`` is ``display.view(prepared)``, made once for every map of the image.
+    """
+    rendering = render_map(explanation, target, view, display)
+    raw, on_view = rendering.raw, rendering.unclipped.astype("<f4", copy=False)
     index = int(explanation.targets[0, target])
     names = explanation.target_names
     meta = {
@@ -293,7 +230,7 @@ def render(
         "info": explanation.metadata()["info"],
     }
     files = {
-        "overlay.png": (png_bytes(overlay), "image/png"),
+        "overlay.png": (rendering.png, "image/png"),
         "map.npy": (npy_bytes(raw.numpy().astype(np.float32)), "application/octet-stream"),
         "display.f32": (on_view.tobytes(), "application/octet-stream"),
     }
