@@ -13,7 +13,10 @@ import html
 import os
 import re
 from collections.abc import Sequence
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any
 from urllib.parse import quote
 
@@ -24,53 +27,8 @@ from salience.runner.work import DONE, IMAGE_THUMBNAIL, method_thumbnail
 
 INDEX_NAME = "index.html"
 
-_STYLE = """
-body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; margin: 0 0 .3em; }
-p.summary { color: #555; margin: 0 0 1em; }
-table { border-collapse: collapse; }
-th, td { padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }
-td { vertical-align: middle; }
-th[data-sort] { cursor: pointer; user-select: none; white-space: nowrap; }
-th[data-sort]:hover { background: #eef; }
-th[aria-sort="ascending"]::after { content: " \\25B2"; }
-th[aria-sort="descending"]::after { content: " \\25BC"; }
-td.thumbs, td.num, td.label { white-space: nowrap; }
-td.thumbs img { display: inline-block; margin-right: 4px; vertical-align: middle; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.wrong td.correct { color: #b00; font-weight: bold; }
-tr.right td.correct { color: #070; }
-tr.failed td { background: #fee; }
-td.error { color: #b00; max-width: 30em; }
-"""
-
-_SCRIPT = """
-(() => {
-  const body = document.querySelector('#results tbody');
-  const value = (row, key, type) => {
-    const text = row.getAttribute('data-' + key);
-    if (text === null || text === '') return null;
-    return type === 'number' ? Number(text) : text;
-  };
-  document.querySelectorAll('#results th[data-sort]').forEach((th) => {
-    th.addEventListener('click', () => {
-      const key = th.dataset.sort, type = th.dataset.type;
-      const current = th.getAttribute('aria-sort');
-      const descending = current ? current === 'ascending' : type === 'number';
-      document.querySelectorAll('#results th').forEach((h) => h.removeAttribute('aria-sort'));
-      th.setAttribute('aria-sort', descending ? 'descending' : 'ascending');
-      const rows = [...body.rows].map((row) => (
-        {row, i: Number(row.dataset.index), v: value(row, key, type)}));
-      rows.sort((a, b) => {
-        if (a.v === null || b.v === null) return (a.v === null) - (b.v === null) || a.i - b.i;
-        const order = type === 'number' ? a.v - b.v : String(a.v).localeCompare(String(b.v));
-        return (descending ? -order : order) || a.i - b.i;
-      });
-      rows.forEach(({row}) => body.appendChild(row));
-    });
-  });
-})();
-"""
+TEMPLATE = "templates/index.html"
+"""The page around the table (style sheet and sorting script), package data of the runner."""
 
 
 def write_index(
@@ -117,15 +75,19 @@ def render_index(
         for index, row in enumerate(rows)
     )
     title = f"salience batch: {len(rows)} images, {model}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1>\n"
-        f'<p class="summary">{done} explained, {failed} failed{accuracy}; '
-        f"methods {html.escape(', '.join(methods))}. Click a column to sort.</p>\n"
-        f'<table id="results"><thead><tr>{"".join(headers)}</tr></thead><tbody>\n{body}\n'
-        f"</tbody></table>\n<script>{_SCRIPT}</script>\n</body></html>\n"
+    summary = f"{done} explained, {failed} failed{accuracy}; methods {', '.join(methods)}."
+    return _template().substitute(
+        title=html.escape(title),
+        summary=html.escape(summary),
+        headers="".join(headers),
+        rows=body,
     )
+
+
+@cache
+def _template() -> Template:
+    """The page's template, read once from the package."""
+    return Template(resources.files("salience.runner").joinpath(TEMPLATE).read_text("utf-8"))
 
 
 def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc: bool) -> str:
