@@ -175,7 +175,10 @@ class OutOfMemory:
     """A black-box adapter whose forward pass runs out of memory."""
 
     is_adapter = True
-    differentiable = False
+    device = torch.device("cpu")
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        return x
 
     def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")

@@ -194,6 +194,13 @@ def test_bad_requests_are_refused(blocks: Blocks, photos: Tensor) -> None:
 
     class BlackBox:
         is_adapter = True
+        device = torch.device("cpu")
+
+        def prepare_input(self, x: Tensor) -> Tensor:
+            return x
+
+        def forward(self, x: Tensor, **_options: object) -> Tensor:
+            return x.flatten(1)
 
     with pytest.raises(RandomizationError, match=r"pass a torch\.nn\.Module"):
         sanity_check(BlackBox(), photos, METHODS, progress=False)

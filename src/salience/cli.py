@@ -1059,12 +1059,13 @@ def run_methods(_args: argparse.Namespace) -> int:
 
 def run_layers(args: argparse.Namespace) -> int:
     """``salience layers``: the model's layers, their output shapes, the default CAM layer."""
+    from salience.adapters.base import LayerAccessAdapter
     from salience.adapters.layers import LayerError
     from salience.zoo import DEFAULT_SAMPLE, SAMPLE_IMAGES
 
     loaded = open_model_from_args(args)
     adapter = loaded.adapter
-    if not getattr(adapter, "differentiable", True):
+    if not isinstance(adapter, LayerAccessAdapter):
         raise LayerError(f"{loaded.name} is a black box (ONNX): salience cannot see its layers")
     sample = loaded.preset.prepare(SAMPLE_IMAGES[DEFAULT_SAMPLE]()).tensor
     try:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from salience.errors import InvalidInputError, SalienceError
+
+if TYPE_CHECKING:
+    from salience.adapters.layers import LayerInfo, LayerLike
+    from salience.adapters.randomize import RandomizationUnit
 
 ScoreFn = Callable[[Tensor], Tensor]
 """Maps the model's (logit) outputs ``(N, ...)`` to the ``(N, K)`` scores to explain."""
@@ -125,33 +129,91 @@ def check_finite_output(x: Tensor, what: str) -> Tensor:
 
 
 @runtime_checkable
-class ModelAdapter(Protocol):
-    """A model seen through one narrow contract; methods never touch the framework themselves.
+class BlackBoxAdapter(Protocol):
+    """A model that gives its outputs: what every adapter offers, and all a black box offers.
 
-    Black-box adapters (``differentiable = False``, e.g. ONNX) implement :meth:`forward` and
-    :meth:`prepare_input` only; :meth:`run` raises :class:`GradientsUnavailableError`.
+    The capabilities below extend it; each is a structural type, so ``isinstance(adapter,
+    DifferentiableAdapter)`` says whether an adapter has it (an ONNX model is a black box and
+    nothing more). Methods that only read outputs (occlusion, RISE) take any black box.
     """
 
     is_adapter: bool
-    differentiable: bool
+
+    @property
+    def device(self) -> object:
+        """Where inputs must live."""
+        ...
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """The batch moved to the model's device and dtype, validated."""
-        ...
-
-    def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
-        """One forward pass (and a backward pass when ``need`` asks for gradients)."""
         ...
 
     def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
         """Outputs (logits) without gradients, batched in chunks; ``bulk``: many passes follow."""
         ...
 
+
+@runtime_checkable
+class DifferentiableAdapter(BlackBoxAdapter, Protocol):
+    """A model that runs one pass with gradients (:class:`Need`): input and layer gradients.
+
+    ``model`` is what runs; explainers of the same model share their passes.
+    """
+
+    model: object
+
+    def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
+        """One forward pass (and a backward pass when ``need`` asks for gradients)."""
+        ...
+
+
+@runtime_checkable
+class LayerAccessAdapter(BlackBoxAdapter, Protocol):
+    """A model whose layers can be listed, chosen and scaled (CAMs, ``salience layers``)."""
+
     def layer_names(self) -> Sequence[str]:
         """Names of the model's layers that can be captured."""
         ...
 
-    @property
-    def device(self) -> object:
-        """Where inputs must live."""
+    def layer_table(self, x: Tensor) -> list[LayerInfo]:
+        """Every layer the model calls on inputs shaped like ``x``, with its output shape."""
         ...
+
+    def resolve_layer(self, layer: LayerLike, x: Tensor) -> str:
+        """The name of ``layer`` (None or ``"auto"``: the last spatial feature map)."""
+        ...
+
+    def scaled_layer_outputs(
+        self, x: Tensor, layer: str, scales: Tensor, *, channel_dim: int = 1
+    ) -> Tensor:
+        """One sample's outputs with ``layer``'s channels scaled by each row of ``scales``."""
+        ...
+
+
+@runtime_checkable
+class LayerGradientAdapter(DifferentiableAdapter, LayerAccessAdapter, Protocol):
+    """Gradients and layer access together: what the CAMs need."""
+
+
+@runtime_checkable
+class RandomizableAdapter(BlackBoxAdapter, Protocol):
+    """A model whose weights can be re-initialized, on a copy (the randomization test)."""
+
+    def randomization_units(
+        self, x: Tensor, layers: Sequence[str] | None = None
+    ) -> list[RandomizationUnit]:
+        """The blocks a randomization test re-initializes, from the top down."""
+        ...
+
+    def randomized(self, units: Sequence[RandomizationUnit], *, seed: int) -> RandomizableAdapter:
+        """An adapter of a copy of the model with ``units`` re-initialized (seeded)."""
+        ...
+
+
+CAPABILITIES: tuple[type, ...] = (
+    BlackBoxAdapter,
+    DifferentiableAdapter,
+    LayerAccessAdapter,
+    RandomizableAdapter,
+)
+"""Every capability an adapter may have, the most basic first."""

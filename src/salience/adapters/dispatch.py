@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from salience.adapters.base import BlackBoxAdapter
 from salience.adapters.keras import KerasAdapter, is_keras_model
 from salience.adapters.program import ProgramAdapter
 from salience.adapters.torch import TorchAdapter
@@ -20,7 +21,8 @@ from salience.errors import UnsupportedError
 
 
 def as_adapter(model: object) -> Any:
-    """Wrap a model object in the right adapter; an adapter is returned as it is.
+    """Wrap a model object in the right adapter; an adapter (any
+    :class:`~salience.adapters.base.BlackBoxAdapter`) is returned as it is.
 
     A Keras model gets a :class:`~salience.adapters.keras.KerasAdapter`, a TorchScript module
     or ``torch.export`` program a :class:`~salience.adapters.program.ProgramAdapter`, any other
@@ -32,7 +34,7 @@ def as_adapter(model: object) -> Any:
         For a path or name (open it with :func:`salience.opening.adapter_for`) and for anything
         that is not a model.
     """
-    if isinstance(model, TorchAdapter) or getattr(model, "is_adapter", False):
+    if isinstance(model, BlackBoxAdapter):
         return model
     if is_keras_model(model):
         return KerasAdapter(model)

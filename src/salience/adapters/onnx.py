@@ -3,8 +3,9 @@
 Black-box methods (occlusion, RISE) explain such a model exactly as they explain a
 ``torch.nn.Module``: they only call :meth:`OnnxAdapter.prepare_input` and
 :meth:`OnnxAdapter.forward`. Batches are NCHW torch tensors on the salience side whatever the
-model takes; an NHWC model gets its batches transposed. Methods that need gradients or layer
-activations raise :class:`~salience.adapters.base.GradientsUnavailableError`.
+model takes; an NHWC model gets its batches transposed. It has no ``run``: it is a
+:class:`~salience.adapters.base.BlackBoxAdapter` only, and methods that need gradients or layer
+activations refuse it with :class:`~salience.adapters.base.GradientsUnavailableError`.
 
 onnxruntime (and onnx, to read the graph) come with the ``onnx`` extra:
 ``pip install 'salience[onnx]'``.
@@ -24,10 +25,6 @@ import torch
 from torch import Tensor
 
 from salience.adapters.base import (
-    GradientsUnavailableError,
-    Need,
-    Outputs,
-    ScoreFn,
     check_finite_input,
 )
 from salience.errors import (
@@ -196,9 +193,9 @@ class OnnxAdapter:
     padded and the padding's outputs dropped. Only the model's first output is used.
     """
 
+    #: onnxruntime gives outputs only: a :class:`~salience.adapters.base.BlackBoxAdapter`,
+    #: with no ``run`` (gradients) and no layer access.
     is_adapter = True
-    #: onnxruntime gives outputs only: no gradients, no layer activations.
-    differentiable = False
 
     def __init__(
         self,
@@ -507,16 +504,6 @@ class OnnxAdapter:
                 f"{_first_line(error)}{hint}"
             ) from error
         return torch.from_numpy(np.asarray(output, dtype=np.float32).copy())
-
-    def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
-        """Not available: an ONNX model gives its outputs only."""
-        from salience.registry import available, get
-
-        black_box = [m for m in available("method") if not get("method", m).needs_gradients]
-        raise GradientsUnavailableError(
-            f"{self.name} is an ONNX model: it gives outputs only, no gradients or layer "
-            f"activations; methods for black-box models: {', '.join(black_box) or 'none'}"
-        )
 
     def __repr__(self) -> str:
         layout = f", layout={self.layout!r}" if self.layout else ""

@@ -148,8 +148,6 @@ class TorchAdapter:
     """
 
     is_adapter = True
-    #: Gradients and layer captures are available (black-box adapters give scores only).
-    differentiable = True
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ import numpy as np
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salience.adapters.base import RandomizableAdapter
 from salience.adapters.randomize import RandomizationError
 from salience.errors import InvalidInputError
 from salience.evaluation.similarity import (
@@ -269,7 +270,7 @@ def sanity_check(
     if not methods:
         raise InvalidInputError("name at least one method to test")
     adapter = adapter_for(model)
-    if not hasattr(adapter, "randomized"):
+    if not isinstance(adapter, RandomizableAdapter):
         raise RandomizationError(
             "the randomization test re-initializes the model's weights, which "
             f"{type(adapter).__name__} cannot do: pass a torch.nn.Module"

@@ -7,6 +7,7 @@ from salience.methods.base import (
     GradientExplainer,
     SinglePassExplainer,
     attribute_shared,
+    black_box_methods,
 )
 from salience.methods.cam import (
     CAMExplainer,
@@ -72,5 +73,6 @@ __all__ = [
     "VarGrad",
     "XGradCAM",
     "attribute_shared",
+    "black_box_methods",
     "method_names",
 ]

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 
 from salience.adapters.base import (
+    DifferentiableAdapter,
     GradientsUnavailableError,
     Need,
     Outputs,
     check_finite_output,
 )
 from salience.adapters.inference_copy import one_state_per_call
-from salience.adapters.torch import TorchAdapter
 from salience.errors import InvalidInputError
 from salience.explanation import Explanation
 from salience.opening import adapter_for
@@ -51,6 +51,11 @@ def register_explainer(name: str) -> Callable[[type], type]:
         return register(EXPLAINER, name)(cls)
 
     return decorator
+
+
+def black_box_methods() -> list[str]:
+    """The registered methods that need only a model's outputs: those that explain black boxes."""
+    return [name for name in available(EXPLAINER) if not get(EXPLAINER, name).needs_gradients]
 
 
 @dataclass(frozen=True)
@@ -82,15 +87,20 @@ class Explainer(ABC):
     #: True for methods computed from one forward + backward pass (usable inside SmoothGrad).
     single_pass: ClassVar[bool] = False
 
+    #: The adapter: a :class:`~salience.adapters.base.DifferentiableAdapter` for methods that
+    #: need gradients (checked when the explainer is made); methods that need outputs only
+    #: declare ``adapter: BlackBoxAdapter``.
+    adapter: DifferentiableAdapter
+
     def __init__(self, model: object) -> None:
-        self.adapter: TorchAdapter = adapter_for(model)
-        if self.needs_gradients and not self.adapter.differentiable:
-            black_box = [m for m in available(EXPLAINER) if not get(EXPLAINER, m).needs_gradients]
+        adapter = adapter_for(model)
+        if self.needs_gradients and not isinstance(adapter, DifferentiableAdapter):
             raise GradientsUnavailableError(
                 f"{self.name} needs gradients or layer activations, which a black-box model "
-                f"({type(self.adapter).__name__}) cannot give; methods for black-box models: "
-                f"{', '.join(black_box) or 'none'}"
+                f"({type(adapter).__name__}) cannot give; methods for black-box models: "
+                f"{', '.join(black_box_methods()) or 'none'}"
             )
+        self.adapter = adapter
 
     def params(self) -> dict[str, Any]:
         """The method's configuration, recorded on every explanation."""

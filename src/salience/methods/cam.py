@@ -23,8 +23,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from salience.adapters.base import Need, Outputs, check_finite_output
-from salience.adapters.layers import LayerLike, layer_name
+from salience.adapters.base import (
+    LayerAccessAdapter,
+    LayerGradientAdapter,
+    Need,
+    Outputs,
+    check_finite_output,
+)
+from salience.adapters.layers import LayerError, LayerLike, layer_name
 from salience.errors import InvalidInputError
 from salience.methods.base import (
     Attribution,
@@ -83,6 +89,8 @@ class CAMExplainer(Explainer):
         a 1-D feature map ``(N, C, L)`` (a ``Conv1d`` layer).
     """
 
+    adapter: LayerGradientAdapter
+
     def __init__(
         self,
         model: object,
@@ -93,6 +101,11 @@ class CAMExplainer(Explainer):
         tokens: bool = True,
     ) -> None:
         super().__init__(model)
+        if not isinstance(self.adapter, LayerAccessAdapter):
+            raise LayerError(
+                f"{self.name} needs the model's layers, which {type(self.adapter).__name__} "
+                "does not give; explain it with a gradient method (gradient, integrated_gradients)"
+            )
         self.layer = layer_name(self.adapter.model, layer)
         self.relu = relu
         self.grid = None if grid is None else (int(grid[0]), int(grid[1]))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from salience.adapters.base import BlackBoxAdapter
 from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, Explainer, register_explainer
 from salience.methods.baselines import BaselineLike, baseline_like, check_baseline
@@ -79,6 +80,7 @@ class Occlusion(Explainer):
 
     paper = "Zeiler & Fergus 2014"
     needs_gradients = False
+    adapter: BlackBoxAdapter
 
     def __init__(
         self,
@@ -174,6 +176,7 @@ class RISE(Explainer):
 
     paper = "Petsiuk et al. 2018"
     needs_gradients = False
+    adapter: BlackBoxAdapter
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import File, Form, UploadFile
 
+from salience.adapters.base import LayerAccessAdapter
 from salience.loading import LoadedModel
 from salience.server.limits import Limits, RequestRejectedError
 from salience.server.service import VIEW_MAX_SIDE, DisplayOptions, ModelPool
@@ -113,7 +114,7 @@ def plan_request(
             400, "bad_target", f"top-{target.k} is more than the limit of top-{limits.max_top_k}"
         )
     layer = form.layer.strip() or "auto"
-    if layer != "auto" and hasattr(loaded.adapter, "resolve_layer"):
+    if layer != "auto" and isinstance(loaded.adapter, LayerAccessAdapter):
         loaded.adapter.resolve_layer(layer, pool.sample_input(loaded))  # unknown: LayerError
     display = DisplayOptions(  # an unknown reduction or colormap: InvalidInputError, 400
         reduce=form.reduce,

@@ -65,10 +65,11 @@ def check_methods(form: SanityForm) -> list[str]:
 
 def run_sanity(form: SanityForm, names: list[str], loaded: LoadedModel, image: PreparedImage):
     """The randomization test of one image over the top ``form.blocks`` blocks, as JSON."""
+    from salience.adapters.base import RandomizableAdapter
     from salience.evaluation.randomization import sanity_check
 
     adapter = loaded.adapter
-    if not hasattr(adapter, "randomization_units"):
+    if not isinstance(adapter, RandomizableAdapter):
         raise RequestRejectedError(
             400, "not_randomizable",
             f"{loaded.name} is a black box: the sanity check re-initializes weights, which needs a "

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from salience.adapters.base import DifferentiableAdapter, LayerAccessAdapter
 from salience.errors import InvalidInputError
 from salience.images import PreparedImage
 from salience.loading import LoadedModel
@@ -93,7 +94,7 @@ def model_summary(model: LoadedModel, default: bool) -> dict[str, Any]:
         "default": default,
         "classes": len(model.class_names),
         "input_size": [height, width],
-        "differentiable": bool(getattr(model.adapter, "differentiable", True)),
+        "differentiable": isinstance(model.adapter, DifferentiableAdapter),
     }
 
 
@@ -134,7 +135,7 @@ def layer_catalog(pool: ModelPool, model: LoadedModel) -> dict[str, Any]:
     from salience.adapters.layers import LayerError
 
     adapter = model.adapter
-    if not getattr(adapter, "differentiable", True) or not hasattr(adapter, "layer_table"):
+    if not isinstance(adapter, LayerAccessAdapter):
         return {"model": model.name, "default": None, "layers": []}
     sample = pool.sample_input(model)
     try:

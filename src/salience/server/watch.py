@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
+from salience.adapters.base import BlackBoxAdapter, DifferentiableAdapter, LayerAccessAdapter
 from salience.errors import SalienceError
 
 
@@ -90,11 +92,16 @@ class Watch:
 class WatchedAdapter:
     """An adapter that checks a :class:`Watch` before, and counts after, each model pass.
 
-    Everything else is the wrapped adapter's: the model, layers, device, preprocessing.
+    It has the capabilities of the adapter it wraps, no more: ``WatchedAdapter(adapter, watch)``
+    is a black box (:class:`~salience.adapters.base.BlackBoxAdapter`) around a black box, and
+    also differentiable and with layer access where the wrapped adapter is, so a method refuses
+    a watched model exactly as it refuses the model itself. It is never randomizable: a
+    randomized copy would run unwatched. The model, layers, device and preprocessing are the
+    wrapped adapter's.
 
     Parameters
     ----------
-    adapter : adapter
+    adapter : BlackBoxAdapter
         The shared adapter of a loaded model (it is not changed).
     watch : Watch
         The request's watch.
@@ -102,12 +109,16 @@ class WatchedAdapter:
 
     is_adapter = True
 
-    def __init__(self, adapter: Any, watch: Watch) -> None:
+    def __new__(cls, adapter: BlackBoxAdapter, watch: Watch) -> WatchedAdapter:
+        if cls is WatchedAdapter:
+            passes = isinstance(adapter, DifferentiableAdapter)
+            layers = isinstance(adapter, LayerAccessAdapter)
+            cls = _WATCHED_CLASSES[passes, layers]
+        return super().__new__(cls)
+
+    def __init__(self, adapter: BlackBoxAdapter, watch: Watch) -> None:
         self._adapter = adapter
         self._watch = watch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._adapter, name)
 
     def _pass(self, samples: int, run: Any, *args: Any, **kwargs: Any) -> Any:
         self._watch.check()
@@ -115,16 +126,67 @@ class WatchedAdapter:
         self._watch.count(samples)
         return result
 
+    @property
+    def device(self) -> object:
+        """The wrapped adapter's device."""
+        return self._adapter.device
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """The wrapped adapter's ``prepare_input`` (no model pass)."""
+        return self._adapter.prepare_input(x)
+
     def forward(self, x: Tensor, **options: Any) -> Tensor:
         """The wrapped adapter's ``forward``, watched."""
         return self._pass(int(x.shape[0]), self._adapter.forward, x, **options)
 
+
+class _WatchedPasses(WatchedAdapter):
+    """A watched :class:`~salience.adapters.base.DifferentiableAdapter`."""
+
+    _adapter: DifferentiableAdapter
+
+    @property
+    def model(self) -> object:
+        """The wrapped adapter's model."""
+        return self._adapter.model
+
     def run(self, x: Tensor, score: Any, need: Any) -> Any:
         """The wrapped adapter's ``run``, watched."""
         return self._pass(int(x.shape[0]), self._adapter.run, x, score, need)
+
+
+class _WatchedLayers(WatchedAdapter):
+    """A watched :class:`~salience.adapters.base.LayerAccessAdapter`."""
+
+    _adapter: LayerAccessAdapter
+
+    def layer_names(self) -> Sequence[str]:
+        """The wrapped adapter's layer names."""
+        return self._adapter.layer_names()
+
+    def layer_table(self, x: Tensor) -> list[Any]:
+        """The wrapped adapter's layer table (no pass is counted: it is traced once)."""
+        return self._adapter.layer_table(x)
+
+    def resolve_layer(self, layer: Any, x: Tensor) -> str:
+        """The wrapped adapter's ``resolve_layer``."""
+        return self._adapter.resolve_layer(layer, x)
 
     def scaled_layer_outputs(self, x: Tensor, layer: str, scales: Tensor, **options: Any) -> Tensor:
         """The wrapped adapter's ``scaled_layer_outputs``, watched."""
         return self._pass(
             int(scales.shape[0]), self._adapter.scaled_layer_outputs, x, layer, scales, **options
         )
+
+
+class _WatchedPassesAndLayers(_WatchedPasses, _WatchedLayers):
+    """A watched adapter with gradients and layer access (any PyTorch or Keras model)."""
+
+
+_WATCHED_CLASSES: dict[tuple[bool, bool], type[WatchedAdapter]] = {
+    (False, False): WatchedAdapter,
+    (True, False): _WatchedPasses,
+    (False, True): _WatchedLayers,
+    (True, True): _WatchedPassesAndLayers,
+}
+"""The watched class for (differentiable, layer access)."""
