@@ -8,7 +8,8 @@ those of the adapter it wraps, except randomization (a randomized copy would run
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,11 @@ from salience.adapters.base import (
     Outputs,
     ScoreFn,
 )
+from salience.adapters.inference_copy import ModelState
 from salience.adapters.layers import LayerError
 from salience.adapters.program import ProgramAdapter
-from salience.adapters.torch import TorchAdapter
+from salience.adapters.torch import EvalModeProvider, InferenceCopyProvider, TorchAdapter
+from salience.errors import InvalidInputError
 from salience.methods import black_box_methods
 from salience.registry import available
 from salience.server.watch import Watch, WatchedAdapter
@@ -168,3 +171,47 @@ def test_gradients_without_layers_run_gradient_methods_and_refuse_cams() -> None
     assert torch.equal(explanation.attributions, expected)  # the same arithmetic, run alike
     with pytest.raises(LayerError, match="gradcam needs the model's layers"):
         salience.make_explainer(adapter, "gradcam")
+
+
+# --- what runs: module providers ---------------------------------------------------------------
+
+
+class CountingProvider(EvalModeProvider):
+    """The model in eval mode, counting the passes it serves."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.passes = 0
+
+    @contextmanager
+    def runnable(
+        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
+    ) -> Iterator[nn.Module]:
+        self.passes += 1
+        with super().runnable(sample, layer, state) as model:
+            yield model
+
+
+def test_the_adapter_runs_what_its_provider_gives() -> None:
+    net = small_net().train()
+    provider = CountingProvider(net)
+    adapter = TorchAdapter(net, provider=provider)
+    x = torch.rand(2, 3, 8, 8)
+    adapter.forward(x)
+    salience.explain(adapter, x, method="gradcam")
+    assert provider.passes == 2 and net.training  # the provider's eval mode was undone
+    assert not adapter.inference_copy
+    with pytest.raises(InvalidInputError, match=r"provider runs another module.*same module"):
+        TorchAdapter(net, provider=EvalModeProvider(small_net()))
+
+
+def test_each_adapter_chooses_a_provider_instead_of_overriding_the_engine(tmp_path: Path) -> None:
+    assert type(TorchAdapter(small_net()).provider) is InferenceCopyProvider
+    assert type(TorchAdapter(small_net(), inference_copy=False).provider) is EvalModeProvider
+    assert type(program_adapter(tmp_path).provider) is EvalModeProvider
+    keras = keras_adapter(tmp_path)
+    assert type(keras.provider).__name__ == "KerasProvider"
+    engine = {name for name in vars(TorchAdapter) if name.startswith("_") and name[1] != "_"}
+    for adapter in (keras, program_adapter(tmp_path)):
+        overridden = {name for cls in type(adapter).__mro__[:-2] for name in vars(cls)} & engine
+        assert not overridden, f"{type(adapter).__name__} overrides {sorted(overridden)}"

@@ -44,7 +44,7 @@ from salience.adapters.randomize import (
     he_truncated_normal,
     unit_generator,
 )
-from salience.adapters.torch import TorchAdapter
+from salience.adapters.torch import EvalModeProvider, TorchAdapter
 from salience.errors import InvalidInputError, MissingPackageError, UnsupportedError
 
 KERAS_INSTALL_HINT = "pip install 'salience[keras]'"
@@ -354,6 +354,29 @@ def keras_input_shape(model: Any) -> tuple[int | None, ...] | None:
     return tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
 
 
+class KerasProvider(EvalModeProvider):
+    """What a :class:`KerasAdapter` runs: its :class:`KerasModule`, whose private Keras copy is
+    brought up to the user's model before each pass (its state is the Keras model's)."""
+
+    def __init__(self, module: KerasModule) -> None:
+        super().__init__(module)
+        self.module = module
+
+    def state(self) -> ModelState:
+        """The Keras model's state (the private copy is brought up to it first)."""
+        return self.module.refresh()
+
+    @contextmanager
+    def runnable(
+        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
+    ) -> Iterator[nn.Module]:
+        """The module in eval mode, its copy current (``state``: just refreshed)."""
+        if state is None:
+            self.module.refresh()
+        with super().runnable(sample, layer, state) as model:
+            yield model
+
+
 class KerasAdapter(TorchAdapter):
     """Adapter for Keras 3 models, run on Keras' torch backend.
 
@@ -383,7 +406,9 @@ class KerasAdapter(TorchAdapter):
             raise InvalidInputError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
         module = keras_module(model, layout=layout, strip_softmax=strip_softmax)
         # The module runs a private copy already: no second copy, no fusion.
-        super().__init__(module, inference_copy=False, fold_batchnorm=False, strip_softmax=False)
+        super().__init__(
+            module, fold_batchnorm=False, strip_softmax=False, provider=KerasProvider(module)
+        )
         self.layout = layout
 
     @property
@@ -464,19 +489,6 @@ class KerasAdapter(TorchAdapter):
             for name in unit.modules:
                 _reinitialize_keras_layer(keras, duplicate.get_layer(name), generator)
         return KerasAdapter(duplicate, layout=self.layout, strip_softmax=self.model.strip_softmax)
-
-    def _state(self) -> ModelState:
-        """The Keras model's state (the private copy is brought up to it first)."""
-        return self.model.refresh()
-
-    @contextmanager
-    def _runnable(
-        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
-    ) -> Iterator[nn.Module]:
-        if state is None:
-            self.model.refresh()
-        with super()._runnable(sample, layer, state) as model:
-            yield model
 
 
 def _keras_norm_types(keras: ModuleType) -> tuple[type, ...]:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from salience.adapters.base import Need, Outputs, ScoreFn
 from salience.adapters.layers import LayerError, LayerInfo, LayerLike
-from salience.adapters.torch import TorchAdapter
+from salience.adapters.torch import EvalModeProvider, TorchAdapter
 from salience.errors import InvalidInputError, SalienceError
 
 TORCHSCRIPT = "TorchScript module"
@@ -167,7 +167,7 @@ class ProgramAdapter(TorchAdapter):
             program = ExportedModule(program, name or "the program")
         elif not isinstance(program, CompiledModule):
             program = ScriptedModule(program, name or "the model")
-        super().__init__(program, inference_copy=False, strip_softmax=False)
+        super().__init__(program, strip_softmax=False, provider=EvalModeProvider(program))
         self.name = program.name
         self.kind = program.kind
 

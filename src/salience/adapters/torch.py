@@ -8,6 +8,10 @@ module's training flag afterwards. Gradients are taken with ``torch.autograd.gra
 to the input (and a captured layer) only, so no ``.grad`` is ever written to a parameter. All
 hooks live inside one ``try``/``finally``.
 
+What runs for each pass is the adapter's :class:`ModuleProvider`: the inference copy
+(:class:`InferenceCopyProvider`), the model in eval mode (:class:`EvalModeProvider`), or another
+one a kind of model brings (Keras); the adapter itself is the pass engine.
+
 Inputs are refused when they hold NaN or infinite values, and the model never gets the caller's
 tensor itself (a forward that works in place, ``x.clamp_()``, would change it): a copy is made
 when moving it to the model's device and dtype did not make one already.
@@ -19,7 +23,8 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -123,6 +128,115 @@ class _Capture:
         return output
 
 
+class ModuleProvider(Protocol):
+    """Which module a :class:`TorchAdapter` runs for each pass, and the state its caches key on.
+
+    The adapter is the pass engine (hooks, gradients, chunks, the layer table); a provider
+    decides what runs: :class:`InferenceCopyProvider` (a private folded copy, the default),
+    :class:`EvalModeProvider` (the user's model in eval mode; compiled programs too) or the
+    Keras provider (``salience.adapters.keras``). A new kind of model is a new provider, not a
+    subclass that overrides the engine.
+    """
+
+    @property
+    def model(self) -> nn.Module:
+        """The module whose names, parameters and state the adapter reports."""
+        ...
+
+    def state(self) -> ModelState:
+        """The model's current state: the key of every cache built from it."""
+        ...
+
+    def runnable(
+        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
+    ) -> AbstractContextManager[nn.Module]:
+        """The module to run for one pass on inputs like ``sample`` that captures ``layer``;
+        ``state``: the model's state, when the caller has just taken it."""
+        ...
+
+
+class EvalModeProvider:
+    """The user's model itself, in eval mode for each pass; every module's flag is restored.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The module to run.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+
+    @property
+    def model(self) -> nn.Module:
+        """The module that runs."""
+        return self._model
+
+    def state(self) -> ModelState:
+        """The model's current state (:func:`~salience.adapters.inference_copy.model_state`)."""
+        return model_state(self._model)
+
+    @contextmanager
+    def runnable(
+        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
+    ) -> Iterator[nn.Module]:
+        """The model in eval mode for the block."""
+        with eval_mode(self._model) as model:
+            yield model
+
+
+class InferenceCopyProvider(EvalModeProvider):
+    """A private frozen copy of the model (BatchNorm folded, channels-last), rebuilt whenever
+    the model changes; the model itself in eval mode where no copy can be built.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The user's model (never changed).
+    fold_batchnorm : bool
+        Fold BatchNorm into the preceding convolution when this is exact.
+    channels_last : bool
+        Convolutions in channels-last memory format.
+    """
+
+    def __init__(self, model: nn.Module, *, fold_batchnorm: bool, channels_last: bool) -> None:
+        super().__init__(model)
+        self.fold_batchnorm = fold_batchnorm
+        self.channels_last = channels_last
+
+    @contextmanager
+    def runnable(
+        self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
+    ) -> Iterator[nn.Module]:
+        """The copy; the unfolded copy when ``layer`` is a convolution a BatchNorm was folded
+        into (it outputs what the norm did); the model in eval mode when no copy can be built.
+        """
+        state = state or self.state()
+        copy = self.copy(sample, self.fold_batchnorm, state)
+        if copy is not None and layer is not None and layer in folded_convolutions(copy):
+            copy = self.copy(sample, False, state)
+        if copy is not None:
+            yield copy
+            return
+        with super().runnable(sample, layer, state) as model:
+            yield model
+
+    def copy(self, sample: Tensor, fold: bool, state: ModelState) -> nn.Module | None:
+        """The cached copy for inputs like ``sample``; None (with a warning) when it fails."""
+        try:
+            return cached_inference_copy(
+                self._model, sample, fold=fold, channels_last=self.channels_last, state=state
+            )
+        except CopyError as error:
+            warnings.warn(
+                f"cannot build an inference copy of this model ({error}); running the model "
+                "itself in eval mode",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+
+
 class TorchAdapter:
     """Adapter for ``torch.nn.Module`` models.
 
@@ -145,6 +259,10 @@ class TorchAdapter:
         For long runs of forward passes (occlusion, RISE, Score-CAM), run a TorchScript trace
         of the copy with oneDNN operator fusion: about 1.5× faster on CPU, verified equal to the
         eager copy. Only for models whose ``forward`` does not branch on tensor values.
+    provider : ModuleProvider, optional
+        What runs for each pass (by default an :class:`InferenceCopyProvider`, or an
+        :class:`EvalModeProvider` with ``inference_copy=False``); its ``model`` must be
+        ``model``.
     """
 
     is_adapter = True
@@ -158,16 +276,35 @@ class TorchAdapter:
         channels_last: bool = True,
         strip_softmax: bool = True,
         fuse: bool = False,
+        provider: ModuleProvider | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UnsupportedError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        if provider is None:
+            provider = (
+                InferenceCopyProvider(
+                    model, fold_batchnorm=fold_batchnorm, channels_last=channels_last
+                )
+                if inference_copy
+                else EvalModeProvider(model)
+            )
+        elif provider.model is not model:
+            raise InvalidInputError(
+                "the provider runs another module than the adapter's model; build it from the "
+                "same module, e.g. TorchAdapter(model, provider=EvalModeProvider(model))"
+            )
+        self.provider = provider
         self.model = model
-        self.inference_copy = inference_copy
         self.fold_batchnorm = fold_batchnorm
         self.channels_last = channels_last
         self.strip_softmax = strip_softmax
         self.fuse = fuse
         self._lock = _lock_for(model)
+
+    @property
+    def inference_copy(self) -> bool:
+        """Whether a private inference copy runs (an :class:`InferenceCopyProvider`)."""
+        return isinstance(self.provider, InferenceCopyProvider)
 
     # -- public contract -------------------------------------------------------------------
     @property
@@ -433,11 +570,16 @@ class TorchAdapter:
         softmax = self.strip_softmax and any(
             isinstance(module, _SOFTMAX_MODULES) for module in self.model.modules()
         )
-        if not self.inference_copy or sample.device.type != "cpu" or softmax:
+        provider = self.provider
+        if (
+            not isinstance(provider, InferenceCopyProvider)
+            or sample.device.type != "cpu"
+            or softmax
+        ):
             return None
         with self._lock:
             state = self._state()
-            copy = self._current_copy(sample, self.fold_batchnorm, state)
+            copy = provider.copy(sample, provider.fold_batchnorm, state)
             if copy is None:
                 return None
             options = (self.fold_batchnorm, self.channels_last)
@@ -480,39 +622,10 @@ class TorchAdapter:
 
     def _state(self) -> ModelState:
         """The model's current state: the key of every cache built from it."""
-        return model_state(self.model)
+        return self.provider.state()
 
-    @contextmanager
     def _runnable(
         self, sample: Tensor, layer: str | None = None, state: ModelState | None = None
-    ) -> Iterator[nn.Module]:
-        """The module to run: the inference copy, or the user's model in eval mode.
-
-        A convolution whose BatchNorm was folded into it outputs what the norm did; when such a
-        convolution is the captured ``layer``, the unfolded copy runs instead. ``state``: the
-        model's state, when the caller has just taken it.
-        """
-        if self.inference_copy:
-            state = state or self._state()
-            copy = self._current_copy(sample, self.fold_batchnorm, state)
-            if copy is not None and layer is not None and layer in folded_convolutions(copy):
-                copy = self._current_copy(sample, False, state)
-            if copy is not None:
-                yield copy
-                return
-        with eval_mode(self.model) as model:
-            yield model
-
-    def _current_copy(self, sample: Tensor, fold: bool, state: ModelState) -> nn.Module | None:
-        try:
-            return cached_inference_copy(
-                self.model, sample, fold=fold, channels_last=self.channels_last, state=state
-            )
-        except CopyError as error:
-            warnings.warn(
-                f"cannot build an inference copy of this model ({error}); running the model "
-                "itself in eval mode",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return None
+    ) -> AbstractContextManager[nn.Module]:
+        """The module to run: the provider's."""
+        return self.provider.runnable(sample, layer, state)
