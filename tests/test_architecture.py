@@ -34,7 +34,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "images": ("salience.images", "salience.render", "salience.viz"),
     "adapters": ("salience.adapters",),
-    "models": ("salience.loading", "salience.opening", "salience.presets", "salience.zoo"),
+    "models": (
+        "salience.loading",
+        "salience.models",
+        "salience.opening",
+        "salience.presets",
+        "salience.zoo",
+    ),
     "methods": ("salience.methods",),
     "api": ("salience.api",),
     "evaluation": ("salience.evaluation",),
@@ -167,14 +173,14 @@ def test_the_document_shows_the_same_layers() -> None:
 
 
 def test_explaining_a_model_object_opens_nothing() -> None:
-    """Paths and names are opened by salience.loading, imported only for them (it brings the
+    """Paths and names are opened by salience.models, imported only for them (it brings the
     image and preset readers, which a model object does not need)."""
     script = (
         "import sys, torch, salience\n"
         "from torch import nn\n"
         "net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(18, 2))\n"
         "salience.explain(net, torch.rand(1, 3, 5, 5), method='gradient')\n"
-        "print(sorted(m for m in ('salience.loading', 'salience.images') if m in sys.modules))\n"
+        "print(sorted(m for m in ('salience.models', 'salience.images') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(salience.__file__).parents[1])}
     done = subprocess.run(

@@ -16,9 +16,10 @@ from torch import Tensor
 import salience
 from model_factories import DigitsNet
 from salience.adapters import as_adapter
-from salience.adapters.keras import KerasAdapter, import_keras, load_keras_model
+from salience.adapters.keras import KerasAdapter, import_keras
 from salience.cli import main
 from salience.loading import LoadOptions, open_model
+from salience.models.keras import load_keras_model
 
 # Keras 3.15 calls __array__ without numpy 2's copy keyword.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

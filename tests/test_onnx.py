@@ -16,12 +16,18 @@ from torch import Tensor, nn
 
 import salience
 from salience.adapters import as_adapter
-from salience.adapters.base import BlackBoxAdapter, DifferentiableAdapter, GradientsUnavailableError
-from salience.adapters.onnx import OnnxAdapter, infer_layout, parse_class_names
+from salience.adapters.base import (
+    BlackBoxAdapter,
+    DifferentiableAdapter,
+    GradientsUnavailableError,
+)
+from salience.adapters.onnx import OnnxAdapter, infer_layout
 from salience.adapters.torch import TorchAdapter
 from salience.cli import main
 from salience.images import IMAGENET_PRESET
 from salience.methods.base import Attribution, Explainer, black_box_methods
+from salience.models.onnx import onnx_class_names, onnx_preset
+from salience.models.presets import parse_class_names
 from salience.opening import adapter_for
 from salience.targets import TargetSpec
 
@@ -328,11 +334,11 @@ def test_metadata_gives_the_preprocessing_and_class_names(net: TinyCNN, folder: 
     path = export(net, folder / "meta.onnx", torch.zeros(1, 3, 32, 32), metadata=metadata)
     adapter = OnnxAdapter(path)
     assert adapter.metadata == metadata
-    preset = adapter.preset()
+    preset = onnx_preset(adapter)
     assert preset.mean == (0.5, 0.4, 0.3) and preset.std == (0.2, 0.25, 0.3)
     assert preset.crop == (32, 32) and preset.resize_shorter == 36
-    assert adapter.class_names() == ("cat", "dog", "bird, small", "fish", "frog")
-    override = adapter.preset(size=40, mean=(0.1, 0.2, 0.3))
+    assert onnx_class_names(adapter) == ("cat", "dog", "bird, small", "fish", "frog")
+    override = onnx_preset(adapter, size=40, mean=(0.1, 0.2, 0.3))
     assert override.crop == (40, 40) and override.resize_shorter == 40
     assert override.mean == (0.1, 0.2, 0.3) and override.std == (0.2, 0.25, 0.3)
 
@@ -340,10 +346,10 @@ def test_metadata_gives_the_preprocessing_and_class_names(net: TinyCNN, folder: 
 def test_preprocessing_without_metadata(model_path: Path, nhwc_path: Path) -> None:
     for path in (model_path, nhwc_path):
         adapter = OnnxAdapter(path)
-        preset = adapter.preset()
+        preset = onnx_preset(adapter)
         assert preset.crop == (32, 32) and preset.resize_shorter == 32
         assert (preset.mean, preset.std) == (IMAGENET_PRESET.mean, IMAGENET_PRESET.std)
-        assert adapter.class_names() is None
+        assert onnx_class_names(adapter) is None
         image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
         prepared = preset.prepare(image)
         assert prepared.tensor.shape == (1, 3, 32, 32)
@@ -359,10 +365,10 @@ def test_class_name_formats_and_bad_metadata(net: TinyCNN, folder: Path) -> None
     metadata = {"labels": "a,b,c,d,e", "mean": "0.5,0.5", "crop": "28"}
     path = export(net, folder / "labels.onnx", torch.zeros(1, 3, 32, 32), metadata=metadata)
     adapter = OnnxAdapter(path)
-    assert adapter.class_names() == ("a", "b", "c", "d", "e")
+    assert onnx_class_names(adapter) == ("a", "b", "c", "d", "e")
     with pytest.raises(ValueError, match="metadata 'mean' must be 3 comma-separated numbers"):
-        adapter.preset()
-    assert adapter.preset(mean=(0.5, 0.5, 0.5)).crop == (28, 28)
+        onnx_preset(adapter)
+    assert onnx_preset(adapter, mean=(0.5, 0.5, 0.5)).crop == (28, 28)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -382,9 +382,9 @@ def test_a_weights_file_far_bigger_than_the_model_is_refused_before_reading(
 ) -> None:
     from safetensors.torch import save_file
 
-    import salience.loading
+    import salience.models.safety
 
-    monkeypatch.setattr(salience.loading, "UNPACKED_SLACK", 0)  # keep the file small
+    monkeypatch.setattr(salience.models.safety, "UNPACKED_SLACK", 0)  # keep the file small
     own = sum(t.numel() * t.element_size() for t in net.state_dict().values())
     state = {key: value.contiguous() for key, value in net.state_dict().items()}
     fits = tmp_path / "checkpoint.safetensors"

@@ -2,7 +2,7 @@
 
 This is what :func:`salience.explain`, the explainers and the evaluations call on their
 ``model`` argument. Model objects are wrapped by :func:`salience.adapters.as_adapter`; a path or
-a name is opened by :mod:`salience.loading`, imported only then (it reads presets and images,
+a name is opened by :mod:`salience.models`, imported only then (it reads presets and images,
 which explaining a model object never needs).
 """
 
@@ -19,7 +19,7 @@ def adapter_for(model: object) -> Any:
 
     A path to an ``.onnx`` file gets an :class:`~salience.adapters.onnx.OnnxAdapter` (a black
     box: scores only), any other path or name the adapter
-    :func:`salience.loading.open_model` opens it with.
+    :func:`salience.models.open_model` opens it with.
     """
     if not isinstance(model, str | os.PathLike):
         return as_adapter(model)
@@ -28,7 +28,7 @@ def adapter_for(model: object) -> Any:
         from salience.adapters.onnx import OnnxAdapter
 
         return OnnxAdapter(path)
-    from salience.loading import open_model
+    from salience.models import open_model
 
     return open_model(path).adapter
 

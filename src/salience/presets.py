@@ -1,292 +1,32 @@
-"""Preprocessing that travels with a model file: preset sidecars and their overrides.
-
-A model file ``net.keras`` (``net.pt``, ``net.onnx``, ...) may have a sidecar ``net.preset.toml``
-or ``net.preset.json`` beside it that says how its images are prepared::
-
-    size = 224                      # the model's input: centre crop, N or [H, W]
-    resize = 256                    # shorter side before cropping (default: size)
-    interpolation = "bilinear"      # bicubic | bilinear | nearest
-    mean = [0.485, 0.456, 0.406]    # on pixel values in [0, 1], in the model's channel order
-    std = [0.229, 0.224, 0.225]     # or: scale = 0.0039215686 (the model takes pixel × scale)
-    channel_order = "rgb"           # or "bgr" (Caffe-style models)
-    layout = "nhwc"                 # the input layout, when the model's shape does not tell
-    labels = "labels.txt"           # one class name per line (or a JSON list), or a list here
-
-Everything is optional. What the sidecar leaves out comes from the model (its static input size,
-ONNX metadata), else ImageNet's preprocessing; command-line flags override the sidecar.
-"""
+"""The names of :mod:`salience.models.presets` under their earlier module: preset sidecars
+beside a model file and their overrides. New code imports :mod:`salience.models.presets`."""
 
 from __future__ import annotations
 
-import json
-import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-
-from salience.errors import InvalidInputError
-from salience.images import IMAGENET_PRESET, INTERPOLATIONS, ImagePreset
-
-CHANNEL_ORDERS = ("rgb", "bgr")
-LAYOUTS = ("nchw", "nhwc")
-SIDECAR_SUFFIXES = (".preset.toml", ".preset.json")
-
-
-@dataclass(frozen=True)
-class ModelPreset(ImagePreset):
-    """An :class:`~salience.images.ImagePreset` that can also hand the model BGR channels.
-
-    ``mean`` and ``std`` are in RGB order, as for every preset; with ``channel_order="bgr"`` the
-    normalized tensor's channels are reversed for the model, and reversed back for display.
-    """
-
-    channel_order: str = "rgb"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.channel_order not in CHANNEL_ORDERS:
-            raise InvalidInputError(
-                f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}; "
-                f"got {self.channel_order!r}"
-            )
-
-    def normalize(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """:meth:`ImagePreset.normalize`, with the channels in the model's order."""
-        tensor = super().normalize(image)
-        return tensor.flip(1) if self.channel_order == "bgr" else tensor
-
-    def denormalize(self, tensor: torch.Tensor) -> np.ndarray:
-        """:meth:`ImagePreset.denormalize` of a tensor in the model's channel order."""
-        if self.channel_order == "bgr":
-            tensor = tensor.flip(-3)
-        return super().denormalize(tensor)
-
-
-@dataclass(frozen=True)
-class PresetOverrides:
-    """What a sidecar or the command line says about a model's input; None leaves it be.
-
-    ``mean`` and ``std`` are in the model's channel order; ``labels`` is a list of names or
-    the path of a labels file.
-    """
-
-    size: int | tuple[int, int] | None = None
-    resize: int | None = None
-    interpolation: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: float | None = None
-    channel_order: str | None = None
-    layout: str | None = None
-    labels: tuple[str, ...] | Path | None = None
-
-    def given(self) -> list[str]:
-        """The names of the settings that are set."""
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
-    def over(self, base: PresetOverrides) -> PresetOverrides:
-        """These settings, with ``base``'s where these leave one unset.
-
-        A size given here also sets the resize (``--size N``: resize to N, crop N×N), and a
-        scale here replaces a std there (and the other way round).
-        """
-        merged = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key, value in merged.items():
-            if value is None:
-                merged[key] = getattr(base, key)
-        if self.size is not None and self.resize is None:
-            merged["resize"] = None
-        if self.scale is not None and self.std is None:
-            merged["std"] = None
-        if self.std is not None and self.scale is None:
-            merged["scale"] = None
-        return PresetOverrides(**merged)
-
-    def apply(self, base: ImagePreset) -> ModelPreset:
-        """``base`` (the model's own or ImageNet's preprocessing) with these settings applied."""
-        if self.std is not None and self.scale is not None:
-            raise InvalidInputError("give std or scale, not both (scale s means std = 1 / (255·s))")
-        order = self.channel_order or getattr(base, "channel_order", "rgb")
-        crop = base.crop if self.size is None else self.size
-        resize = self.resize
-        if resize is None:
-            resize = base.resize_shorter if self.size is None else _longest(self.size)
-        if self.scale is not None:
-            std: Sequence[float] = (1.0 / (255.0 * self.scale),) * 3
-            mean: Sequence[float] = self.mean or (0.0, 0.0, 0.0)
-        else:
-            std = self.std or base.std
-            mean = self.mean or base.mean
-        if order == "bgr":  # given in the model's order, kept in RGB order
-            mean = tuple(reversed(mean)) if self.mean else mean
-            std = tuple(reversed(std)) if self.std else std
-        return ModelPreset(
-            resize_shorter=resize,
-            crop=crop,
-            mean=tuple(mean),
-            std=tuple(std),
-            interpolation=self.interpolation or base.interpolation,
-            channel_order=order,
-        )
-
-
-def _longest(size: int | tuple[int, int]) -> int:
-    return size if isinstance(size, int) else max(size)
-
-
-def fallback_preset(input_size: tuple[int, int] | None) -> ImagePreset:
-    """ImageNet's normalization, at the model's static input size when it has one.
-
-    With a static size the image's shorter side is resized to it and the centre cropped (no
-    margin); without one, ImageNet's resize 256 / crop 224.
-    """
-    if input_size is None:
-        return IMAGENET_PRESET
-    height, width = input_size
-    crop: int | tuple[int, int] = height if height == width else (height, width)
-    return replace(IMAGENET_PRESET, crop=crop, resize_shorter=max(height, width))
-
-
-def find_sidecar(model_path: str | Path) -> Path | None:
-    """The preset sidecar beside ``model_path`` (``net.keras`` → ``net.preset.toml``/``.json``).
-
-    Raises
-    ------
-    ValueError
-        When both a TOML and a JSON sidecar exist.
-    """
-    path = Path(model_path)
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    found = [path.with_name(stem + suffix) for suffix in SIDECAR_SUFFIXES]
-    found = [candidate for candidate in found if candidate.is_file()]
-    if len(found) > 1:
-        raise InvalidInputError(
-            f"{found[0].name} and {found[1].name} both describe {path.name}; remove one of them"
-        )
-    return found[0] if found else None
-
-
-def read_sidecar(path: str | Path) -> PresetOverrides:
-    """Read a preset sidecar (``.toml`` or ``.json``; see the module docs for its keys)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise OSError(f"cannot read the preset {path}: {error.strerror or error}") from error
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
-        raise InvalidInputError(f"the preset {path.name} is not valid {kind}: {error}") from error
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"the preset {path.name} must be a table of settings, not a list")
-    return overrides_from_mapping(data, source=path.name, folder=path.parent)
-
-
-_KEYS = frozenset(f.name for f in fields(PresetOverrides))
-
-
-def overrides_from_mapping(
-    data: Mapping[str, Any], *, source: str, folder: Path | None = None
-) -> PresetOverrides:
-    """Check and convert the settings of a sidecar; ``folder`` anchors a relative labels path."""
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise InvalidInputError(
-            f"{source} has unknown settings {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
-        )
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        values[key] = _CHECKS[key](key, value, source)
-    labels = values.get("labels")
-    if isinstance(labels, Path) and folder is not None and not labels.is_absolute():
-        values["labels"] = folder / labels
-    return PresetOverrides(**values)
-
-
-def _positive_int(key: str, value: Any, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{source}: {key} must be a positive integer, got {value!r}")
-    return value
-
-
-def _size(key: str, value: Any, source: str) -> int | tuple[int, int]:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return (_positive_int(key, value[0], source), _positive_int(key, value[1], source))
-    return _positive_int(key, value, source)
-
-
-def _triple(key: str, value: Any, source: str) -> tuple[float, ...]:
-    ok = isinstance(value, list | tuple) and len(value) == 3
-    if not ok or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        raise InvalidInputError(f"{source}: {key} must be a list of 3 numbers, got {value!r}")
-    return tuple(float(v) for v in value)
-
-
-def _positive_float(key: str, value: Any, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise InvalidInputError(f"{source}: {key} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _choice(options: Sequence[str]) -> Any:
-    def check(key: str, value: Any, source: str) -> str:
-        if not isinstance(value, str) or value.lower() not in options:
-            raise InvalidInputError(
-                f"{source}: {key} must be one of {', '.join(options)}, got {value!r}"
-            )
-        return value.lower()
-
-    return check
-
-
-def _labels(key: str, value: Any, source: str) -> tuple[str, ...] | Path:
-    if isinstance(value, str) and value:
-        return Path(value)
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise InvalidInputError(
-        f"{source}: {key} must be a labels file or a list of names, got {value!r}"
-    )
-
-
-_CHECKS = {
-    "size": _size,
-    "resize": _positive_int,
-    "interpolation": _choice(tuple(INTERPOLATIONS)),
-    "mean": _triple,
-    "std": _triple,
-    "scale": _positive_float,
-    "channel_order": _choice(CHANNEL_ORDERS),
-    "layout": _choice(LAYOUTS),
-    "labels": _labels,
-}
-
-
-def read_labels(path: str | Path) -> tuple[str, ...]:
-    """Class names from a labels file: one per line, or a JSON list / ``{index: name}``."""
-    from salience.adapters.onnx import parse_class_names
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise OSError(f"cannot read the labels file {path}: {error.strerror or error}") from error
-    names = parse_class_names(text)
-    if not names:
-        raise InvalidInputError(f"the labels file {path} names no classes; write one name per line")
-    return names
-
+from salience.models.presets import (
+    CHANNEL_ORDERS,
+    LAYOUTS,
+    SIDECAR_SUFFIXES,
+    ModelPreset,
+    PresetOverrides,
+    fallback_preset,
+    find_sidecar,
+    overrides_from_mapping,
+    parse_class_names,
+    read_labels,
+    read_sidecar,
+)
 
 __all__ = [
     "CHANNEL_ORDERS",
+    "LAYOUTS",
+    "SIDECAR_SUFFIXES",
     "ModelPreset",
     "PresetOverrides",
     "fallback_preset",
     "find_sidecar",
+    "overrides_from_mapping",
+    "parse_class_names",
     "read_labels",
     "read_sidecar",
 ]

@@ -12,7 +12,11 @@ from salience.errors import InvalidInputError, SalienceError
 T = TypeVar("T")
 
 _REGISTRIES: dict[str, dict[str, Any]] = {}
-_BUILT_IN = {"method": "salience.methods", "model": "salience.zoo"}
+_BUILT_IN = {
+    "method": "salience.methods",
+    "model": "salience.zoo",
+    "model format": "salience.models",
+}
 """The module whose import registers each kind's built-in entries."""
 
 

@@ -1,7 +1,7 @@
 """Which adapter runs a model object: the one place that knows every adapter class.
 
 Opening a model *file* or a bundled model's *name* is the job of the layer above
-(:func:`salience.opening.adapter_for`, :func:`salience.loading.open_model`): adapters only run
+(:func:`salience.opening.adapter_for`, :func:`salience.models.open_model`): adapters only run
 models, they never read them from disk by name.
 """
 

@@ -11,8 +11,9 @@ and rebuilt whenever the user's model changes
 
 Tracing records one path through ``forward``: a model whose ``forward`` branches on tensor
 values would be traced wrongly, so fusion is opt-in (``TorchAdapter(fuse=True)``) and a trace
-that draws any tracer warning is not used, except the warnings of the bundled models, whose
-only Python logic is "same" padding computed from the input's size (the fused copy is cached per
+that draws any tracer warning is not used, unless whoever opened the model knows that its only
+Python logic depends on the input's size, not its values (``trusted_trace=True``: the bundled
+models, whose "same" padding is computed from the input's size; the fused copy is cached per
 input size). oneDNN fusion is a process-wide switch of TorchScript;
 it is turned on only while a fused copy runs, and restored afterwards.
 """
@@ -23,7 +24,6 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,6 @@ from salience.adapters.inference_copy import (
     outputs_equal,
 )
 
-_ZOO = Path(__file__).resolve().parents[1] / "zoo"
 WARM_UP_CALLS = 3
 """TorchScript's profiling executor optimizes a graph after it has seen an input shape twice."""
 
@@ -56,7 +55,9 @@ def onednn_fusion() -> Iterator[None]:
         torch.jit.enable_onednn_fusion(previous)
 
 
-def build_fused(copy: nn.Module, sample: Tensor) -> torch.jit.ScriptModule | None:
+def build_fused(
+    copy: nn.Module, sample: Tensor, *, trusted_trace: bool = False
+) -> torch.jit.ScriptModule | None:
     """The traced, frozen, fused ``copy``, or None when it cannot be traced cleanly or exactly.
 
     Parameters
@@ -65,12 +66,14 @@ def build_fused(copy: nn.Module, sample: Tensor) -> torch.jit.ScriptModule | Non
         The eager inference copy (eval mode, frozen).
     sample : Tensor
         A batch of real inputs in the layout the copy runs with.
+    trusted_trace : bool
+        The model's Python logic depends on input sizes only: tracer warnings do not stop it.
     """
-    fused = _verified_fused(copy, sample)
+    fused = _verified_fused(copy, sample, trusted_trace)
     return None if fused is _UNDECIDED else fused
 
 
-def _verified_fused(copy: nn.Module, sample: Tensor) -> object:
+def _verified_fused(copy: nn.Module, sample: Tensor, trusted_trace: bool) -> object:
     """:func:`build_fused`, or ``_UNDECIDED`` when ``sample`` gives non-finite outputs."""
     try:
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
@@ -79,7 +82,7 @@ def _verified_fused(copy: nn.Module, sample: Tensor) -> object:
             fused = torch.jit.freeze(traced.eval())
     except Exception:  # any tracing failure means: run the eager copy
         return None
-    if any(_unsafe(warning) for warning in caught):
+    if not trusted_trace and any(_unsafe(warning) for warning in caught):
         return None
     with torch.inference_mode(), onednn_fusion():
         reference = copy(sample)
@@ -91,10 +94,8 @@ def _verified_fused(copy: nn.Module, sample: Tensor) -> object:
 
 
 def _unsafe(warning: warnings.WarningMessage) -> bool:
-    """A tracer warning from outside the bundled models: the trace may not hold for all inputs."""
-    if not issubclass(warning.category, torch.jit.TracerWarning):
-        return False
-    return not Path(warning.filename).resolve().is_relative_to(_ZOO)
+    """A tracer warning: the trace may not hold for all inputs."""
+    return issubclass(warning.category, torch.jit.TracerWarning)
 
 
 def cached_fused(
@@ -103,15 +104,17 @@ def cached_fused(
     copy: nn.Module,
     sample: Tensor,
     state: ModelState | None = None,
+    *,
+    trusted_trace: bool = False,
 ) -> torch.jit.ScriptModule | None:
     """The fused ``copy`` for inputs shaped like ``sample``: built once per state of the user's
     ``model`` (``state``, by default :func:`model_state`) and per input shape (batch size aside);
-    None when it cannot be used."""
+    None when it cannot be used. ``trusted_trace`` as for :func:`build_fused`."""
     entries = cached_for(_CACHE, model, state or model_state(model))
-    key = (*options, tuple(sample.shape[1:]), sample.dtype)
+    key = (*options, trusted_trace, tuple(sample.shape[1:]), sample.dtype)
     if key in entries:
         return entries[key]
-    fused = _verified_fused(copy, sample)
+    fused = _verified_fused(copy, sample, trusted_trace)
     if fused is _UNDECIDED:
         return None
     entries[key] = fused

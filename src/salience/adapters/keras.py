@@ -22,13 +22,11 @@ import copy
 import functools
 import math
 import os
-import re
 import sys
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -48,7 +46,6 @@ from salience.adapters.torch import EvalModeProvider, TorchAdapter
 from salience.errors import InvalidInputError, MissingPackageError, UnsupportedError
 
 KERAS_INSTALL_HINT = "pip install 'salience[keras]'"
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 _SOFTMAX_NAMES = frozenset({"softmax", "log_softmax"})
 #: Per user model and options: its private NCHW module (weakly keyed: dropped with the model).
 _MODULES: weakref.WeakKeyDictionary[Any, dict[tuple, KerasModule]] = weakref.WeakKeyDictionary()
@@ -91,47 +88,6 @@ def is_keras_model(model: object) -> bool:
     keras = sys.modules.get("keras")
     model_class = getattr(keras, "Model", None)
     return isinstance(model_class, type) and isinstance(model, model_class)
-
-
-SAFE_KERAS = (3, 13, 2)
-"""The Keras release by which the published flaws of loading in safe mode were fixed: legacy
-``.h5`` files ignoring it, config files naming functions that turn it off, untrusted
-deserialization, HDF5 weights whose metadata asks for unbounded memory."""
-
-
-def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) -> Any:
-    """Load a ``.keras`` file (or a legacy ``.h5`` that Keras 3 reads) without compiling it.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The model file.
-    trust_code : bool
-        Allow Lambda layers, whose Python code the file carries (Keras' ``safe_mode=False``).
-    """
-    keras = import_keras()
-    name = Path(path).name
-    version = tuple(int(part) for part in re.findall(r"\d+", keras.__version__)[:3])
-    if not trust_code and version < SAFE_KERAS:
-        raise InvalidInputError(
-            f"{name} is not opened: Keras {keras.__version__} lets a model file run code even "
-            f"in safe mode (fixed in Keras {'.'.join(map(str, SAFE_KERAS))}); upgrade keras, or "
-            "pass --trust-pickle (trust_pickle=True) if you trust the file"
-        )
-    try:
-        return keras.saving.load_model(os.fspath(path), compile=False, safe_mode=not trust_code)
-    except Exception as error:
-        lines = str(error).strip().splitlines()
-        reason = lines[0] if lines else type(error).__name__
-        if "safe_mode" in str(error) or "Lambda" in str(error):
-            raise InvalidInputError(
-                f"{name} holds Python code (a Lambda layer) that would run when loading it; if "
-                "you trust the file, pass --trust-pickle (trust_pickle=True)"
-            ) from error
-        raise InvalidInputError(
-            f"{name} cannot be read as a Keras 3 model ({reason}); save it again with "
-            "model.save('model.keras')"
-        ) from error
 
 
 def keras_state(model: Any) -> ModelState:
@@ -533,5 +489,4 @@ __all__ = [
     "KerasModule",
     "import_keras",
     "is_keras_model",
-    "load_keras_model",
 ]

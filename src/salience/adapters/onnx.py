@@ -13,7 +13,6 @@ onnxruntime (and onnx, to read the graph) come with the ``onnx`` extra:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,6 @@ from salience.errors import (
     MissingPackageError,
     UnsupportedError,
 )
-from salience.images import IMAGENET_PRESET, ImagePreset
 
 LAYOUTS = ("nchw", "nhwc")
 INSTALL_HINT = "pip install 'salience[onnx]'"
@@ -115,52 +113,6 @@ def infer_layout(shape: Sequence[object]) -> tuple[str, bool]:
     if first != last:
         return ("nchw" if first else "nhwc"), True
     return "nchw", False
-
-
-def _floats(key: str, text: str) -> tuple[float, float, float]:
-    parts = [p for p in re.split(r"[\s,;]+", text.strip().strip("[]()")) if p]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise InvalidInputError(
-            f"ONNX metadata {key!r} must be 3 comma-separated numbers; got {text!r}"
-        )
-    return values  # type: ignore[return-value]
-
-
-def _size(key: str, text: str) -> int | tuple[int, int]:
-    parts = [p for p in re.split(r"[\s,x×]+", text.strip().strip("[]()")) if p]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise InvalidInputError(
-            f"ONNX metadata {key!r} must be a positive int (or H,W); got {text!r}"
-        )
-    return values[0] if len(values) == 1 else (values[0], values[1])
-
-
-def parse_class_names(text: str) -> tuple[str, ...]:
-    """Class names from metadata text: a JSON list or ``{index: name}`` object, else one name
-    per line, else comma-separated."""
-    stripped = text.strip()
-    if stripped[:1] in "[{":
-        try:
-            value = json.loads(stripped)
-        except json.JSONDecodeError:
-            value = None
-        if isinstance(value, list):
-            return tuple(str(v) for v in value)
-        if isinstance(value, dict):
-            try:
-                return tuple(str(value[k]) for k in sorted(value, key=int))
-            except ValueError:
-                pass
-    separator = "\n" if "\n" in stripped else ","
-    return tuple(part.strip() for part in stripped.split(separator) if part.strip())
 
 
 class OnnxAdapter:
@@ -328,7 +280,8 @@ class OnnxAdapter:
     # -- metadata ----------------------------------------------------------------------------
     @property
     def metadata(self) -> dict[str, str]:
-        """The model's ``custom_metadata_map`` (key → text)."""
+        """The model's ``custom_metadata_map`` (key → text); what it says of the preprocessing
+        and the classes is read by :mod:`salience.models.onnx`."""
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     @property
@@ -345,66 +298,6 @@ class OnnxAdapter:
         dims = _static(self.input_shape)
         height, width = (dims[2], dims[3]) if self.layout == "nchw" else (dims[1], dims[2])
         return (height, width) if height and width else None
-
-    def preset(
-        self,
-        *,
-        size: int | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> ImagePreset:
-        """The preprocessing of the model's images, from its metadata, with fallbacks.
-
-        Metadata keys (``custom_metadata_map``): ``mean`` and ``std`` (3 comma-separated numbers,
-        on RGB values in [0, 1]), ``size`` or ``crop`` (the centre crop, ``N`` or ``H,W``),
-        ``resize`` (the shorter side before cropping) and ``interpolation``.
-
-        Fallbacks: the crop is the input's static height and width, and the image's shorter side
-        is resized to it (no margin); with neither metadata nor a static size, ImageNet's
-        resize 256 / crop 224. ``mean`` and ``std`` default to ImageNet's
-        ``(0.485, 0.456, 0.406)`` and ``(0.229, 0.224, 0.225)`` — check that they are the
-        model's. Arguments override the metadata: ``size`` sets both the resize and the crop.
-        """
-        meta = self.metadata
-        crop: int | tuple[int, int] | None
-        resize: int | None
-        if size is not None:
-            crop, resize = size, size
-        else:
-            key = "size" if "size" in meta else "crop" if "crop" in meta else None
-            static = self.image_size()
-            if key is not None:
-                crop = _size(key, meta[key])
-            elif static is not None:
-                crop = static[0] if static[0] == static[1] else static
-            else:
-                crop = None
-            if "resize" in meta:
-                resize_value = _size("resize", meta["resize"])
-                if not isinstance(resize_value, int):
-                    raise InvalidInputError(
-                        f"ONNX metadata 'resize' must be one int; got {meta['resize']!r}"
-                    )
-                resize = resize_value
-            elif crop is not None:
-                resize = crop if isinstance(crop, int) else max(crop)
-            else:
-                crop, resize = IMAGENET_PRESET.crop, IMAGENET_PRESET.resize_shorter
-        return ImagePreset(
-            resize_shorter=resize,
-            crop=crop,
-            mean=_channels(meta, "mean", mean),
-            std=_channels(meta, "std", std),
-            interpolation=meta.get("interpolation", "bilinear").strip().lower(),
-        )
-
-    def class_names(self) -> tuple[str, ...] | None:
-        """Class names from the metadata key ``class_names`` (or ``labels``), if any."""
-        meta = self.metadata
-        for key in ("class_names", "labels"):
-            if meta.get(key, "").strip():
-                return parse_class_names(meta[key])
-        return None
 
     # -- the adapter contract ----------------------------------------------------------------
     @property
@@ -510,20 +403,4 @@ class OnnxAdapter:
         return f"OnnxAdapter({os.fspath(self.path)!r}, input_name={self.input_name!r}{layout})"
 
 
-def _channels(
-    meta: Mapping[str, str], key: str, given: Sequence[float] | None
-) -> tuple[float, float, float]:
-    """``mean`` or ``std``: as given, else from the metadata, else ImageNet's."""
-    if given is not None:
-        values = tuple(float(v) for v in given)
-        if len(values) != 3:
-            raise InvalidInputError(
-                f"{key} must have 3 values, one per RGB channel; got {len(values)}"
-            )
-        return values  # type: ignore[return-value]
-    if meta.get(key, "").strip():
-        return _floats(key, meta[key])
-    return getattr(IMAGENET_PRESET, key)
-
-
-__all__ = ["LAYOUTS", "OnnxAdapter", "infer_layout", "parse_class_names"]
+__all__ = ["LAYOUTS", "OnnxAdapter", "infer_layout"]

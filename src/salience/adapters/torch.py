@@ -258,7 +258,11 @@ class TorchAdapter:
     fuse : bool
         For long runs of forward passes (occlusion, RISE, Score-CAM), run a TorchScript trace
         of the copy with oneDNN operator fusion: about 1.5× faster on CPU, verified equal to the
-        eager copy. Only for models whose ``forward`` does not branch on tensor values.
+        eager copy. Only for models whose ``forward`` does not branch on tensor values; a trace
+        that draws a tracer warning is not used.
+    trusted_trace : bool
+        The model's Python logic depends on its input's size only (its opener knows it, as for
+        the bundled models): tracer warnings do not stop the fused copy.
     provider : ModuleProvider, optional
         What runs for each pass (by default an :class:`InferenceCopyProvider`, or an
         :class:`EvalModeProvider` with ``inference_copy=False``); its ``model`` must be
@@ -276,6 +280,7 @@ class TorchAdapter:
         channels_last: bool = True,
         strip_softmax: bool = True,
         fuse: bool = False,
+        trusted_trace: bool = False,
         provider: ModuleProvider | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -299,6 +304,7 @@ class TorchAdapter:
         self.channels_last = channels_last
         self.strip_softmax = strip_softmax
         self.fuse = fuse
+        self.trusted_trace = trusted_trace
         self._lock = _lock_for(model)
 
     @property
@@ -583,7 +589,14 @@ class TorchAdapter:
             if copy is None:
                 return None
             options = (self.fold_batchnorm, self.channels_last)
-            return cached_fused(self.model, options, copy, self._layout(sample), state)
+            return cached_fused(
+                self.model,
+                options,
+                copy,
+                self._layout(sample),
+                state,
+                trusted_trace=self.trusted_trace,
+            )
 
     def _layout(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
