@@ -251,10 +251,13 @@ def adapter_variants(model: nn.Module) -> dict[str, object]:
     adapter) and, where ``TorchAdapter`` has a ``fuse`` option, an adapter with the other setting.
     """
     variants: dict[str, object] = {"": model}
-    parameter = inspect.signature(TorchAdapter).parameters.get("fuse")
+    parameters = inspect.signature(TorchAdapter).parameters
+    parameter = parameters.get("fuse")
     if parameter is not None:
         other = not parameter.default
-        variants[f", TorchAdapter(fuse={other})"] = TorchAdapter(model, fuse=other)
+        # the bundled model is traceable, as its opener tells the adapter it opens
+        trust = {"trusted_trace": True} if "trusted_trace" in parameters else {}
+        variants[f", TorchAdapter(fuse={other})"] = TorchAdapter(model, fuse=other, **trust)
     return variants
 
 

@@ -80,6 +80,27 @@ def test_a_model_that_branches_on_tensor_values_is_not_fused() -> None:
         assert relative_error(adapter.forward(dark, bulk=True), model(dark)) < 1e-12
 
 
+def test_a_trace_is_trusted_only_when_the_adapter_is_told_so() -> None:
+    """Whoever opens the model says it is traceable (the bundled models' spec does), not the
+    file a tracer warning comes from; the verdict is cached apart for each setting."""
+    model = BranchesOnValues().eval().double()
+    bright = torch.rand(2, 3, 8, 8).double()
+    trusted = TorchAdapter(model, fuse=True, trusted_trace=True)
+    assert trusted._fused(bright) is not None  # the warnings were the caller's to weigh
+    with torch.no_grad():
+        assert relative_error(trusted.forward(bright, bulk=True), model(bright)) < 1e-12
+    assert TorchAdapter(model, fuse=True)._fused(bright) is None  # not served the trusted copy
+
+
+def test_the_bundled_model_is_opened_as_traceable() -> None:
+    from salience.loading import open_model
+    from salience.zoo import load_model, model_spec
+
+    assert model_spec().traceable
+    assert open_model(model_spec().name).adapter.trusted_trace
+    assert not TorchAdapter(load_model()).trusted_trace  # the user's own adapter: not told
+
+
 def test_models_ending_in_softmax_run_eagerly_and_give_logits() -> None:
     model = nn.Sequential(convnet(), nn.Softmax(dim=1)).eval().double()
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
