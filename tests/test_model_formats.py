@@ -29,9 +29,8 @@ def open_toy(path: str, options: LoadOptions, settings: object, *, fuse: bool = 
 @pytest.fixture
 def toy_format(monkeypatch: pytest.MonkeyPatch) -> ModelFormat:
     """The toy format, registered for the test only."""
-    entries = salience.registry._REGISTRIES.setdefault(FORMAT, {})
-    monkeypatch.setattr(salience.registry, "_REGISTRIES", {**salience.registry._REGISTRIES})
-    monkeypatch.setitem(salience.registry._REGISTRIES, FORMAT, dict(entries))
+    entries = {f.kind: f for f in formats()}  # the built-in ones, restored afterwards
+    monkeypatch.setitem(salience.registry._REGISTRIES, FORMAT, entries)
     toy = ModelFormat(
         kind="toy",
         open=open_toy,

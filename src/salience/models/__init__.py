@@ -26,8 +26,15 @@ from __future__ import annotations
 
 from salience.models import bundled, export, factory, keras, onnx, state_dict, torchscript
 from salience.models.factory import call_factory, load_weights
-from salience.models.formats import FORMAT, ModelFormat, formats, register_format
-from salience.models.opening import is_onnx, model_kind, open_model
+from salience.models.formats import (
+    FORMAT,
+    FileHead,
+    ModelFormat,
+    Opened,
+    formats,
+    register_format,
+)
+from salience.models.loader import is_onnx, model_kind, open_model
 from salience.models.options import LoadedModel, LoadOptions
 from salience.models.safety import check_unpacked_size, unpacked_size
 
@@ -48,9 +55,11 @@ __all__ = [
     "ONNX",
     "TORCHSCRIPT",
     "TORCH_FILE",
+    "FileHead",
     "LoadOptions",
     "LoadedModel",
     "ModelFormat",
+    "Opened",
     "call_factory",
     "check_unpacked_size",
     "formats",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from salience.models.factory import FACTORY_PATTERN
 from salience.models.formats import ModelFormat, Opened, register_format
 from salience.registry import available
 
@@ -23,7 +24,6 @@ KIND = "bundled"
 def _claims_name(model: str, options: LoadOptions, exists: bool) -> bool:
     """A registered bundled model's name, or any bare name that names no factory or file
     (the registry then says which names it knows)."""
-    from salience.models.factory import FACTORY_PATTERN
     from salience.zoo import MODEL
 
     if exists:

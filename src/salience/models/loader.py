@@ -9,6 +9,7 @@ from typing import Any
 from salience.errors import InvalidInputError
 from salience.images import ImagePreset
 from salience.models.formats import model_format
+from salience.models.onnx import KIND as ONNX
 from salience.models.options import LoadedModel, LoadOptions
 from salience.models.presets import PresetOverrides, find_sidecar, read_labels, read_sidecar
 from salience.models.safety import check_unpacked_size
@@ -35,10 +36,8 @@ def model_kind(model: str, options: LoadOptions | None = None) -> str:
 
 def is_onnx(model: str) -> bool:
     """Whether ``model`` names an ONNX file rather than another kind of model."""
-    from salience.models.onnx import KIND
-
     try:
-        return model_kind(model) == KIND
+        return model_kind(model) == ONNX
     except OSError:
         return model.lower().endswith(".onnx")
 
