@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,30 +11,34 @@ from salience.adapters.inference_copy import one_state_per_call
 from salience.errors import InvalidInputError
 from salience.explanation import Explanation
 from salience.methods.base import EXPLAINER, Explainer, SinglePassExplainer, attribute_shared
+from salience.methods.options import check_option_names, checked_options, options_of
 from salience.opening import adapter_for
 from salience.registry import get
 from salience.targets import SCORE_KINDS, TargetLike, parse_target
 
 
 def make_explainer(model: object, method: str = "gradient", **options: Any) -> Explainer:
-    """Build the registered explainer ``method`` for ``model`` with its options."""
-    return get(EXPLAINER, method)(model, **options)
+    """Build the registered explainer ``method`` for ``model`` with its options.
+
+    Raises
+    ------
+    InvalidInputError
+        For an option the method does not take (naming the close matches) or a value out of
+        its bounds (:mod:`salience.methods.options`).
+    """
+    cls = get(EXPLAINER, method)
+    if not cls.forwards_options:  # SmoothGrad checks what it hands to its base method
+        check_option_names({cls.name: cls}, options)
+    return cls(model, **options)
 
 
 def method_options(method: str | type, values: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``values`` that the method accepts as keyword options.
+    """The subset of ``values`` that the method takes as keyword options (its schema's names).
 
     Lets one set of options (say ``layer=..., n_samples=...``) configure several methods.
     """
     cls = get(EXPLAINER, method) if isinstance(method, str) else method
-    accepted: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        for parameter in inspect.signature(init).parameters.values():
-            if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-                accepted.add(parameter.name)
+    accepted = options_of(cls)
     return {key: value for key, value in values.items() if key in accepted}
 
 
@@ -108,11 +111,13 @@ def explain_all(
     """
     if score not in SCORE_KINDS:
         raise InvalidInputError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
+    named = {method: get(EXPLAINER, method) for method in methods if isinstance(method, str)}
+    shares = checked_options(named, options)  # an option no named method takes fails
     adapter = adapter_for(model)
     explainers = [
         method
         if isinstance(method, Explainer)
-        else make_explainer(adapter, method, **method_options(method, options))
+        else make_explainer(adapter, method, **shares[method])
         for method in methods
     ]
     names = [explainer.name for explainer in explainers]

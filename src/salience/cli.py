@@ -309,11 +309,6 @@ def _fraction(value: float) -> None:
         raise InvalidInputError(f"must be in [0, 1], got {value}")
 
 
-def _non_negative(value: float) -> None:
-    if not (value >= 0.0 and math.isfinite(value)):
-        raise InvalidInputError(f"must be a finite number >= 0, got {value}")
-
-
 def _percent(text: str) -> float:
     def check(value: float) -> None:
         if not 0.0 < value <= 100.0:
@@ -442,33 +437,31 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         help="predicted | class INDEX (from 0) | class NAME | top-K (default: predicted)",
     )  # fmt: skip
     parser.add_argument("--score", choices=("logit", "probability"), default="logit")
-    parser.add_argument(
-        "--samples", type=_at_least(1), default=50, help="SmoothGrad/VarGrad samples"
-    )
-    parser.add_argument(
-        "--noise",
-        type=_option_type("a number", _non_negative, float),
-        default=0.15,
-        help="SmoothGrad σ / input range",
-    )
-    parser.add_argument("--steps", type=_at_least(1), default=50, help="Integrated Gradients steps")
-    parser.add_argument(
-        "--baseline",
-        default="zeros",
-        choices=("zeros", "mean", "blur"),
-        help="IG and occlusion baseline: zeros | mean | blur",
-    )
-    parser.add_argument("--window", type=_at_least(1), default=16, help="occlusion window (pixels)")
-    parser.add_argument("--stride", type=_at_least(1), default=8, help="occlusion stride (pixels)")
-    parser.add_argument("--masks", type=_at_least(1), default=4000, help="RISE masks")
-    parser.add_argument(
-        "--layer", default="auto",
-        help="CAM layer name (salience layers MODEL lists them); default: the last feature map",
-    )  # fmt: skip
-    parser.add_argument(
-        "--keep-negative", action="store_true", help="CAMs: no ReLU, keep negative evidence"
-    )
-    parser.add_argument("--seed", type=_at_least(0), default=0, help="seed of random methods")
+    from salience.methods import flagged_options
+
+    for option, methods in flagged_options():
+        parser.add_argument(f"--{option.flag}", **_flag_settings(option, methods))
+
+
+def _flag_settings(option: Any, methods: Sequence[str]) -> dict[str, Any]:
+    """``add_argument``'s settings for a method option (:class:`~salience.methods.options.Option`):
+    its type and bounds checked by the option itself, its help with the methods that take it."""
+    text = f"{option.help} ({', '.join(methods)})".replace("%", "%%")
+    if option.kind is bool:  # a switch to the opposite of the default
+        return {"action": "store_true", "help": text}
+    if option.choices:
+        return {"default": option.default, "choices": option.choices, "help": text}
+    if option.kind in (int, float):
+
+        def check(value: Any) -> None:
+            problem = option.problem(value)
+            if problem is not None:
+                raise InvalidInputError(problem)
+
+        kind = "an integer" if option.kind is int else "a number"
+        convert = _option_type(kind, check, option.kind)
+        return {"default": option.default, "type": convert, "help": text}
+    return {"default": option.default, "help": text}
 
 
 def method_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -476,12 +469,15 @@ def method_values(args: argparse.Namespace) -> dict[str, Any]:
 
     ``progress`` is on unless the command has a ``--quiet`` flag that is set.
     """
-    return {
-        "n_samples": args.samples, "noise": args.noise, "steps": args.steps,
-        "baseline": args.baseline, "seed": args.seed, "layer": args.layer,
-        "window": args.window, "stride": args.stride, "n_masks": args.masks,
-        "relu": not args.keep_negative, "progress": not getattr(args, "quiet", False),
-    }  # fmt: skip
+    from salience.methods import flagged_options
+
+    values = {}
+    for option, _ in flagged_options():
+        given = getattr(args, option.flag.replace("-", "_"))
+        values[option.name] = (
+            (not option.default if given else option.default) if option.kind is bool else given
+        )
+    return {**values, "progress": not getattr(args, "quiet", False)}
 
 
 MODEL_HELP = (

@@ -26,6 +26,7 @@ from salience.adapters.base import (
 from salience.adapters.inference_copy import one_state_per_call
 from salience.errors import InvalidInputError
 from salience.explanation import Explanation
+from salience.methods.options import Option
 from salience.opening import adapter_for
 from salience.registry import available, get, register
 from salience.targets import (
@@ -86,6 +87,10 @@ class Explainer(ABC):
     needs_gradients: ClassVar[bool] = True
     #: True for methods computed from one forward + backward pass (usable inside SmoothGrad).
     single_pass: ClassVar[bool] = False
+    #: The keyword options the class adds to its parents' (see ``options_of``).
+    options: ClassVar[tuple[Option, ...]] = ()
+    #: True for methods that hand the options they do not take to another method (SmoothGrad).
+    forwards_options: ClassVar[bool] = False
 
     #: The adapter: a :class:`~salience.adapters.base.DifferentiableAdapter` for methods that
     #: need gradients (checked when the explainer is made); methods that need outputs only

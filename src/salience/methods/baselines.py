@@ -9,10 +9,20 @@ import torch
 from torch import Tensor
 
 from salience.errors import InvalidInputError
+from salience.methods.options import Option
 from salience.postprocess import gaussian_blur
 
 BASELINES: tuple[str, ...] = ("zeros", "mean", "blur")
 BaselineLike = str | float | Tensor
+BASELINE = Option(
+    "baseline",
+    str,
+    "zeros",
+    "reference input: zeros, the image's per-channel mean or a blurred copy",
+    flag="baseline",
+    choices=BASELINES,
+    more="a number or a tensor",
+)
 
 
 def check_baseline(baseline: BaselineLike) -> None:

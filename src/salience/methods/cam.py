@@ -40,8 +40,17 @@ from salience.methods.base import (
     register_explainer,
 )
 from salience.methods.gradient import GuidedBackprop
+from salience.methods.options import LAYER, Option
 from salience.postprocess import upsample
 from salience.targets import TargetSpec
+
+RELU = Option("relu", bool, True, "CAMs: no ReLU, keep negative evidence", flag="keep-negative")
+GRID = Option(
+    "grid", object, None, "(H, W) of a transformer layer's patch tokens (inferred by default)"
+)
+TOKENS = Option(
+    "tokens", bool, True, "read a 3-D layer output (N, T, D) as transformer tokens, not (N, C, L)"
+)
 
 
 def tokens_to_grid(tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
@@ -90,15 +99,16 @@ class CAMExplainer(Explainer):
     """
 
     adapter: LayerGradientAdapter
+    options = (LAYER, RELU, GRID, TOKENS)
 
     def __init__(
         self,
         model: object,
         *,
-        layer: LayerLike = None,
-        relu: bool = True,
-        grid: tuple[int, int] | None = None,
-        tokens: bool = True,
+        layer: LayerLike = LAYER.default,
+        relu: bool = RELU.default,
+        grid: tuple[int, int] | None = GRID.default,
+        tokens: bool = TOKENS.default,
     ) -> None:
         super().__init__(model)
         if not isinstance(self.adapter, LayerAccessAdapter):
@@ -107,9 +117,9 @@ class CAMExplainer(Explainer):
                 "does not give; explain it with a gradient method (gradient, integrated_gradients)"
             )
         self.layer = layer_name(self.adapter.model, layer)
-        self.relu = relu
+        self.relu = RELU.check(relu)
         self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
-        self.tokens = tokens
+        self.tokens = TOKENS.check(tokens)
 
     def params(self) -> dict[str, Any]:
         """Configuration."""

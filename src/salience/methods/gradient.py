@@ -7,6 +7,11 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from salience.methods.base import GradientExplainer, register_explainer
+from salience.methods.options import Option
+
+ABSOLUTE = Option(
+    "absolute", bool, False, "|gradient| (Simonyan et al.) instead of the signed gradient"
+)
 
 
 @register_explainer("gradient")
@@ -22,10 +27,11 @@ class Gradient(GradientExplainer):
     """
 
     paper = "Simonyan et al. 2014"
+    options = (ABSOLUTE,)
 
-    def __init__(self, model: object, *, absolute: bool = False) -> None:
+    def __init__(self, model: object, *, absolute: bool = ABSOLUTE.default) -> None:
         super().__init__(model)
-        self.absolute = absolute
+        self.absolute = ABSOLUTE.check(absolute)
 
     def params(self) -> dict[str, Any]:
         """Configuration."""

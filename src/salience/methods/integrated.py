@@ -24,8 +24,9 @@ from salience.methods.base import (
     Explainer,
     register_explainer,
 )
-from salience.methods.baselines import baseline_like, check_baseline
+from salience.methods.baselines import BASELINE, baseline_like, check_baseline
 from salience.methods.gradient import Gradient
+from salience.methods.options import CHUNK_SIZE, PROGRESS, Option
 from salience.methods.sampling import map_in_chunks
 from salience.targets import Selection, TargetSpec, resolve, target_scores
 
@@ -35,6 +36,29 @@ RULES: tuple[str, ...] = (
     "riemann_trapezoid",
     "riemann_left",
     "riemann_right",
+)
+STEPS = Option(
+    "steps",
+    int,
+    50,
+    "Integrated Gradients steps: points on the path",
+    flag="steps",
+    low=1,
+    request_max=512,
+)
+RULE = Option("rule", str, "gausslegendre", "the quadrature rule", choices=RULES)
+TOLERANCE = Option(
+    "tolerance",
+    float,
+    None,
+    "refine the path until the relative completeness error is at most this",
+    low=0,
+    low_open=True,
+    optional=True,
+)
+MAX_STEPS = Option("max_steps", int, 1024, "cap on the path points when refining", low=1)
+BLUR_SIGMA = Option(
+    "blur_sigma", float, None, "σ in pixels of the blurred baseline", low=0, optional=True
 )
 
 
@@ -119,33 +143,32 @@ class IntegratedGradients(Explainer):
     """
 
     paper = "Sundararajan et al. 2017"
+    options = (BASELINE, STEPS, RULE, TOLERANCE, MAX_STEPS, BLUR_SIGMA, CHUNK_SIZE, PROGRESS)
 
     def __init__(
         self,
         model: object,
         *,
-        baseline: str | float | Tensor = "zeros",
-        steps: int = 50,
-        rule: str = "gausslegendre",
-        tolerance: float | None = None,
-        max_steps: int = 1024,
-        blur_sigma: float | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        progress: bool = False,
+        baseline: str | float | Tensor = BASELINE.default,
+        steps: int = STEPS.default,
+        rule: str = RULE.default,
+        tolerance: float | None = TOLERANCE.default,
+        max_steps: int = MAX_STEPS.default,
+        blur_sigma: float | None = BLUR_SIGMA.default,
+        chunk_size: int | None = CHUNK_SIZE.default,
+        progress: bool = PROGRESS.default,
     ) -> None:
         super().__init__(model)
-        initial_nodes(rule, steps)  # validates rule and steps
-        check_baseline(baseline)
-        if tolerance is not None and tolerance <= 0:
-            raise InvalidInputError(f"tolerance must be > 0, got {tolerance}")
-        self.baseline = baseline
-        self.steps = steps
+        self.steps = STEPS.check(steps)
+        initial_nodes(rule, steps)  # a rule of RULES, and its own minimum of steps
         self.rule = rule
-        self.tolerance = tolerance
-        self.max_steps = max_steps
-        self.blur_sigma = blur_sigma
-        self.chunk_size = chunk_size
-        self.progress = progress
+        check_baseline(BASELINE.check(baseline))
+        self.baseline = baseline
+        self.tolerance = TOLERANCE.check(tolerance)
+        self.max_steps = MAX_STEPS.check(max_steps)
+        self.blur_sigma = BLUR_SIGMA.check(blur_sigma)
+        self.chunk_size = CHUNK_SIZE.check(chunk_size) or DEFAULT_CHUNK_SIZE
+        self.progress = PROGRESS.check(progress)
         self.gradient = Gradient(self.adapter)
 
     def params(self) -> dict[str, Any]:

@@ -16,9 +16,39 @@ from salience.methods.base import (
     SinglePassExplainer,
     register_explainer,
 )
+from salience.methods.options import (
+    CHUNK_SIZE,
+    PROGRESS,
+    SEED,
+    Option,
+    check_option_names,
+)
 from salience.methods.sampling import make_generator, map_in_chunks
 from salience.registry import get
 from salience.targets import TargetSpec
+
+BASE = Option(
+    "base", str, "gradient", "the single-pass method over the noisy copies (gradient, a CAM, ...)"
+)
+N_SAMPLES = Option(
+    "n_samples",
+    int,
+    50,
+    "SmoothGrad/VarGrad samples: noisy copies per input",
+    flag="samples",
+    low=1,
+    request_max=500,
+)
+NOISE = Option(
+    "noise",
+    float,
+    0.15,
+    "SmoothGrad σ / input range",
+    flag="noise",
+    low=0,
+    request_max=1,
+)
+SQUARED = Option("squared", bool, False, "average the squared maps (SmoothGrad-Squared)")
 
 
 def noise_scale(x: Tensor, noise: float) -> Tensor:
@@ -31,39 +61,36 @@ class _NoiseExplainer(Explainer):
     """Averages statistics of a gradient method's maps over noisy copies of the input."""
 
     statistic = "mean"
+    options = (BASE, N_SAMPLES, NOISE, SEED, CHUNK_SIZE, PROGRESS)
+    forwards_options = True
 
     def __init__(
         self,
         model: object,
         *,
-        base: str = "gradient",
-        n_samples: int = 50,
-        noise: float = 0.15,
-        seed: int | None = 0,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        progress: bool = False,
+        base: str = BASE.default,
+        n_samples: int = N_SAMPLES.default,
+        noise: float = NOISE.default,
+        seed: int | None = SEED.default,
+        chunk_size: int | None = CHUNK_SIZE.default,
+        progress: bool = PROGRESS.default,
         **base_options: Any,
     ) -> None:
         super().__init__(model)
-        base_class = get(EXPLAINER, base)
+        base_class = get(EXPLAINER, BASE.check(base))
         if not getattr(base_class, "single_pass", False):
             raise InvalidInputError(
                 f"{self.name} runs over single-pass methods; {base!r} is not one (use "
                 "gradient, gradient_x_input, guided_backprop or a gradient CAM such as gradcam)"
             )
-        if n_samples < 1:
-            raise InvalidInputError(f"n_samples must be >= 1, got {n_samples}")
-        if noise < 0:
-            raise InvalidInputError(
-                f"noise must be >= 0 (a fraction of the input range), got {noise}"
-            )
+        check_option_names({self.name: type(self), base_class.name: base_class}, base_options)
         self.base: SinglePassExplainer = base_class(self.adapter, **base_options)
         self.base_options = base_options
-        self.n_samples = n_samples
-        self.noise = noise
-        self.seed = seed
-        self.chunk_size = chunk_size
-        self.progress = progress
+        self.n_samples = N_SAMPLES.check(n_samples)
+        self.noise = NOISE.check(noise)
+        self.seed = SEED.check(seed)
+        self.chunk_size = CHUNK_SIZE.check(chunk_size) or DEFAULT_CHUNK_SIZE
+        self.progress = PROGRESS.check(progress)
 
     def params(self) -> dict[str, Any]:
         """Configuration."""
@@ -148,10 +175,11 @@ class SmoothGrad(_NoiseExplainer):
     """
 
     paper = "Smilkov et al. 2017"
+    options = (SQUARED,)
 
-    def __init__(self, model: object, *, squared: bool = False, **options: Any) -> None:
+    def __init__(self, model: object, *, squared: bool = SQUARED.default, **options: Any) -> None:
         super().__init__(model, **options)
-        self.squared = squared
+        self.squared = SQUARED.check(squared)
         self.statistic = "mean_square" if squared else "mean"
 
     def params(self) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from torch import Tensor
 from salience.adapters.base import BlackBoxAdapter
 from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, Explainer, register_explainer
-from salience.methods.baselines import BaselineLike, baseline_like, check_baseline
+from salience.methods.baselines import BASELINE, BaselineLike, baseline_like, check_baseline
 from salience.methods.masking import masked_scores, weight_kind
+from salience.methods.options import CHUNK_SIZE, PROGRESS, SEED, SOFTMAX, Option
 from salience.methods.sampling import chunks, make_generator
 from salience.targets import TargetSpec, resolve, target_scores
 
@@ -27,12 +28,47 @@ PERTURBATION_CHUNK_SIZE = 8
 fused one, a fifth of the memory of 64 (measured: bench/perturbation.py)."""
 WEIGHTING_CHUNK_SIZE = 64
 """Masks per step of RISE's weighted sum (float32 products summed in float64)."""
+WINDOW = Option(
+    "window",
+    int,
+    16,
+    "occlusion window (pixels)",
+    flag="window",
+    low=1,
+    more="a pair of them",
+    request_max=256,
+)
+STRIDE = Option(
+    "stride",
+    int,
+    8,
+    "occlusion stride (pixels)",
+    flag="stride",
+    low=1,
+    more="a pair of them",
+    request_max=256,
+)
+N_MASKS = Option("n_masks", int, 4000, "RISE masks", flag="masks", low=1, request_max=20_000)
+MASK_GRID = Option("grid", int, 7, "cells per side of RISE's small binary grid", low=1)
+KEEP = Option(
+    "keep",
+    float,
+    0.5,
+    "probability that a cell of a RISE mask is kept",
+    low=0,
+    low_open=True,
+    high=1,
+)
 
 
-def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+def _pair(value: int | tuple[int, int], option: Option) -> tuple[int, int]:
+    """An int option that may also be given as a pair (height, width), each checked by it."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise InvalidInputError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    if len(pair) != 2 or any(option.problem(v) is not None for v in pair):
+        raise InvalidInputError(
+            f"{option.name} must be a positive int or a pair of them "
+            f"({option.bounds_text()}), got {value!r}"
+        )
     return int(pair[0]), int(pair[1])
 
 
@@ -81,24 +117,25 @@ class Occlusion(Explainer):
     paper = "Zeiler & Fergus 2014"
     needs_gradients = False
     adapter: BlackBoxAdapter
+    options = (WINDOW, STRIDE, BASELINE, CHUNK_SIZE, PROGRESS)
 
     def __init__(
         self,
         model: object,
         *,
-        window: int | tuple[int, int] = 16,
-        stride: int | tuple[int, int] = 8,
-        baseline: BaselineLike = "zeros",
-        chunk_size: int | None = None,
-        progress: bool = False,
+        window: int | tuple[int, int] = WINDOW.default,
+        stride: int | tuple[int, int] = STRIDE.default,
+        baseline: BaselineLike = BASELINE.default,
+        chunk_size: int | None = CHUNK_SIZE.default,
+        progress: bool = PROGRESS.default,
     ) -> None:
         super().__init__(model)
-        self.window = _pair(window, "window")
-        self.stride = _pair(stride, "stride")
-        check_baseline(baseline)
+        self.window = _pair(window, WINDOW)
+        self.stride = _pair(stride, STRIDE)
+        check_baseline(BASELINE.check(baseline))
         self.baseline = baseline
-        self.chunk_size = chunk_size or PERTURBATION_CHUNK_SIZE
-        self.progress = progress
+        self.chunk_size = CHUNK_SIZE.check(chunk_size) or PERTURBATION_CHUNK_SIZE
+        self.progress = PROGRESS.check(progress)
 
     def params(self) -> dict[str, Any]:
         """Configuration."""
@@ -177,33 +214,28 @@ class RISE(Explainer):
     paper = "Petsiuk et al. 2018"
     needs_gradients = False
     adapter: BlackBoxAdapter
+    options = (N_MASKS, MASK_GRID, KEEP, SEED, SOFTMAX, CHUNK_SIZE, PROGRESS)
 
     def __init__(
         self,
         model: object,
         *,
-        n_masks: int = 4000,
-        grid: int = 7,
-        keep: float = 0.5,
-        seed: int | None = 0,
-        softmax: bool = True,
-        chunk_size: int | None = None,
-        progress: bool = False,
+        n_masks: int = N_MASKS.default,
+        grid: int = MASK_GRID.default,
+        keep: float = KEEP.default,
+        seed: int | None = SEED.default,
+        softmax: bool = SOFTMAX.default,
+        chunk_size: int | None = CHUNK_SIZE.default,
+        progress: bool = PROGRESS.default,
     ) -> None:
         super().__init__(model)
-        if n_masks < 1:
-            raise InvalidInputError(f"n_masks must be >= 1, got {n_masks}")
-        if grid < 1:
-            raise InvalidInputError(f"grid must be >= 1, got {grid}")
-        if not 0 < keep <= 1:
-            raise InvalidInputError(f"keep must be in (0, 1], got {keep}")
-        self.n_masks = n_masks
-        self.grid = grid
-        self.keep = keep
-        self.seed = seed
-        self.softmax = softmax
-        self.chunk_size = chunk_size or PERTURBATION_CHUNK_SIZE
-        self.progress = progress
+        self.n_masks = N_MASKS.check(n_masks)
+        self.grid = MASK_GRID.check(grid)
+        self.keep = KEEP.check(keep)
+        self.seed = SEED.check(seed)
+        self.softmax = SOFTMAX.check(softmax)
+        self.chunk_size = CHUNK_SIZE.check(chunk_size) or PERTURBATION_CHUNK_SIZE
+        self.progress = PROGRESS.check(progress)
 
     def params(self) -> dict[str, Any]:
         """Configuration."""

@@ -17,6 +17,7 @@ from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, register_explainer
 from salience.methods.cam import CAMExplainer
 from salience.methods.masking import masked_scores, weight_kind
+from salience.methods.options import CHUNK_SIZE, PROGRESS, SOFTMAX
 from salience.methods.sampling import map_in_chunks
 from salience.postprocess import upsample
 from salience.targets import Selection, TargetSpec, resolve, target_scores
@@ -34,20 +35,19 @@ class _PerturbationCAM(CAMExplainer):
     """A CAM whose channel weights come from one perturbed forward pass per channel."""
 
     default_chunk_size = SCORE_CAM_CHUNK_SIZE
+    options = (CHUNK_SIZE, PROGRESS)
 
     def __init__(
         self,
         model: object,
         *,
-        chunk_size: int | None = None,
-        progress: bool = False,
+        chunk_size: int | None = CHUNK_SIZE.default,
+        progress: bool = PROGRESS.default,
         **cam_options: Any,
     ) -> None:
         super().__init__(model, **cam_options)
-        self.chunk_size = chunk_size or self.default_chunk_size
-        if self.chunk_size < 1:
-            raise InvalidInputError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.progress = progress
+        self.chunk_size = CHUNK_SIZE.check(chunk_size) or self.default_chunk_size
+        self.progress = PROGRESS.check(progress)
 
     def capture(self, x: Tensor, spec: TargetSpec, score: str) -> tuple[str, Outputs, Selection]:
         """One forward pass: the layer's activations, the scores and the resolved target."""
@@ -95,10 +95,11 @@ class ScoreCAM(_PerturbationCAM):
     """
 
     paper = "Wang et al. 2020"
+    options = (SOFTMAX,)
 
-    def __init__(self, model: object, *, softmax: bool = True, **options: Any) -> None:
+    def __init__(self, model: object, *, softmax: bool = SOFTMAX.default, **options: Any) -> None:
         super().__init__(model, **options)
-        self.softmax = softmax
+        self.softmax = SOFTMAX.check(softmax)
 
     def params(self) -> dict[str, Any]:
         """Configuration."""

@@ -18,7 +18,8 @@ from typing import Any
 from salience.errors import InvalidInputError
 from salience.loading import LoadOptions
 from salience.methods.base import EXPLAINER
-from salience.registry import get
+from salience.methods.options import check_option_names, checked_options, options_of
+from salience.registry import available, get
 from salience.render import DisplayOptions
 from salience.targets import SCORE_KINDS
 
@@ -42,7 +43,9 @@ class JobSpec:
         Registered method names.
     options : mapping
         The methods' options (``n_samples``, ``layer``, ``seed``, ...), given to each method
-        that accepts them (:func:`salience.api.method_options`).
+        that accepts them (:func:`salience.api.method_options`). Each must be an option of a
+        registered method, and its value valid for each of the job's methods that takes it
+        (:mod:`salience.methods.options`).
     target : str or int
         ``predicted``, a class index or name, or ``top-K``.
     score : {"logit", "probability"}
@@ -74,14 +77,17 @@ class JobSpec:
             )
         if len(set(methods)) != len(methods):
             raise InvalidInputError(f"each method may be asked for once; got {', '.join(methods)}")
-        for method in methods:
-            get(EXPLAINER, method)  # unknown names fail before any work
+        classes = {method: get(EXPLAINER, method) for method in methods}  # unknown names fail
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "options", dict(self.options))
         if "progress" in self.options:
             raise InvalidInputError(
                 "progress is the engine's business; leave it out of the options"
             )
+        registered = {name: get(EXPLAINER, name) for name in available(EXPLAINER)}
+        check_option_names(registered, self.options, label="any method")
+        taken = {name for cls in classes.values() for name in options_of(cls)}
+        checked_options(classes, {k: v for k, v in self.options.items() if k in taken})
         if self.score not in SCORE_KINDS:
             raise InvalidInputError(
                 f"unknown score {self.score!r}; choose {' or '.join(SCORE_KINDS)}"

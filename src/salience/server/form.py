@@ -7,6 +7,7 @@ naming the field, before it waits for a worker.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from fastapi import File, Form, UploadFile
 
 from salience.adapters.base import LayerAccessAdapter
 from salience.loading import LoadedModel
+from salience.methods.options import Option
 from salience.server.limits import Limits, RequestRejectedError
 from salience.server.service import VIEW_MAX_SIDE, DisplayOptions, ModelPool
 from salience.server.watch import Watch, WatchedAdapter
@@ -23,23 +25,18 @@ MAX_METHODS = 20
 
 @dataclass(frozen=True)
 class ExplainForm:
-    """The fields of ``POST /api/explain`` and ``POST /api/jobs``."""
+    """The fields of ``POST /api/explain`` and ``POST /api/jobs``.
+
+    ``options`` holds the method options by their keyword (``n_samples``), from the fields
+    named after their ``salience explain`` flags (``samples``).
+    """
 
     image: UploadFile
     model: str | None
     methods: list[str]
     target: str
     score: str
-    samples: int
-    noise: float
-    steps: int
-    baseline: str
-    masks: int
-    window: int
-    stride: int
-    layer: str
-    keep_negative: bool
-    seed: int
+    options: dict[str, Any]
     reduce: str
     smooth: float
     percentile: float
@@ -47,7 +44,8 @@ class ExplainForm:
     alpha: float
 
 
-def explain_form(
+def _fixed_form(
+    *,
     image: Annotated[UploadFile, File(description="the image: PNG, JPEG, WebP, BMP or GIF")],
     methods: Annotated[
         list[str],
@@ -61,27 +59,76 @@ def explain_form(
         str, Form(max_length=200, description="predicted | class INDEX | class NAME | top-K")
     ] = "predicted",
     score: Annotated[Literal["logit", "probability"], Form()] = "logit",
-    samples: Annotated[int, Form(ge=1, le=500, description="SmoothGrad/VarGrad samples")] = 50,
-    noise: Annotated[float, Form(gt=0, le=1, description="SmoothGrad σ / input range")] = 0.15,
-    steps: Annotated[int, Form(ge=2, le=512, description="Integrated Gradients steps")] = 50,
-    baseline: Annotated[Literal["zeros", "mean", "blur"], Form()] = "zeros",
-    masks: Annotated[int, Form(ge=10, le=20_000, description="RISE masks")] = 4000,
-    window: Annotated[int, Form(ge=1, le=256, description="occlusion window (pixels)")] = 16,
-    stride: Annotated[int, Form(ge=1, le=256, description="occlusion stride (pixels)")] = 8,
-    layer: Annotated[str, Form(max_length=200, description="CAM layer, or auto")] = "auto",
-    keep_negative: Annotated[bool, Form(description="CAMs: no ReLU")] = False,
-    seed: Annotated[int, Form(ge=0, le=2**31 - 1)] = 0,
     reduce: Annotated[str, Form(max_length=20, description="channel reduction")] = "abs_max",
     smooth: Annotated[float, Form(ge=0, le=50, description="Gaussian σ (pixels)")] = 0.0,
     percentile: Annotated[float, Form(gt=0, le=100, description="overlay clip")] = 99.0,
     cmap: Annotated[str, Form(max_length=40, description="overlay colormap")] = "jet",
     alpha: Annotated[float, Form(ge=0, le=1, description="overlay opacity")] = 0.5,
-) -> ExplainForm:
-    """The form of an explanation request (FastAPI dependency: documents every field)."""
-    return ExplainForm(
-        image, model, methods, target, score, samples, noise, steps, baseline, masks, window,
-        stride, layer, keep_negative, seed, reduce, smooth, percentile, cmap, alpha,
-    )  # fmt: skip
+) -> None:
+    """The fields that are not method options (only its signature is used)."""
+
+
+def option_field(option: Option, methods: list[str]) -> inspect.Parameter:
+    """The form field of a method option: its type, bounds (the server's cost limit as the
+    upper one, where the option has one) and documentation, from the option's schema."""
+    description = f"{option.help} ({', '.join(methods)})"
+    if option.kind is bool:  # a switch to the opposite of the default, as the flag
+        annotation: Any = Annotated[bool, Form(description=description)]
+        default: Any = False
+    elif option.choices:
+        annotation = Annotated[Literal[option.choices], Form(description=description)]
+        default = option.default
+    elif option.kind in (int, float):
+        bounds: dict[str, Any] = {}
+        if option.low is not None:
+            bounds["gt" if option.low_open else "ge"] = option.low
+        high = option.request_max if option.request_max is not None else option.high
+        if high is not None:
+            bounds["le"] = high
+        if option.kind is float:
+            bounds["allow_inf_nan"] = False
+        annotation = Annotated[option.kind, Form(description=description, **bounds)]
+        default = option.default
+    else:
+        annotation = Annotated[str, Form(max_length=200, description=description)]
+        default = option.default
+    return inspect.Parameter(
+        option.field, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+class _ExplainFormDependency:
+    """The FastAPI dependency that reads an explanation request's form.
+
+    Its signature, which FastAPI reads when an app is made, has the fixed fields and one field
+    per method option with a flag (:func:`salience.methods.flagged_options`): a method
+    registered before the app is made brings its options to the form.
+    """
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        fixed = list(inspect.signature(_fixed_form, eval_str=True).parameters.values())
+        options = [option_field(option, methods) for option, methods in _flagged()]
+        return inspect.Signature([*fixed, *options], return_annotation=ExplainForm)
+
+    def __call__(self, **fields: Any) -> ExplainForm:
+        options = {}
+        for option, _ in _flagged():
+            value = fields.pop(option.field)
+            if option.kind is bool:
+                value = (not option.default) if value else option.default
+            options[option.name] = value
+        return ExplainForm(options=options, **fields)
+
+
+def _flagged() -> list[tuple[Option, list[str]]]:
+    from salience.methods import flagged_options
+
+    return flagged_options()
+
+
+explain_form = _ExplainFormDependency()
+"""The form of an explanation request (FastAPI dependency: documents every field)."""
 
 
 def plan_request(
@@ -113,7 +160,8 @@ def plan_request(
         raise RequestRejectedError(
             400, "bad_target", f"top-{target.k} is more than the limit of top-{limits.max_top_k}"
         )
-    layer = form.layer.strip() or "auto"
+    values = dict(form.options)
+    layer = values["layer"] = str(values.get("layer", "auto")).strip() or "auto"
     if layer != "auto" and isinstance(loaded.adapter, LayerAccessAdapter):
         loaded.adapter.resolve_layer(layer, pool.sample_input(loaded))  # unknown: LayerError
     display = DisplayOptions(  # an unknown reduction or colormap: InvalidInputError, 400
@@ -126,11 +174,6 @@ def plan_request(
     )
     watch = Watch(limits.time_limit)
     adapter = WatchedAdapter(loaded.adapter, watch)
-    values = {
-        "n_samples": form.samples, "noise": form.noise, "steps": form.steps,
-        "baseline": form.baseline, "n_masks": form.masks, "window": form.window,
-        "stride": form.stride, "layer": layer, "relu": not form.keep_negative, "seed": form.seed,
-    }  # fmt: skip
     explainers = [make_explainer(adapter, name, **method_options(name, values)) for name in names]
     request = {
         "methods": names, "target": form.target, "score": form.score,

@@ -99,10 +99,11 @@ def model_summary(model: LoadedModel, default: bool) -> dict[str, Any]:
 
 
 def method_catalog() -> list[dict[str, Any]]:
-    """Every registered method with its family, paper and whether it runs many passes."""
-    from salience.api import method_options
+    """Every registered method with its family, paper, whether it runs many passes, and the
+    options a request may set for it (name, form field, type, default, bounds, help)."""
     from salience.methods.base import EXPLAINER
     from salience.methods.cam import CAMExplainer
+    from salience.methods.options import options_of
     from salience.registry import available, get
 
     catalog = []
@@ -117,17 +118,12 @@ def method_catalog() -> list[dict[str, Any]]:
                 "needs_gradients": bool(method.needs_gradients),
                 "cam": issubclass(method, CAMExplainer),
                 "slow": not method.single_pass,
-                "options": sorted(method_options(name, dict.fromkeys(METHOD_OPTION_NAMES))),
+                "options": [
+                    option.describe() for option in options_of(method).values() if option.flag
+                ],
             }
         )
     return catalog
-
-
-METHOD_OPTION_NAMES = (
-    "n_samples", "noise", "steps", "baseline", "n_masks", "window", "stride", "layer", "relu",
-    "seed",
-)  # fmt: skip
-"""The method options a request may set (``salience.api.method_options`` picks per method)."""
 
 
 def layer_catalog(pool: ModelPool, model: LoadedModel) -> dict[str, Any]:
