@@ -11,6 +11,7 @@ const state = {
   models: [],
   colormaps: {},
   methods: [],
+  options: [], // the method options with a form field, each once (from /api/methods)
   job: null, // id of the running job
   polling: null,
   photo: null, // ImageData of the photo the maps are drawn on
@@ -47,7 +48,59 @@ async function loadMenus() {
   state.colormaps = colormaps;
   for (const name of Object.keys(colormaps)) $("cmap").add(new Option(name, name));
   state.methods = methods;
+  renderOptions();
   await modelChanged();
+}
+
+// One control per method option: the schema (type, default, bounds, help) comes from the server.
+function renderOptions() {
+  const seen = new Map();
+  for (const method of state.methods) {
+    for (const option of method.options) {
+      if (!seen.has(option.field)) seen.set(option.field, { ...option, methods: [] });
+      seen.get(option.field).methods.push(method.name);
+    }
+  }
+  state.options = [...seen.values()];
+  const box = $("options");
+  const score = $("score").closest("label");
+  for (const option of state.options) {
+    const label = document.createElement("label");
+    label.title = `${option.help} (${option.methods.join(", ")})`;
+    label.append(`${option.field.replace(/_/g, " ")} `);
+    label.append(optionControl(option));
+    box.insertBefore(label, score);
+  }
+}
+
+function optionControl(option) {
+  if (option.menu || option.choices.length) {
+    const select = document.createElement("select");
+    select.id = option.field;
+    const values = option.choices.length ? option.choices : [option.default];
+    for (const value of values) select.add(new Option(value, value, false, value === option.default));
+    return select;
+  }
+  const input = document.createElement("input");
+  input.id = option.field;
+  if (option.type === "bool") {
+    input.type = "checkbox"; // a switch to the opposite of the default, as the CLI flag
+    return input;
+  }
+  input.type = option.type === "int" || option.type === "float" ? "number" : "text";
+  input.value = option.default ?? "";
+  if (input.type === "number") {
+    input.step = option.type === "int" ? "1" : "any";
+    if (option.low != null) input.min = option.low;
+    const high = option.request_max ?? option.high;
+    if (high != null) input.max = high;
+  }
+  return input;
+}
+
+function optionValue(option) {
+  const control = $(option.field);
+  return control.type === "checkbox" ? String(control.checked) : control.value;
 }
 
 function renderMethods() {
@@ -101,11 +154,13 @@ async function modelChanged() {
   const list = $("class-names");
   list.textContent = "";
   for (const item of classes) list.append(new Option(item));
-  const layer = $("layer");
-  layer.textContent = "";
-  layer.add(new Option(layers.default ? `auto (${layers.default})` : "auto", "auto"));
-  for (const info of layers.layers.filter((l) => l.spatial)) {
-    layer.add(new Option(`${info.name} ${info.shape ? info.shape.join("×") : ""}`, info.name));
+  for (const option of state.options.filter((o) => o.menu === "layers")) {
+    const layer = $(option.field);
+    layer.textContent = "";
+    layer.add(new Option(layers.default ? `auto (${layers.default})` : "auto", "auto"));
+    for (const info of layers.layers.filter((l) => l.spatial)) {
+      layer.add(new Option(`${info.name} ${info.shape ? info.shape.join("×") : ""}`, info.name));
+    }
   }
   if (state.file) predict();
 }
@@ -182,9 +237,8 @@ async function explain() {
   form.append("model", $("model").value);
   form.append("methods", methods.join(","));
   form.append("target", targetValue());
-  for (const field of ["samples", "steps", "masks", "window", "stride", "layer", "score"]) {
-    form.append(field, $(field).value);
-  }
+  for (const option of state.options) form.append(option.field, optionValue(option));
+  form.append("score", $("score").value);
   $("grid").textContent = "";
   $("agreement").hidden = true;
   state.cards.clear();
