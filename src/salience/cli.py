@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from salience.explanation import Explanation
     from salience.images import PreparedImage
     from salience.loading import LoadedModel, LoadOptions
+    from salience.methods.options import Option
     from salience.render import DisplayOptions, View
     from salience.targets import TargetSpec
 
@@ -443,7 +444,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{option.flag}", **_flag_settings(option, methods))
 
 
-def _flag_settings(option: Any, methods: Sequence[str]) -> dict[str, Any]:
+def _flag_settings(option: Option, methods: Sequence[str]) -> dict[str, Any]:
     """``add_argument``'s settings for a method option (:class:`~salience.methods.options.Option`):
     its type and bounds checked by the option itself, its help with the methods that take it."""
     text = f"{option.help} ({', '.join(methods)})".replace("%", "%%")
