@@ -1,8 +1,9 @@
 """The explanation request's form fields, and their check before any work starts.
 
 Field names follow the ``salience explain`` flags (``samples``, ``steps``, ``masks``, ``layer``,
-...). Every value is checked here, cheaply, so a bad request is refused at once with a 4xx error
-naming the field, before it waits for a worker.
+...): the method options' fields are made from their schemas (:mod:`salience.methods.options`),
+like the flags. Every value is checked here, cheaply, so a bad request is refused at once with a
+4xx error naming the field, before it waits for a worker.
 """
 
 from __future__ import annotations
