@@ -50,12 +50,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"salience: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of ``salience``.
 
     Every option's value is checked here (its range, its choices, that ``-o`` can be a folder),
     so a bad one is refused in one line before any model opens.
+
+    Parameters
+    ----------
+    command : str, optional
+        Give the methods' options (generated from the registered methods, which imports torch)
+        to this command only; None gives them to every command that takes them, ``""`` to none
+        (``salience --help`` then starts without torch).
     """
+
+    def with_methods(parser: argparse.ArgumentParser, name: str) -> None:
+        if command is None or command == name:
+            add_method_arguments(parser)
+
     parser = _Parser(
         prog="salience", description="Saliency maps: what in this input made the model decide?"
     )
@@ -72,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default=DEFAULT_METHODS,
         help=f"comma-separated methods (salience methods lists them); default {DEFAULT_METHODS}",
     )  # fmt: skip
-    add_method_arguments(explain)
+    with_methods(explain, "explain")
     _add_display_arguments(explain)
     _add_overlay_arguments(explain)
     _add_output_arguments(explain)
@@ -104,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default=EVALUATE_METHODS,
         help=f"comma-separated methods (salience methods lists them); default {EVALUATE_METHODS}",
     )  # fmt: skip
-    add_method_arguments(evaluate)
+    with_methods(evaluate, "evaluate")
     evaluate.set_defaults(score="probability")
     evaluate.add_argument(
         "--step",
@@ -147,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", action="store_true",
         help="run the data randomization test on the digits instead (no images, no --model)",
     )  # fmt: skip
-    add_method_arguments(sanity)
+    with_methods(sanity, "sanity")
     _add_output_arguments(sanity)
     add_model_arguments(sanity)
     sanity.set_defaults(handler=run_sanity)
@@ -168,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top", type=_percent, default=10.0, metavar="PERCENT",
         help="the top percent of pixels whose overlap is measured (default 10)",
     )  # fmt: skip
-    add_method_arguments(compare)
+    with_methods(compare, "compare")
     _add_overlay_arguments(compare)
     _add_output_arguments(compare)
     add_model_arguments(compare)
@@ -220,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="gradient",
         help="comma-separated methods (salience methods lists them); default gradient",
     )  # fmt: skip
-    add_method_arguments(batch)
+    with_methods(batch, "batch")
     batch.add_argument(
         "--auc", action="store_true",
         help="also deletion and insertion AUC per method (probability of the explained class)",
@@ -1139,8 +1151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--debug`` (or ``SALIENCE_DEBUG=1``) its traceback comes first. Any other error is a bug
     of salience and shows its traceback.
     """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in arguments if not word.startswith("-")), "")
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(command).parse_args(arguments)
     except SystemExit as exit:  # --help, or a refused command line (one line on stderr)
         return int(exit.code or 0)
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0")
