@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,37 @@ def test_public_names_are_exported() -> None:
     assert set(salience.__all__) == {*salience._EXPORTS, "__version__"}
     for name in salience._EXPORTS:
         assert getattr(salience, name) is not None
+
+
+COMMAND_GROUPS = ("arguments", "batch", "catalog", "checks", "explain", "reporting", "serve")
+
+
+def test_the_command_groups_import_and_help_start_without_torch() -> None:
+    """Each command group is a module of the cli package; none of them imports torch, and
+    ``python -m salience.cli --help`` lists every command without it."""
+    modules = ", ".join(f"salience.cli.{group}" for group in COMMAND_GROUPS)
+    code = (
+        f"import sys, {modules}\n"
+        "from salience.cli import build_parser\n"
+        "text = build_parser('').format_help()\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]\n"
+        "print(text)"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert found.returncode == 0, found.stderr
+    for command in ("explain", "layers", "evaluate", "sanity", "compare", "serve", "batch"):
+        assert command in found.stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "salience.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: salience")
 
 
 def test_methods_and_models_list_the_registries(capsys: pytest.CaptureFixture[str]) -> None:

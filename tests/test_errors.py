@@ -30,7 +30,7 @@ BUILTINS = {
     "salience.adapters.layers.LayerError": LookupError,
     "salience.adapters.randomize.RandomizationError": ValueError,
     "salience.adapters.torch.ModelOutputError": TypeError,
-    "salience.cli.CommandError": Exception,
+    "salience.cli.reporting.CommandError": Exception,
     "salience.images.ImageLoadError": ValueError,
     "salience.methods.masking.ChunkMemoryError": MemoryError,
     "salience.models.safety.UntrustedFileError": ValueError,

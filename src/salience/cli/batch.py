@@ -1,0 +1,52 @@
+"""``salience batch``: a folder or data set explained, resumably, locally or on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from salience.cli.arguments import (
+    display_from_args,
+    load_options_from_args,
+    method_names,
+    method_values,
+)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """``salience batch``: explain a folder or data set, resumably, locally or on Ray."""
+    from salience.runner import JobSpec, make_engine, run_job
+
+    options = load_options_from_args(args)
+    values = method_values(args)
+    values.pop("progress")
+    spec = JobSpec(
+        model=args.model,
+        load_options=options,
+        methods=tuple(method_names(args.method)),
+        options=values,
+        target=args.target,
+        score=args.score,
+        auc=args.auc,
+        pixels_per_step=args.step,
+        display=display_from_args(args),
+    )
+    engine = make_engine(
+        args.engine, args.workers, address=args.ray_address, chunk_size=args.chunk_size
+    )
+    try:
+        summary = run_job(spec, args.input, args.output, engine=engine, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(
+            f"salience: interrupted; the finished images are kept in {args.output}/: run the "
+            "same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"{summary.total} images: {summary.explained} explained now "
+        f"({summary.images_per_second:.2f} images/s), {summary.skipped} finished before, "
+        f"{summary.failed} failed"
+    )
+    print(f"wrote {', '.join(path.name for path in summary.written)} to {summary.output}/")
+    return 1 if summary.failed else 0
