@@ -51,8 +51,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"faithfulness of {loaded.name} on {len(inputs)} image(s), {args.score} of the class:")
     print(report.format_table())
     output = Path(args.output)
-    report.save(output, model=loaded.name)
-    print(f"wrote faithfulness.csv, faithfulness.json and faithfulness.png to {output}/")
+    written = report.save(output, model=loaded.name)
+    print(f"wrote {', '.join(path.name for path in written)} to {output}/")
     return 0
 
 
@@ -127,9 +127,7 @@ def _run_data_randomization(
             f"  {trained.labeling} labels: {trained.epochs} epochs, training accuracy "
             f"{trained.train_accuracy:.1%}, test accuracy {trained.test_accuracy:.1%}"
         )
-    print(f"  {'method':<22} " + " ".join(f"{m:>15}" for m in result.metrics))
-    for row in result.rows():
-        print(f"  {row['method']:<22} " + " ".join(f"{row[m]:>15.2f}" for m in result.metrics))
+    print(result.format_table())
     written = result.save(output)
     print(f"wrote {', '.join(path.name for path in written)} to {output}/")
     return 0
@@ -140,7 +138,6 @@ def run_compare(args: argparse.Namespace) -> int:
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
     from salience.evaluation.agreement import agreement
-    from salience.evaluation.plots import agreement_figure
     from salience.postprocess import to_display
 
     methods = method_names(args.method)
@@ -183,8 +180,7 @@ def run_compare(args: argparse.Namespace) -> int:
                 cmap=args.cmap,
                 alpha=args.alpha,
             ),
-            viz.save_figure(agreement_figure(result), output / f"{item.label}_agreement.png"),
-            result.save_json(output / f"{item.label}_agreement.json"),
+            *result.save(output, name=f"{item.label}_agreement"),
         ]
         _print_agreement(item.label, title, result)
         print(f"wrote {', '.join(path.name for path in written)} to {output}/")

@@ -12,14 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
 
 from salience.errors import InvalidInputError
+from salience.evaluation.report import write_report
 from salience.evaluation.similarity import comparable, largest_size, spearman, top_k_iou
 from salience.fileio import write_json_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_TOP_FRACTION = 0.1
 
@@ -60,6 +64,10 @@ class Agreement:
             for i, j in combinations(range(len(self.methods)), 2)
         ]
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The table: one record per pair of methods (:meth:`pairs`)."""
+        return self.pairs()
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary: methods, both matrices, the pairs and the settings."""
         return {
@@ -74,6 +82,17 @@ class Agreement:
     def save_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON, atomically."""
         return write_json_atomic(path, self.to_dict())
+
+    def save(
+        self, folder: str | os.PathLike[str], *, name: str = "agreement", figures: bool = True
+    ) -> list[Path]:
+        """Write ``<name>.json`` (:meth:`to_dict`) and, with ``figures``, the matrices
+        ``<name>.png``; both atomically."""
+        return write_report(
+            Path(folder) / name,
+            self.to_dict(),
+            figures={".png": lambda: agreement_figure(self)} if figures else None,
+        )
 
 
 def agreement(
@@ -109,3 +128,28 @@ def agreement(
         rank[i, j] = rank[j, i] = spearman(shown[i], shown[j])
         overlap[i, j] = overlap[j, i] = top_k_iou(shown[i], shown[j], top_fraction)
     return Agreement(names, rank, overlap, top_fraction, (int(size[0]), int(size[1])))
+
+
+def agreement_figure(result: Agreement) -> Figure:
+    """The two pairwise matrices side by side, values written in the cells."""
+    from salience.viz import new_figure
+
+    count = len(result.methods)
+    side = 1.0 + 0.6 * count
+    figure = new_figure(2 * side + 1.0, side, "agreement figures")
+    axes = figure.subplots(1, 2, squeeze=False)[0]
+    titles = ("Spearman rank correlation", f"top-{result.top_fraction:.0%} IoU")
+    for axis, matrix, title, low in zip(
+        axes, (result.spearman, result.iou), titles, (-1.0, 0.0), strict=True
+    ):
+        image = axis.imshow(matrix, cmap="viridis", vmin=low, vmax=1.0)
+        for i in range(count):
+            for j in range(count):
+                color = "black" if matrix[i, j] > (low + 1.0) / 2 else "white"
+                text = f"{matrix[i, j]:.2f}"
+                axis.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+        axis.set_xticks(range(count), result.methods, rotation=45, ha="right", fontsize=7)
+        axis.set_yticks(range(count), result.methods, fontsize=7)
+        axis.set_title(title, fontsize=9)
+        figure.colorbar(image, ax=axis, shrink=0.8)
+    return figure

@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 from salience.adapters.randomize import initialize
 from salience.errors import InvalidInputError, MissingPackageError
 from salience.evaluation.randomization import CELL_INCHES
+from salience.evaluation.report import Column, format_rows, write_report
 from salience.evaluation.similarity import (
     SIMILARITY_METRICS,
     compare,
     compared_map,
     comparison_size,
 )
-from salience.fileio import write_csv_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -204,6 +204,12 @@ class DataRandomizationResult:
             for m, method in enumerate(self.methods)
         ]
 
+    def format_table(self) -> str:
+        """:meth:`rows` as a text table: each method's mean of every measure."""
+        columns = [Column("method", width=22)]
+        columns += [Column(metric, spec=".2f", width=15) for metric in self.metrics]
+        return format_rows(self.rows(), columns, indent="  ")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary: the models' accuracies and the mean similarities."""
         return {
@@ -223,16 +229,12 @@ class DataRandomizationResult:
 
     def save(self, folder: str | os.PathLike[str], *, figures: bool = True) -> list[Path]:
         """Write ``data_randomization.csv``, ``.json`` and ``.png``, atomically."""
-        from salience.viz import save_figure
-
-        stem = Path(folder) / "data_randomization"
-        written = [
-            write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
-            write_json_atomic(stem.with_suffix(".json"), self.to_dict()),
-        ]
-        if figures:
-            written.append(save_figure(data_randomization_figure(self), stem.with_suffix(".png")))
-        return written
+        return write_report(
+            Path(folder) / "data_randomization",
+            self.to_dict(),
+            rows=self.rows(),
+            figures={".png": lambda: data_randomization_figure(self)} if figures else None,
+        )
 
 
 def data_randomization_test(

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from salience.api import make_explainer, method_options
 from salience.errors import InvalidInputError, UnsupportedError
+from salience.evaluation.report import Column, format_rows, write_report
 from salience.explanation import Explanation
-from salience.fileio import write_csv_atomic, write_json_atomic
 from salience.methods.base import Explainer
 from salience.methods.masking import BULK_PASSES, masked_scores
 from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
@@ -302,13 +302,23 @@ class CausalMetric:
         substrate = self._substrate(x)
         curves = torch.empty((n, steps + 1), dtype=torch.float64)
         for sample in range(n):
-            curves[sample] = masked_scores(
-                self.adapter, x[sample : sample + 1], self._masks(ranks[sample], changed),
-                steps + 1, selection.take(slice(sample, sample + 1)), self.score,
-                substrate=None if substrate is None else substrate[sample : sample + 1],
-                chunk_size=self.chunk_size, progress=self.progress,
-                description=f"{self.mode} {sample + 1}/{n}", bulk=n * (steps + 1) >= BULK_PASSES,
-            )[:, 0].double().cpu()  # fmt: skip
+            curves[sample] = (
+                masked_scores(
+                    self.adapter,
+                    x[sample : sample + 1],
+                    self._masks(ranks[sample], changed),
+                    steps + 1,
+                    selection.take(slice(sample, sample + 1)),
+                    self.score,
+                    substrate=None if substrate is None else substrate[sample : sample + 1],
+                    chunk_size=self.chunk_size,
+                    progress=self.progress,
+                    description=f"{self.mode} {sample + 1}/{n}",
+                    bulk=n * (steps + 1) >= BULK_PASSES,
+                )[:, 0]
+                .double()
+                .cpu()
+            )
         targets = (
             selection.indices[:, 0].cpu()
             if selection.indices is not None
@@ -408,6 +418,15 @@ class MethodFaithfulness:
         }
 
 
+MEAN_COLUMNS = (
+    Column("method"),
+    Column("deletion_auc", "deletion AUC ↓", ".4f"),
+    Column("insertion_auc", "insertion AUC ↑", ".4f"),
+    Column("seconds", "time (s)", ".3f"),
+)
+"""The columns of :meth:`FaithfulnessReport.format_table`: each method's means."""
+
+
 @dataclass(frozen=True)
 class FaithfulnessReport:
     """Deletion and insertion results of several methods on the same images.
@@ -438,44 +457,43 @@ class FaithfulnessReport:
 
     def format_table(self) -> str:
         """The means as a text table: method, deletion AUC ↓, insertion AUC ↑, time."""
-        width = max(len("method"), *(len(name) for name in self.names))
-        lines = [f"{'method':<{width}}  deletion AUC ↓  insertion AUC ↑  time (s)"]
-        for entry in self.methods:
-            row = entry.summary()
-            lines.append(
-                f"{row['method']:<{width}}  {row['deletion_auc']:14.4f}  "
-                f"{row['insertion_auc']:15.4f}  {row['seconds']:8.3f}"
-            )
-        return "\n".join(lines)
+        means = [entry.summary() for entry in self.methods]
+        return format_rows(means, MEAN_COLUMNS, gap="  ")
 
     def rows(self) -> list[dict[str, Any]]:
         """The table: one row per method and image, then one ``mean`` row per method."""
         rows = []
         for entry in self.methods:
             per_image = zip(
-                self.images, entry.deletion.auc.tolist(), entry.insertion.auc.tolist(),
-                entry.seconds, strict=True,
-            )  # fmt: skip
+                self.images,
+                entry.deletion.auc.tolist(),
+                entry.insertion.auc.tolist(),
+                entry.seconds,
+                strict=True,
+            )
             for image, deleted, inserted, seconds in per_image:
                 rows.append(_row(entry.method, image, deleted, inserted, seconds))
             mean = entry.summary()
             rows.append(
-                _row(entry.method, "mean", mean["deletion_auc"], mean["insertion_auc"],
-                     mean["seconds"])
-            )  # fmt: skip
+                _row(
+                    entry.method,
+                    "mean",
+                    mean["deletion_auc"],
+                    mean["insertion_auc"],
+                    mean["seconds"],
+                )
+            )
         return rows
 
     def save(self, folder: str | os.PathLike[str], *, model: str | None = None) -> list[Path]:
         """Write ``faithfulness.csv``, ``.json`` and the curves ``.png`` atomically."""
-        from salience.viz import save_figure
-
-        stem = Path(folder) / "faithfulness"
         summary = self.to_dict() if model is None else {"model": model, **self.to_dict()}
-        return [
-            write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
-            write_json_atomic(stem.with_suffix(".json"), summary),
-            save_figure(faithfulness_figure(self), stem.with_suffix(".png")),
-        ]
+        return write_report(
+            Path(folder) / "faithfulness",
+            summary,
+            rows=self.rows(),
+            figures={".png": lambda: faithfulness_figure(self)},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The whole report, JSON-ready."""
@@ -596,9 +614,12 @@ def _random_maps(x: Tensor, seed: int | None) -> tuple[Tensor, tuple[float, ...]
 
 def _row(method: str, image: str, deleted: float, inserted: float, seconds: float) -> dict:
     return {
-        "method": method, "image": image, "deletion_auc": round(deleted, 6),
-        "insertion_auc": round(inserted, 6), "seconds": round(seconds, 6),
-    }  # fmt: skip
+        "method": method,
+        "image": image,
+        "deletion_auc": round(deleted, 6),
+        "insertion_auc": round(inserted, 6),
+        "seconds": round(seconds, 6),
+    }
 
 
 def _check_images(x: Tensor) -> None:
@@ -680,9 +701,11 @@ def faithfulness_figure(report: FaithfulnessReport) -> Figure:
             curve = getattr(entry, mode)
             style = {"linestyle": "--", "color": "gray"} if entry.method == RANDOM_METHOD else {}
             axis.plot(
-                curve.fractions.numpy(), curve.scores.mean(dim=0).numpy(),
-                label=f"{entry.method} (AUC {curve.mean_auc:.3f})", **style,
-            )  # fmt: skip
+                curve.fractions.numpy(),
+                curve.scores.mean(dim=0).numpy(),
+                label=f"{entry.method} (AUC {curve.mean_auc:.3f})",
+                **style,
+            )
         axis.set_title(f"{mode} ({better} AUC is better)")
         verb = "deleted" if mode == DELETION else "inserted"
         axis.set_xlabel(f"fraction of pixels {verb}, most salient first")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from salience.adapters.base import RandomizableAdapter
 from salience.adapters.randomize import RandomizationError
 from salience.errors import InvalidInputError
+from salience.evaluation.report import write_report
 from salience.evaluation.similarity import (
     METRIC_TITLES,
     SIMILARITY_METRICS,
@@ -35,7 +36,6 @@ from salience.evaluation.similarity import (
     compared_map,
     comparison_size,
 )
-from salience.fileio import write_csv_atomic, write_json_atomic
 from salience.opening import adapter_for
 from salience.targets import Custom, TargetLike, parse_target, resolve
 
@@ -143,9 +143,14 @@ class SanityResult:
             value = float(means[row].mean())
             step = int(np.argmin(means[row]))
             verdicts[method] = Verdict(
-                method, value < self.threshold, value, float(means[row, step]), self.steps[step],
-                VERDICT_METRIC, self.threshold,
-            )  # fmt: skip
+                method,
+                value < self.threshold,
+                value,
+                float(means[row, step]),
+                self.steps[step],
+                VERDICT_METRIC,
+                self.threshold,
+            )
         return verdicts
 
     def rows(self) -> list[dict[str, Any]]:
@@ -156,9 +161,15 @@ class SanityResult:
                 for n in range(self.similarity.shape[2]):
                     values = dict(zip(self.metrics, self.similarity[m, s, n].tolist(), strict=True))
                     records.append(
-                        {"mode": self.mode, "method": method, "step": s + 1, "layer": step,
-                         "sample": n, **values}
-                    )  # fmt: skip
+                        {
+                            "mode": self.mode,
+                            "method": method,
+                            "step": s + 1,
+                            "layer": step,
+                            "sample": n,
+                            **values,
+                        }
+                    )
         return records
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,18 +202,13 @@ class SanityResult:
         """Write ``sanity_<mode>.csv``, ``.json`` and, with ``figures``, the maps figure
         (``sanity_<mode>.png``) and the curves (``sanity_<mode>_curves.png``); all atomically.
         """
-        from salience.viz import save_figure
-
-        stem = Path(folder) / f"sanity_{self.mode}"
-        written = [
-            write_csv_atomic(stem.with_suffix(".csv"), self.rows()),
-            write_json_atomic(stem.with_suffix(".json"), self.to_dict()),
-        ]
-        if figures:
-            written.append(save_figure(sanity_figure(self), stem.with_suffix(".png")))
-            curves = stem.with_name(f"{stem.name}_curves.png")
-            written.append(save_figure(sanity_curves(self), curves))
-        return written
+        drawn = {".png": lambda: sanity_figure(self), "_curves.png": lambda: sanity_curves(self)}
+        return write_report(
+            Path(folder) / f"sanity_{self.mode}",
+            self.to_dict(),
+            rows=self.rows(),
+            figures=drawn if figures else None,
+        )
 
 
 def _fixed_target(
@@ -284,9 +290,13 @@ def sanity_check(
             make_explainer(step_adapter, m, **method_options(m, options)) for m in methods
         ]
         found = explain_all(
-            step_adapter, inputs, explainers, target=step_target, score=score,
+            step_adapter,
+            inputs,
+            explainers,
+            target=step_target,
+            score=score,
             class_names=class_names,
-        )  # fmt: skip
+        )
         return {name: explanation.attributions[:, 0] for name, explanation in found.items()}
 
     total = len(units) + 1
@@ -318,9 +328,14 @@ def sanity_check(
         bar.update()
     bar.close()
     return SanityResult(
-        mode, tuple(methods), tuple(unit.name for unit in units), similarity, maps,
-        seed=seed, threshold=threshold,
-    )  # fmt: skip
+        mode,
+        tuple(methods),
+        tuple(unit.name for unit in units),
+        similarity,
+        maps,
+        seed=seed,
+        threshold=threshold,
+    )
 
 
 #: The side of one map in the figures, inches.

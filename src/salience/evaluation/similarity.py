@@ -109,9 +109,12 @@ def hog_features(saliency: np.ndarray) -> np.ndarray:
 
     cell = max(2, min(saliency.shape) // 16)
     return hog(
-        saliency, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2),
+        saliency,
+        orientations=9,
+        pixels_per_cell=(cell, cell),
+        cells_per_block=(2, 2),
         feature_vector=True,
-    )  # fmt: skip
+    )
 
 
 def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
