@@ -302,23 +302,20 @@ class CausalMetric:
         substrate = self._substrate(x)
         curves = torch.empty((n, steps + 1), dtype=torch.float64)
         for sample in range(n):
-            curves[sample] = (
-                masked_scores(
-                    self.adapter,
-                    x[sample : sample + 1],
-                    self._masks(ranks[sample], changed),
-                    steps + 1,
-                    selection.take(slice(sample, sample + 1)),
-                    self.score,
-                    substrate=None if substrate is None else substrate[sample : sample + 1],
-                    chunk_size=self.chunk_size,
-                    progress=self.progress,
-                    description=f"{self.mode} {sample + 1}/{n}",
-                    bulk=n * (steps + 1) >= BULK_PASSES,
-                )[:, 0]
-                .double()
-                .cpu()
+            scores = masked_scores(
+                self.adapter,
+                x[sample : sample + 1],
+                self._masks(ranks[sample], changed),
+                steps + 1,
+                selection.take(slice(sample, sample + 1)),
+                self.score,
+                substrate=None if substrate is None else substrate[sample : sample + 1],
+                chunk_size=self.chunk_size,
+                progress=self.progress,
+                description=f"{self.mode} {sample + 1}/{n}",
+                bulk=n * (steps + 1) >= BULK_PASSES,
             )
+            curves[sample] = scores[:, 0].double().cpu()
         targets = (
             selection.indices[:, 0].cpu()
             if selection.indices is not None
