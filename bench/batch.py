@@ -138,8 +138,11 @@ def main() -> None:
             print("ray is not installed: its engine is left out", file=sys.stderr)
     folder = Path(tempfile.mkdtemp(prefix="salience-bench-images-"))
     make_images(folder, args.images)
-    print(f"{args.images} PNG images (bundled photos), methods {', '.join(spec.methods)}, "
-          f"{args.workers} workers; {args.repeats} interleaved rounds", flush=True)  # fmt: skip
+    print(
+        f"{args.images} PNG images (bundled photos), methods {', '.join(spec.methods)}, "
+        f"{args.workers} workers; {args.repeats} interleaved rounds",
+        flush=True,
+    )
     start = cpu_snapshot()
     bounds: list[float] = []
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
@@ -155,8 +158,10 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     bound = statistics.median(bounds)
-    print(f"\nlower bound, 1 process, 1 thread: {bound:.2f} images/s (median; rounds: "
-          f"{', '.join(f'{b:.2f}' for b in bounds)})")  # fmt: skip
+    print(
+        f"\nlower bound, 1 process, 1 thread: {bound:.2f} images/s (median; rounds: "
+        f"{', '.join(f'{b:.2f}' for b in bounds)})"
+    )
     print(
         f"{'engine':<8} {'steady img/s':>13} {'end-to-end':>11} {'steady / (bound × workers)':>28}"
     )

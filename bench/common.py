@@ -173,12 +173,15 @@ def setup(threads: int | None) -> tuple[nn.Module, torch.Tensor, int]:
 
 def header(title: str, target: int) -> str:
     """The opening lines of every benchmark: title, input and class, machine, huge-page state."""
-    return "\n".join([
-        title,
-        f"input: skimage chelsea 1x3x{SIZE}x{SIZE}, target class {target} ({class_name(target)})",
-        machine_line(),
-        thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            title,
+            f"input: skimage chelsea 1x3x{SIZE}x{SIZE}, "
+            f"target class {target} ({class_name(target)})",
+            machine_line(),
+            thp_state() + " (THP_MEM_ALLOC_ENABLE is set before torch is imported)",
+        ]
+    )
 
 
 def footer(start: tuple[float, float, float]) -> str:

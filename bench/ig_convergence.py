@@ -47,9 +47,13 @@ def main() -> None:
         print(f"{n:>6} " + " ".join(f"{e:>17.2%} " for e in errors))
     for rule in ("riemann_middle", "riemann_trapezoid"):
         refined = salience.IntegratedGradients(
-            adapter, steps=32 if rule == "riemann_middle" else 33, rule=rule,
-            baseline=args.baseline, tolerance=args.tolerance, max_steps=1024,
-        )(x)  # fmt: skip
+            adapter,
+            steps=32 if rule == "riemann_middle" else 33,
+            rule=rule,
+            baseline=args.baseline,
+            tolerance=args.tolerance,
+            max_steps=1024,
+        )(x)
         info = refined.info
         history = ", ".join(f"{s}: {e:.2%}" for s, e in info["error_history"])
         state = "converged" if info["converged"] else "stopped at the step cap"

@@ -60,8 +60,10 @@ def test_folder_glob_and_manifests_name_the_same_images(tmp_path):
     found = collect_inputs(images)
     assert [item.key for item in found] == ["cats__im000.png", "cats__im001.png", "dogs__im000.png"]
     assert [Path(item.path) for item in found] == [
-        images / "cats/im000.png", images / "cats/im001.png", images / "dogs/im000.png"
-    ]  # fmt: skip
+        images / "cats/im000.png",
+        images / "cats/im001.png",
+        images / "dogs/im000.png",
+    ]
 
     by_glob = collect_inputs(str(images / "*" / "*.png"))
     assert [item.key for item in by_glob] == [item.key for item in found]
@@ -70,8 +72,9 @@ def test_folder_glob_and_manifests_name_the_same_images(tmp_path):
     manifest.write_text("path,label\ncats/im001.png,3\ndogs/im000.png,\n")
     listed = collect_inputs(manifest)
     assert [(item.key, item.label) for item in listed] == [
-        ("cats__im001.png", "3"), ("dogs__im000.png", None)
-    ]  # fmt: skip
+        ("cats__im001.png", "3"),
+        ("dogs__im000.png", None),
+    ]
     assert Path(listed[0].path) == images / "cats/im001.png"
 
     table = pa.table({"path": ["cats/im000.png"], "label": [7]})
@@ -100,8 +103,11 @@ def test_bad_inputs_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="one class per image"):
         run_job(
             JobSpec(model=MODEL, load_options=OPTIONS, target="top-2", auc=True),
-            tmp_path, tmp_path / "out", workers=1, progress=False,
-        )  # fmt: skip
+            tmp_path,
+            tmp_path / "out",
+            workers=1,
+            progress=False,
+        )
     assert not (tmp_path / "out" / "items").exists()  # refused before any work
 
 
@@ -116,9 +122,12 @@ def finished_job(tmp_path_factory):
     lines = ["path,label", *(f"images/{n},{label}" for n, label in zip(names, labels, strict=True))]
     (root / "data.csv").write_text("\n".join(lines) + "\n")
     spec = JobSpec(
-        model=MODEL, load_options=OPTIONS, methods=("gradient", "gradcam"), auc=True,
+        model=MODEL,
+        load_options=OPTIONS,
+        methods=("gradient", "gradcam"),
+        auc=True,
         pixels_per_step=64,
-    )  # fmt: skip
+    )
     summary = run_job(spec, root / "data.csv", root / "out", workers=2, progress=False)
     return root, paths, labels, summary
 

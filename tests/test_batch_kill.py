@@ -27,14 +27,31 @@ def start_job(images: Path, out: Path) -> subprocess.Popen:
         "PYTHONPATH": os.pathsep.join([str(SOURCE), str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
     command = [
-        sys.executable, "-m", "salience.cli", "batch", str(images),
-        "--model", "model_factories:slow_digits_net", "--size", "32", "--method", "gradient",
-        "--workers", "2", "--quiet", "-o", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "salience.cli",
+        "batch",
+        str(images),
+        "--model",
+        "model_factories:slow_digits_net",
+        "--size",
+        "32",
+        "--method",
+        "gradient",
+        "--workers",
+        "2",
+        "--quiet",
+        "-o",
+        str(out),
+    ]
     return subprocess.Popen(
-        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def records(out: Path) -> list[Path]:
@@ -113,8 +130,10 @@ def test_killed_twice_then_rerun_gives_exactly_one_result_per_image(tmp_path):
     assert sorted(os.listdir(out / "items")) == sorted(path.name for path in paths)
     for path in paths:
         assert set(os.listdir(out / "items" / path.name)) == {
-            RECORD, "image.thumb.png", *method_files("gradient")
-        }  # fmt: skip
+            RECORD,
+            "image.thumb.png",
+            *method_files("gradient"),
+        }
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(row["path"]).name for row in rows] == [path.name for path in paths]

@@ -29,9 +29,11 @@ TESTS = Path(__file__).resolve().parent
 def local_ray():
     path = os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)])
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False,
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
-    )  # fmt: skip
+    )
     try:
         yield
     finally:
@@ -47,9 +49,13 @@ def test_local_and_ray_engines_write_identical_results(local_ray, tmp_path):
     make_images(tmp_path / "images", 7)
     (tmp_path / "images" / "zz-broken.png").write_text("not an image")
     spec = JobSpec(
-        model=MODEL, load_options=OPTIONS, methods=("gradient", "gradcam", "rise"),
-        options={"n_masks": 64, "seed": 3}, auc=True, pixels_per_step=64,
-    )  # fmt: skip
+        model=MODEL,
+        load_options=OPTIONS,
+        methods=("gradient", "gradcam", "rise"),
+        options={"n_masks": 64, "seed": 3},
+        auc=True,
+        pixels_per_step=64,
+    )
     local = run_job(spec, tmp_path / "images", tmp_path / "local", workers=2, progress=False)
     on_ray = run_job(
         spec, tmp_path / "images", tmp_path / "ray", engine="ray", workers=2, progress=False

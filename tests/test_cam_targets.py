@@ -97,9 +97,13 @@ def test_gradcam_with_a_segmentation_target_equals_the_hand_formula(class_index,
     expected = hand_gradcam(activations, gradients, relu)
     assert expected.abs().amax() > 0
     explanation = salience.explain(
-        model, x, method="gradcam", target=segmentation_target(class_index, mask),
-        layer="features", relu=relu,
-    )  # fmt: skip
+        model,
+        x,
+        method="gradcam",
+        target=segmentation_target(class_index, mask),
+        layer="features",
+        relu=relu,
+    )
     assert relative_error(explanation.attributions[:, 0], expected) < 1e-6
 
 
@@ -132,9 +136,12 @@ def test_a_per_sample_mask_with_the_perturbation_cams(method: str) -> None:
     ).attributions
     for n in range(2):
         alone = salience.explain(
-            model, x[n : n + 1], method=method, target=segmentation_target(1, masks[n]),
+            model,
+            x[n : n + 1],
+            method=method,
+            target=segmentation_target(1, masks[n]),
             layer="features",
-        ).attributions  # fmt: skip
+        ).attributions
         assert relative_error(together[n], alone[0]) < 1e-6, n
 
 

@@ -370,9 +370,14 @@ def test_ablationcam_on_tokens_zeroes_the_channel_in_every_token(variant, chunk_
     expected = (weights[:, :, None, None] * grid).sum(dim=1).clamp_min(0)
     assert expected.abs().amax() > 0
     explanation = salience.explain(
-        model, x, method="ablationcam", target=target, layer=LAYER,
-        chunk_size=chunk_size, **cam_options,
-    )  # fmt: skip
+        model,
+        x,
+        method="ablationcam",
+        target=target,
+        layer=LAYER,
+        chunk_size=chunk_size,
+        **cam_options,
+    )
     assert relative_error(explanation.attributions[:, 0], expected) < 1e-5
 
 

@@ -153,9 +153,14 @@ def test_gradcam_keeps_negative_evidence_without_relu() -> None:
 def test_hirescam_equals_gradcam_before_global_average_pooling_and_a_linear_layer() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 10, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 5),
-    )  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 10, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(10, 5),
+    )
     model, x = model.double(), torch.randn(2, 3, 9, 9, dtype=torch.float64)  # no float32 kernels
     for relu in (True, False):
         options = {"layer": "3", "target": "top-3", "relu": relu}
@@ -284,9 +289,13 @@ class Residual(nn.Module):
 
 @pytest.mark.parametrize(
     ("build", "layer"),
-    [(RandomConvNet, "block2"), (RandomConvNet, "head"), (BatchSizeFromInput, "features"),
-     (Residual, "body")],
-)  # fmt: skip
+    [
+        (RandomConvNet, "block2"),
+        (RandomConvNet, "head"),
+        (BatchSizeFromInput, "features"),
+        (Residual, "body"),
+    ],
+)
 def test_ablationcam_equals_full_forward_passes_with_the_channel_zeroed(build, layer: str) -> None:
     torch.manual_seed(0)
     model = build().eval()

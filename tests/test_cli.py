@@ -71,9 +71,16 @@ def test_methods_and_models_list_the_registries(capsys: pytest.CaptureFixture[st
 
 def test_explain_the_bundled_cat(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run(
-        capsys, "explain", "--method", "gradient,gradient_x_input", "--target", "top-2",
-        "-o", str(tmp_path), "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        "--method",
+        "gradient,gradient_x_input",
+        "--target",
+        "top-2",
+        "-o",
+        str(tmp_path),
+        "--quiet",
+    )
     assert status == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("chelsea: top-5")
@@ -136,9 +143,22 @@ def test_black_box_methods_take_their_options_from_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status, _, err = run(
-        capsys, "explain", "--method", "occlusion,rise", "--window", "112", "--stride", "56",
-        "--masks", "16", "--baseline", "mean", "-o", str(tmp_path), "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        "--method",
+        "occlusion,rise",
+        "--window",
+        "112",
+        "--stride",
+        "56",
+        "--masks",
+        "16",
+        "--baseline",
+        "mean",
+        "-o",
+        str(tmp_path),
+        "--quiet",
+    )
     assert status == 0, err
     occlusion = json.loads((tmp_path / "chelsea_occlusion.json").read_text())
     assert occlusion["params"] == {"window": [112, 112], "stride": [56, 56], "baseline": "mean"}

@@ -51,9 +51,18 @@ def test_failed_save_leaves_previous_file(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.parametrize(
-    "method", ["gradient", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad",
-               "occlusion", "rise", "scorecam"],
-)  # fmt: skip
+    "method",
+    [
+        "gradient",
+        "gradcam",
+        "guided_gradcam",
+        "integrated_gradients",
+        "smoothgrad",
+        "occlusion",
+        "rise",
+        "scorecam",
+    ],
+)
 def test_explanations_carry_the_models_outputs_on_the_input(method: str) -> None:
     """So callers need no second forward pass for the predictions (the batch runner)."""
     torch.manual_seed(0)

@@ -119,10 +119,12 @@ def test_the_blur_is_rises_kernel_with_zero_padding() -> None:
     kernel = ndimage.gaussian_filter(impulse, 5)  # RISE's gkern(11, 5)
     np.testing.assert_allclose(rise_blur_kernel().numpy(), kernel, rtol=1e-12, atol=1e-15)
     x = torch.randn(2, 3, 20, 17, generator=generator(2), dtype=torch.float64)
-    reference = np.stack([
-        [ndimage.correlate(channel, kernel, mode="constant", cval=0.0) for channel in image]
-        for image in x.numpy()
-    ])  # fmt: skip
+    reference = np.stack(
+        [
+            [ndimage.correlate(channel, kernel, mode="constant", cval=0.0) for channel in image]
+            for image in x.numpy()
+        ]
+    )
     np.testing.assert_allclose(rise_blur(x).numpy(), reference, rtol=0, atol=1e-12)
 
 
@@ -270,10 +272,14 @@ def test_black_boxes_give_the_torch_models_curves(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            small_cnn.eval(), (images,), str(path), input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+            small_cnn.eval(),
+            (images,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
             dynamo=False,
-        )  # fmt: skip
+        )
     saliency = torch.rand(2, 12, 12, generator=generator(5))
     for play in (deletion, insertion):
         black_box = play(OnnxAdapter(path), images, saliency, pixels_per_step=30)
@@ -291,16 +297,28 @@ def test_the_command_prints_the_table_and_writes_the_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status, out, err = run(
-        capsys, "evaluate", "chelsea", "--method", "gradient,rise", "--masks", "8",
-        "--step", str(224 * 56), "-o", str(tmp_path), "--quiet",
-    )  # fmt: skip
+        capsys,
+        "evaluate",
+        "chelsea",
+        "--method",
+        "gradient,rise",
+        "--masks",
+        "8",
+        "--step",
+        str(224 * 56),
+        "-o",
+        str(tmp_path),
+        "--quiet",
+    )
     assert status == 0, err
     lines = out.splitlines()
     assert "deletion AUC ↓" in lines[1] and "insertion AUC ↑" in lines[1]
     assert [line.split()[0] for line in lines[2:5]] == ["gradient", "rise", "random"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "faithfulness.csv", "faithfulness.json", "faithfulness.png",
-    ]  # fmt: skip
+        "faithfulness.csv",
+        "faithfulness.json",
+        "faithfulness.png",
+    ]
     data = json.loads((tmp_path / "faithfulness.json").read_text())
     assert data["model"] == "efficientnet_lite0" and data["images"] == ["chelsea"]
     gradient = data["methods"][0]

@@ -145,8 +145,21 @@ def test_explain_a_keras_file_from_the_command_line(
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 16, 3), np.uint8)).save(photo)
     out = tmp_path / "out"
-    argv = ["explain", str(photo), "--model", str(saved), "--method", "gradcam", "--layer",
-            "conv2", "--scale", str(1 / 255), "-o", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "explain",
+        str(photo),
+        "--model",
+        str(saved),
+        "--method",
+        "gradcam",
+        "--layer",
+        "conv2",
+        "--scale",
+        str(1 / 255),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     assert "top-5 predictions of digits.keras" in capsys.readouterr().out
     saved_map = np.load(out / "photo_gradcam.npz")

@@ -22,9 +22,13 @@ from salience.registry import available, get
 
 def vgg_like() -> nn.Sequential:
     features = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
     return nn.Sequential(
         nn.Sequential(), features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)
     )

@@ -263,9 +263,22 @@ def test_the_command_line_opens_factories_and_lists_layers(
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), np.uint8)).save(photo)
     out = tmp_path / "out"
     status = main(
-        ["explain", str(photo), "--model", FACTORY, "--weights", str(files["safetensors"]),
-         "--size", "8", "--method", "gradient,gradcam", "-o", str(out), "--quiet"]
-    )  # fmt: skip
+        [
+            "explain",
+            str(photo),
+            "--model",
+            FACTORY,
+            "--weights",
+            str(files["safetensors"]),
+            "--size",
+            "8",
+            "--method",
+            "gradient,gradcam",
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "top-5 predictions of net.safetensors" in captured.out

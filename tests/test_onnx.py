@@ -95,9 +95,14 @@ def export(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model.eval(), examples, str(path), input_names=list(names),
-            output_names=["logits"], dynamic_axes=axes, dynamo=False,
-        )  # fmt: skip
+            model.eval(),
+            examples,
+            str(path),
+            input_names=list(names),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            dynamo=False,
+        )
     if metadata:
         proto = onnx.load(str(path))
         for key, value in metadata.items():
@@ -360,8 +365,10 @@ def test_class_name_formats_and_bad_metadata(net: TinyCNN, folder: Path) -> None
     assert parse_class_names("a,b , c") == ("a", "b", "c")
     assert parse_class_names('["x, y", "z"]') == ("x, y", "z")
     assert parse_class_names(json.dumps({"1": "dog", "0": "cat", "10": "eel"})) == (
-        "cat", "dog", "eel",
-    )  # fmt: skip
+        "cat",
+        "dog",
+        "eel",
+    )
     metadata = {"labels": "a,b,c,d,e", "mean": "0.5,0.5", "crop": "28"}
     path = export(net, folder / "labels.onnx", torch.zeros(1, 3, 32, 32), metadata=metadata)
     adapter = OnnxAdapter(path)
@@ -393,10 +400,27 @@ def test_cli_explains_an_onnx_model(
     classes.write_text("cat\ndog\nbird\nfish\nfrog\n")
     out = tmp_path / "out"
     status, stdout, err = _cli(
-        capsys, "explain", str(photo), "--model", str(model_path), "--method", method,
-        "--size", "32", "--classes", str(classes), "--mean", "0.5,0.5,0.5",
-        "--std", "0.25,0.25,0.25", "--target", "top-2", "-o", str(out), "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        str(model_path),
+        "--method",
+        method,
+        "--size",
+        "32",
+        "--classes",
+        str(classes),
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--target",
+        "top-2",
+        "-o",
+        str(out),
+        "--quiet",
+    )
     assert status == 0, err
     lines = stdout.splitlines()
     assert lines[0] == "photo: top-5 predictions of tiny.onnx"
@@ -411,50 +435,102 @@ def test_cli_explains_an_onnx_model(
 
 
 def test_cli_with_metadata_and_default_class_names(
-    net: TinyCNN, model_path: Path, folder: Path, photo: Path, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    net: TinyCNN,
+    model_path: Path,
+    folder: Path,
+    photo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     method = BLACK_BOX[0]
     metadata = {"size": "32", "class_names": "ant\nbee\ncow\ndoe\neel"}
     named = export(net, folder / "named.onnx", torch.zeros(1, 3, 32, 32), metadata=metadata)
     status, stdout, err = _cli(
-        capsys, "explain", str(photo), "--model", str(named), "--method", method,
-        "-o", str(tmp_path / "a"), "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        str(named),
+        "--method",
+        method,
+        "-o",
+        str(tmp_path / "a"),
+        "--quiet",
+    )
     assert status == 0, err
     assert sum(name in stdout for name in ("ant", "bee", "cow", "doe", "eel")) == CLASSES
     # no class names, and a class count the model only tells by running
     monkeypatch.setattr(OnnxAdapter, "num_outputs", property(lambda _self: None))
     status, stdout, err = _cli(
-        capsys, "explain", str(photo), "--model", str(model_path), "--method", method,
-        "-o", str(tmp_path / "b"), "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        str(model_path),
+        "--method",
+        method,
+        "-o",
+        str(tmp_path / "b"),
+        "--quiet",
+    )
     assert status == 0, err
     assert "class 4" in stdout and "(class 4)" in stdout
 
 
 def test_cli_one_line_errors(
-    model_path: Path, nhwc_path: Path, photo: Path, tmp_path: Path,
+    model_path: Path,
+    nhwc_path: Path,
+    photo: Path,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     out = str(tmp_path / "out")
     status, _, err = _cli(
-        capsys, "explain", str(photo), "--model", str(model_path), "--method", "gradient",
-        "-o", out, "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        str(model_path),
+        "--method",
+        "gradient",
+        "-o",
+        out,
+        "--quiet",
+    )
     assert status == 2
     assert err.startswith("salience: error: gradient needs gradients") and err.count("\n") == 1
     assert f"black-box models: {', '.join(BLACK_BOX)}" in err
     status, _, err = _cli(
-        capsys, "explain", str(photo), "--model", str(model_path), "--method", BLACK_BOX[0],
-        "--size", "40", "-o", out, "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        str(model_path),
+        "--method",
+        BLACK_BOX[0],
+        "--size",
+        "40",
+        "-o",
+        out,
+        "--quiet",
+    )
     assert status == 2 and err.count("\n") == 1
     assert "expects inputs of shape (N, 3, 32, 32), got (1, 3, 40, 40)" in err
     status, _, err = _cli(
-        capsys, "explain", str(photo), "--model", str(nhwc_path), "--layout", "nchw",
-        "--method", BLACK_BOX[0], "-o", out, "--quiet",
-    )  # fmt: skip
+        capsys,
+        "explain",
+        str(photo),
+        "--model",
+        str(nhwc_path),
+        "--layout",
+        "nchw",
+        "--method",
+        BLACK_BOX[0],
+        "-o",
+        out,
+        "--quiet",
+    )
     assert status == 2 and "--layout nhwc" in err
     classes = tmp_path / "three.txt"
     classes.write_text("a\nb\nc\n")
@@ -464,9 +540,18 @@ def test_cli_one_line_errors(
         (["--input-name", "pixels"], "no input 'pixels'; its inputs: input"),
     ]:
         status, _, err = _cli(
-            capsys, "explain", str(photo), "--model", str(model_path), "--method", BLACK_BOX[0],
-            *extra, "-o", out, "--quiet",
-        )  # fmt: skip
+            capsys,
+            "explain",
+            str(photo),
+            "--model",
+            str(model_path),
+            "--method",
+            BLACK_BOX[0],
+            *extra,
+            "-o",
+            out,
+            "--quiet",
+        )
         assert status == 2 and message in err and err.count("\n") == 1, err
     status, _, err = _cli(capsys, "explain", "--model", str(tmp_path / "none.onnx"), "-o", out)
     assert status == 2 and "no ONNX model at" in err

@@ -35,10 +35,16 @@ def correlation(a: Tensor, b: Tensor) -> float:
 def classifier() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(8, 4),
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 # --- occlusion ---------------------------------------------------------------------------------
@@ -66,17 +72,27 @@ def test_occlusion_equals_captums_occlusion(baseline: object) -> None:
 
     model, x = classifier(), torch.randn(2, 3, 16, 16)
     ours = salience.explain(
-        model, x, method="occlusion", window=4, stride=2, baseline=baseline, target=1,
+        model,
+        x,
+        method="occlusion",
+        window=4,
+        stride=2,
+        baseline=baseline,
+        target=1,
         chunk_size=5,
-    )  # fmt: skip
+    )
     if baseline == "mean":
         reference_baseline = x.mean(dim=(2, 3), keepdim=True)
     else:
         reference_baseline = 0.0 if baseline == "zeros" else baseline
     theirs = CaptumOcclusion(model).attribute(
-        x, sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2), target=1,
-        baselines=reference_baseline, perturbations_per_eval=7,
-    )  # fmt: skip
+        x,
+        sliding_window_shapes=(3, 4, 4),
+        strides=(3, 2, 2),
+        target=1,
+        baselines=reference_baseline,
+        perturbations_per_eval=7,
+    )
     for channel in range(3):  # the window spans all channels: every channel gets the map
         assert relative_error(ours.attributions[:, 0], theirs[:, channel]) < 1e-5
 
@@ -162,8 +178,10 @@ def test_the_same_seed_gives_the_same_map_for_any_chunk_size(chunk_size: int) ->
 def test_rise_options_are_checked() -> None:
     model = classifier()
     for options, message in [
-        ({"n_masks": 0}, "n_masks"), ({"grid": 0}, "grid"), ({"keep": 0.0}, "keep"),
-    ]:  # fmt: skip
+        ({"n_masks": 0}, "n_masks"),
+        ({"grid": 0}, "grid"),
+        ({"keep": 0.0}, "keep"),
+    ]:
         with pytest.raises(ValueError, match=message):
             salience.make_explainer(model, "rise", **options)
 
@@ -190,9 +208,14 @@ def test_a_chunk_that_does_not_fit_in_memory_names_a_chunk_size_that_might() -> 
         ChunkMemoryError, match=r"chunk of 64 .* pass a smaller chunk_size \(e.g. 16\)"
     ):
         masked_scores(
-            OutOfMemory(), x, lambda rows: torch.ones(rows.stop - rows.start, 1, 8, 8), 100,
-            Selection(torch.tensor([[0]])), "logit", chunk_size=64,
-        )  # fmt: skip
+            OutOfMemory(),
+            x,
+            lambda rows: torch.ones(rows.stop - rows.start, 1, 8, 8),
+            100,
+            Selection(torch.tensor([[0]])),
+            "logit",
+            chunk_size=64,
+        )
 
 
 def test_black_box_methods_run_on_a_black_box_and_others_say_which_do() -> None:

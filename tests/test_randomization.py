@@ -210,9 +210,11 @@ def test_results_are_saved_as_tables_and_figures(blocks: Blocks, photos: Tensor,
     result = sanity_check(blocks, photos, METHODS, mode="independent", progress=False)
     written = result.save(tmp_path)
     assert {path.name for path in written} == {
-        "sanity_independent.csv", "sanity_independent.json", "sanity_independent.png",
+        "sanity_independent.csv",
+        "sanity_independent.json",
+        "sanity_independent.png",
         "sanity_independent_curves.png",
-    }  # fmt: skip
+    }
     with open(tmp_path / "sanity_independent.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3 * 4 * 2

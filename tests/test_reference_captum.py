@@ -41,9 +41,13 @@ def test_smoothgrad_equals_captum_noise_tunnel_with_the_same_noise(
     ours = salience.explain(model, x, method="smoothgrad", n_samples=6, noise=noise, seed=11)
     torch.manual_seed(11)  # Captum draws from the global generator, sample-major as we do
     reference = captum_attr.NoiseTunnel(captum_attr.Saliency(model)).attribute(
-        x, nt_type="smoothgrad", nt_samples=6, stdevs=float(noise_scale(x, noise)[0]),
-        target=int(ours.targets[0, 0]), abs=False,
-    )  # fmt: skip
+        x,
+        nt_type="smoothgrad",
+        nt_samples=6,
+        stdevs=float(noise_scale(x, noise)[0]),
+        target=int(ours.targets[0, 0]),
+        abs=False,
+    )
     assert relative_gap(ours.attributions[:, 0], reference) < 1e-4
 
 

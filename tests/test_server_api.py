@@ -34,18 +34,31 @@ CLASSES = ["cat", "dog", "bird", "fish"]
 PRESET = ImagePreset(resize_shorter=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 OPTIONS = {"samples": 4, "steps": 8, "masks": 40, "window": 8, "stride": 8, "seed": 3}
 METHOD_VALUES = {
-    "n_samples": 4, "noise": 0.15, "steps": 8, "baseline": "zeros", "n_masks": 40, "window": 8,
-    "stride": 8, "layer": "auto", "relu": True, "seed": 3,
-}  # fmt: skip
+    "n_samples": 4,
+    "noise": 0.15,
+    "steps": 8,
+    "baseline": "zeros",
+    "n_masks": 40,
+    "window": 8,
+    "stride": 8,
+    "layer": "auto",
+    "relu": True,
+    "seed": 3,
+}
 """The method options that OPTIONS (plus the form's defaults) ask for."""
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, len(CLASSES)),
-    )  # fmt: skip
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, len(CLASSES)),
+    )
 
 
 class Sleepy(nn.Module):
@@ -148,9 +161,10 @@ def test_maps_equal_the_librarys_and_files_match_their_metadata(client, model):
     data = photo(2)
     methods = ["gradcam", "gradient", "smoothgrad"]
     response = client.post(
-        "/api/explain", files=upload(data),
+        "/api/explain",
+        files=upload(data),
         data={"methods": ",".join(methods), "target": "dog", **OPTIONS},
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["status"] == "done" and [m["status"] for m in job["methods"]] == ["done"] * 3
@@ -340,8 +354,12 @@ def test_a_real_server_answers_a_200_mb_upload_before_it_is_sent(app):
 
 
 def test_paths_in_urls_reach_no_file(client):
-    for url in ("/static/../../pyproject.toml", "/static/%2e%2e%2fpyproject.toml",
-                "/api/jobs/..%2f..%2fetc%2fpasswd", "/api/jobs/" + "0" * 32):  # fmt: skip
+    for url in (
+        "/static/../../pyproject.toml",
+        "/static/%2e%2e%2fpyproject.toml",
+        "/api/jobs/..%2f..%2fetc%2fpasswd",
+        "/api/jobs/" + "0" * 32,
+    ):
         response = client.get(url)
         assert 400 <= response.status_code < 500, url
         assert "error" in response.json()
@@ -414,9 +432,10 @@ def sleepy_client():
 def test_a_slow_request_stops_at_the_time_limit(sleepy_client):
     started = time.monotonic()
     response = sleepy_client.post(
-        "/api/explain", files=upload(photo(8)),
+        "/api/explain",
+        files=upload(photo(8)),
         data={"methods": "gradient,smoothgrad", "samples": "400"},
-    )  # fmt: skip
+    )
     assert response.status_code == 504 and response.json()["kind"] == "time_limit"
     job = response.json()["job"]
     assert job["status"] == "stopped" and job["elapsed"] < 0.5 + 1.0
@@ -466,9 +485,10 @@ def test_serve_command_opens_each_model_once_and_binds_to_loopback(monkeypatch, 
 
     opened, served = [], {}
     monkeypatch.setattr(
-        salience.loading, "open_model",
+        salience.loading,
+        "open_model",
         lambda name: opened.append(name) or loaded(tiny_cnn(), name),
-    )  # fmt: skip
+    )
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
     assert main(["serve", "--model", "one,two", "--model", "one", "--port", "8123"]) == 0
     assert opened == ["one", "two"]
@@ -500,9 +520,13 @@ def test_sanity_endpoint_equals_the_library_and_refuses_slow_methods(
     x = PRESET.prepare(data).tensor
     layers = [unit.name for unit in TorchAdapter(model).randomization_units(x)[:2]]
     expected = sanity_check(
-        model, x, ["gradient", "guided_backprop", "gradcam"], layers=layers, seed=4,
+        model,
+        x,
+        ["gradient", "guided_backprop", "gradcam"],
+        layers=layers,
+        seed=4,
         progress=False,
-    )  # fmt: skip
+    )
     assert body["model"] == "tiny" and body["steps"] == layers
     for metric in expected.metrics:
         for m, method in enumerate(expected.methods):

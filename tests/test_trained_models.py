@@ -59,9 +59,14 @@ def test_integrated_gradients_on_a_relu_classifier_meets_its_tolerance(
 ) -> None:
     x = digits[0][1500:1505]
     explanation = salience.explain(
-        classifier, x, method="integrated_gradients", steps=8, rule="riemann_middle",
-        tolerance=0.005, max_steps=2000,
-    )  # fmt: skip
+        classifier,
+        x,
+        method="integrated_gradients",
+        steps=8,
+        rule="riemann_middle",
+        tolerance=0.005,
+        max_steps=2000,
+    )
     assert explanation.info["converged"] is True
     total = explanation.attributions.flatten(1).sum(1)
     expected = explanation.scores[:, 0] - torch.tensor(explanation.info["baseline_scores"])[:, 0]
@@ -84,15 +89,17 @@ def test_regression_output_is_explained_as_is(
     digits: tuple[Tensor, Tensor], regressor: nn.Module
 ) -> None:
     x = digits[0][1500:1504]
-    explanation = salience.explain(regressor, x, method="integrated_gradients", steps=256,
-                                   rule="riemann_middle")  # fmt: skip
+    explanation = salience.explain(
+        regressor, x, method="integrated_gradients", steps=256, rule="riemann_middle"
+    )
     with torch.no_grad():
         predicted = regressor(x)[:, 0]
         at_zero = regressor(torch.zeros(1, 64))[0, 0]
     assert explanation.targets.tolist() == [[0]] * 4
     torch.testing.assert_close(explanation.scores[:, 0], predicted)
     total = explanation.attributions.flatten(1).sum(1)
-    torch.testing.assert_close(total, predicted - at_zero, atol=0.02 * float(predicted.abs().max()),
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        total, predicted - at_zero, atol=0.02 * float(predicted.abs().max()), rtol=0
+    )
     with pytest.raises(TargetError, match="two or more outputs"):
         salience.explain(regressor, x, score="probability")

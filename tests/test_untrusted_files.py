@@ -124,9 +124,22 @@ def open_every_way(path: Path, folder: Path, capsys: pytest.CaptureFixture[str])
     salience.explain(str(path), torch.rand(1, 3, 8, 8), method="gradient")
     statuses = [
         main(["layers", str(path), "--size", "8"]),
-        main(["explain", str(photo(folder)), "--model", str(path), "--size", "8",
-              "--method", "gradient", "-o", str(folder / "out"), "--quiet"]),
-    ]  # fmt: skip
+        main(
+            [
+                "explain",
+                str(photo(folder)),
+                "--model",
+                str(path),
+                "--size",
+                "8",
+                "--method",
+                "gradient",
+                "-o",
+                str(folder / "out"),
+                "--quiet",
+            ]
+        ),
+    ]
     capsys.readouterr()
     return statuses
 

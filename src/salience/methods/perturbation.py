@@ -166,10 +166,17 @@ class Occlusion(Explainer):
         for n in range(x.shape[0]):
             own = selection.take(slice(n, n + 1))
             occluded = masked_scores(
-                self.adapter, x[n : n + 1], occluding, len(corners), own, score,
-                substrate=substrate[n : n + 1], chunk_size=self.chunk_size,
-                progress=self.progress, description=self.name,
-            )  # fmt: skip
+                self.adapter,
+                x[n : n + 1],
+                occluding,
+                len(corners),
+                own,
+                score,
+                substrate=substrate[n : n + 1],
+                chunk_size=self.chunk_size,
+                progress=self.progress,
+                description=self.name,
+            )
             drops = (scores[n].double() - occluded.double()).T  # (K, windows)
             total = torch.zeros(selection.k, height, width, dtype=torch.float64, device=x.device)
             for i, (r, c) in enumerate(corners):
@@ -240,9 +247,12 @@ class RISE(Explainer):
     def params(self) -> dict[str, Any]:
         """Configuration."""
         return {
-            "n_masks": self.n_masks, "grid": self.grid, "keep": self.keep, "seed": self.seed,
+            "n_masks": self.n_masks,
+            "grid": self.grid,
+            "keep": self.keep,
+            "seed": self.seed,
             "softmax": self.softmax,
-        }  # fmt: skip
+        }
 
     def mask_maker(self, size: tuple[int, int], device: torch.device) -> Any:
         """``masks(rows)`` for inputs of ``size``: the same masks for every chunking."""
@@ -278,9 +288,16 @@ class RISE(Explainer):
         for n in range(x.shape[0]):
             own = selection.take(slice(n, n + 1))
             weights = masked_scores(
-                self.adapter, x[n : n + 1], masks, self.n_masks, own, kind,
-                chunk_size=self.chunk_size, progress=self.progress, description=self.name,
-            )  # fmt: skip
+                self.adapter,
+                x[n : n + 1],
+                masks,
+                self.n_masks,
+                own,
+                kind,
+                chunk_size=self.chunk_size,
+                progress=self.progress,
+                description=self.name,
+            )
             total = torch.zeros(selection.k, x.shape[-2] * x.shape[-1], dtype=torch.float64)
             for rows in chunks(self.n_masks, WEIGHTING_CHUNK_SIZE):
                 chunk = masks(rows).flatten(1).cpu().to(weights.dtype)  # a float64 model too

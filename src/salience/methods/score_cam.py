@@ -135,10 +135,16 @@ class ScoreCAM(_PerturbationCAM):
                 return ((masks - low) / (high - low)).unsqueeze(1)
 
             values = masked_scores(
-                self.adapter, x[n : n + 1], channel_masks, len(keep), own, kind,
-                chunk_size=self.chunk_size, progress=self.progress,
+                self.adapter,
+                x[n : n + 1],
+                channel_masks,
+                len(keep),
+                own,
+                kind,
+                chunk_size=self.chunk_size,
+                progress=self.progress,
                 description=f"{self.name} {n + 1}/{x.shape[0]}" if x.shape[0] > 1 else self.name,
-            )  # fmt: skip
+            )
             weights[:, keep] = (values - start).T.double()
             maps.append(self.weighted_sum(weights, features[n]))
         info = {**self.layer_info(x, out.activations), "weights": kind, "skipped_channels": skipped}
@@ -196,9 +202,12 @@ class AblationCAM(_PerturbationCAM):
                 return target_scores(outputs, own.repeat(len(chosen)), score)
 
             passes = map_in_chunks(
-                len(keep), ablated_scores, self.chunk_size, progress=self.progress,
+                len(keep),
+                ablated_scores,
+                self.chunk_size,
+                progress=self.progress,
                 description=f"{self.name} {n + 1}/{x.shape[0]}" if x.shape[0] > 1 else self.name,
-            )  # fmt: skip
+            )
             denominator = torch.where(original != 0, original, 1).double()
             for rows, values in passes:
                 drop = (original.double() - values.double()) / denominator

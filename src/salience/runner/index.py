@@ -51,9 +51,8 @@ def render_index(
     done = sum(row["status"] == DONE for row in rows)
     judged = [row for row in rows if row["correct"] is not None]
     accuracy = (
-        f", {sum(row['correct'] for row in judged)} of {len(judged)} correct"
-        if judged else ""
-    )  # fmt: skip
+        f", {sum(row['correct'] for row in judged)} of {len(judged)} correct" if judged else ""
+    )
     failed = sum(row["status"] == "failed" for row in rows)
     headers = [
         '<th data-sort="path" data-type="text">image</th>',

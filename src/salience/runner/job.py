@@ -49,9 +49,12 @@ class Engine(Protocol):
 
 
 def make_engine(
-    name: str, workers: int | None = None, *, address: str | None = None,
+    name: str,
+    workers: int | None = None,
+    *,
+    address: str | None = None,
     chunk_size: int | None = None,
-) -> Engine:  # fmt: skip
+) -> Engine:
     """The engine called ``name`` (``local`` or ``ray``)."""
     if name == "local":
         from salience.runner.local import LocalEngine

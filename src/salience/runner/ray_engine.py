@@ -83,9 +83,12 @@ class RayEngine:
     name = "ray"
 
     def __init__(
-        self, workers: int | None = None, *, address: str | None = None,
+        self,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if workers is not None and not (isinstance(workers, int) and workers >= 1):
             raise InvalidInputError(f"workers must be an int >= 1, got {workers!r}")
         if not (isinstance(chunk_size, int) and chunk_size >= 1):

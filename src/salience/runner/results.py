@@ -88,10 +88,15 @@ def write_tables(folder: str | os.PathLike[str], rows: list[dict[str, Any]]) -> 
 def _schema(pa: Any, rows: list[dict[str, Any]]) -> Any:
     """Fixed column types, so that a column of only empty cells keeps its type."""
     types = {
-        "predicted": pa.int64(), "label": pa.int64(), "correct": pa.bool_(),
-        "probability": pa.float64(), "seconds": pa.float64(),
-    }  # fmt: skip
+        "predicted": pa.int64(),
+        "label": pa.int64(),
+        "correct": pa.bool_(),
+        "probability": pa.float64(),
+        "seconds": pa.float64(),
+    }
     return pa.schema(
-        [(name, types.get(name, pa.float64() if name.endswith("_auc") else pa.string()))
-         for name in rows[0]]
-    )  # fmt: skip
+        [
+            (name, types.get(name, pa.float64() if name.endswith("_auc") else pa.string()))
+            for name in rows[0]
+        ]
+    )

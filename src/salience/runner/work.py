@@ -118,9 +118,13 @@ class ItemWorker:
         spec, names = self.spec, self.loaded.class_names
         adapter = self.loaded.adapter
         explanations = explain_all(
-            adapter, image.tensor, self.explainers, target=self.target, score=spec.score,
+            adapter,
+            image.tensor,
+            self.explainers,
+            target=self.target,
+            score=spec.score,
             class_names=names,
-        )  # fmt: skip
+        )
         outputs = next(iter(explanations.values())).outputs  # the methods' own forward pass
         if outputs is None:
             outputs = adapter.forward(image.tensor)

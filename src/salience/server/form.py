@@ -177,12 +177,23 @@ def plan_request(
     adapter = WatchedAdapter(loaded.adapter, watch)
     explainers = [make_explainer(adapter, name, **method_options(name, values)) for name in names]
     request = {
-        "methods": names, "target": form.target, "score": form.score,
+        "methods": names,
+        "target": form.target,
+        "score": form.score,
         "options": {key: value for key, value in values.items()},
-        "display": {"reduce": form.reduce, "smooth": form.smooth, "percentile": form.percentile,
-                    "cmap": form.cmap, "alpha": form.alpha},
-    }  # fmt: skip
+        "display": {
+            "reduce": form.reduce,
+            "smooth": form.smooth,
+            "percentile": form.percentile,
+            "cmap": form.cmap,
+            "alpha": form.alpha,
+        },
+    }
     return {
-        "explainers": explainers, "target": target, "score": form.score, "display": display,
-        "watch": watch, "request": request,
-    }  # fmt: skip
+        "explainers": explainers,
+        "target": target,
+        "score": form.score,
+        "display": display,
+        "watch": watch,
+        "request": request,
+    }

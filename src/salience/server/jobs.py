@@ -111,9 +111,13 @@ class Job:
             for group in groups:
                 self._start_group(group)
                 results = explain_all(
-                    group[0].adapter, image.tensor, group, target=self.target,
-                    score=self.score, class_names=self.model.class_names,
-                )  # fmt: skip
+                    group[0].adapter,
+                    image.tensor,
+                    group,
+                    target=self.target,
+                    score=self.score,
+                    class_names=self.model.class_names,
+                )
                 for name, explanation in results.items():
                     explanation = explanation.with_names(self.model.class_names, self.model.name)
                     rendered = [
@@ -267,10 +271,11 @@ class JobStore:
             job = self._jobs.get(job_id)
         if job is None:
             raise RequestRejectedError(
-                404, "not_found",
+                404,
+                "not_found",
                 f"no job {job_id[:40]!r}: it never existed or was forgotten to free memory; "
                 "send the request again",
-            )  # fmt: skip
+            )
         return job
 
     def prune(self) -> None:

@@ -138,24 +138,27 @@ def check_image_upload(data: bytes, limits: Limits) -> ImageUpload:
         )
     if len(data) > limits.max_upload_bytes:
         raise RequestRejectedError(
-            413, "too_large",
+            413,
+            "too_large",
             f"the image is {len(data):,} bytes, over the limit of {limits.max_upload_bytes:,}; "
             "send a smaller file",
-        )  # fmt: skip
+        )
     kind = sniff_image_type(data)
     if kind is None:
         raise RequestRejectedError(
-            415, "not_an_image",
+            415,
+            "not_an_image",
             f"the upload is not an image of an accepted type ({', '.join(ALLOWED_IMAGE_TYPES)}); "
             "send a PNG, JPEG, WebP, BMP or GIF file",
-        )  # fmt: skip
+        )
     width, height = _header_size(data, kind)
     if width * height > limits.max_pixels:
         raise RequestRejectedError(
-            413, "too_many_pixels",
+            413,
+            "too_many_pixels",
             f"the image is {width}×{height} = {width * height:,} pixels, over the limit of "
             f"{limits.max_pixels:,}; downscale it",
-        )  # fmt: skip
+        )
     upload = ImageUpload(data, kind, width, height)
     if upload.memory > limits.max_pending_bytes:
         message = (

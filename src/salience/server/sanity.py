@@ -56,10 +56,11 @@ def check_methods(form: SanityForm) -> list[str]:
     slow = [name for name in names if not issubclass(get(EXPLAINER, name), SinglePassExplainer)]
     if slow or not names:
         raise RequestRejectedError(
-            400, "bad_method",
+            400,
+            "bad_method",
             f"{', '.join(slow) or 'no method'}: a sanity request takes single-pass methods "
             "(gradients and CAMs); run `salience sanity` for the others",
-        )  # fmt: skip
+        )
     return names
 
 
@@ -71,15 +72,22 @@ def run_sanity(form: SanityForm, names: list[str], loaded: LoadedModel, image: P
     adapter = loaded.adapter
     if not isinstance(adapter, RandomizableAdapter):
         raise RequestRejectedError(
-            400, "not_randomizable",
+            400,
+            "not_randomizable",
             f"{loaded.name} is a black box: the sanity check re-initializes weights, which needs a "
             "PyTorch model",
-        )  # fmt: skip
+        )
     units = adapter.randomization_units(image.tensor)[: form.blocks]
     result = sanity_check(
-        adapter, image.tensor, names, mode=form.mode, layers=[unit.name for unit in units],
-        seed=form.seed, class_names=loaded.class_names, progress=False,
-    )  # fmt: skip
+        adapter,
+        image.tensor,
+        names,
+        mode=form.mode,
+        layers=[unit.name for unit in units],
+        seed=form.seed,
+        class_names=loaded.class_names,
+        progress=False,
+    )
     summary: dict[str, Any] = result.to_dict()
     summary.pop("rows")  # one image: the means are the rows
     return {"model": loaded.name, **summary}

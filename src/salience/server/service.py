@@ -64,10 +64,11 @@ class ModelPool:
         model = self._models.get(key)
         if model is None:
             raise RequestRejectedError(
-                400, "unknown_model",
+                400,
+                "unknown_model",
                 f"model {str(name)[:80]!r} is not served here; choose one of "
                 f"{', '.join(self._models)} (GET /api/models)",
-            )  # fmt: skip
+            )
         return model
 
     def sample_input(self, model: LoadedModel) -> torch.Tensor:
