@@ -18,6 +18,7 @@ __all__ = [
     "NotFoundError",
     "SalienceError",
     "UnsupportedError",
+    "first_line",
 ]
 
 
@@ -46,3 +47,20 @@ class MissingFileError(SalienceError, FileNotFoundError):
 
 class MissingPackageError(SalienceError, ImportError):
     """An optional package a feature needs is not installed, or cannot be used as it is."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when the message is empty.
+
+    Parameters
+    ----------
+    error
+        Any exception.
+
+    Returns
+    -------
+    str
+        The line a one-line report quotes.
+    """
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -43,7 +43,7 @@ from salience.adapters.randomize import (
     unit_generator,
 )
 from salience.adapters.torch import EvalModeProvider, TorchAdapter
-from salience.errors import InvalidInputError, MissingPackageError, UnsupportedError
+from salience.errors import InvalidInputError, MissingPackageError, UnsupportedError, first_line
 
 KERAS_INSTALL_HINT = "pip install 'salience[keras]'"
 _SOFTMAX_NAMES = frozenset({"softmax", "log_softmax"})
@@ -245,7 +245,7 @@ class KerasModule(nn.Module):
             running = source
             if self.strip_softmax and ends_in_softmax(source):
                 warnings.warn(
-                    f"cannot copy this Keras model ({str(error).splitlines()[0]}); its final "
+                    f"cannot copy this Keras model ({first_line(error)}); its final "
                     "softmax is kept, so probabilities are explained, not logits",
                     RuntimeWarning,
                     stacklevel=3,

@@ -31,6 +31,7 @@ from salience.errors import (
     MissingFileError,
     MissingPackageError,
     UnsupportedError,
+    first_line,
 )
 
 LAYOUTS = ("nchw", "nhwc")
@@ -52,9 +53,9 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return _ORT_PREFIX.sub("", lines[0]) if lines else type(error).__name__
+def _runtime_message(error: BaseException) -> str:
+    """The first line of an onnxruntime error, without its ``[ONNXRuntimeError] : n : KIND :``."""
+    return _ORT_PREFIX.sub("", first_line(error))
 
 
 def _check_external_data(path: Path) -> None:
@@ -72,7 +73,7 @@ def _check_external_data(path: Path) -> None:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as error:
         raise InvalidInputError(
-            f"{path.name} is not a valid ONNX model: {_first_line(error)}"
+            f"{path.name} is not a valid ONNX model: {_runtime_message(error)}"
         ) from error
     folder = path.parent.resolve()
     for tensor in _get_all_tensors(proto):
@@ -223,7 +224,7 @@ class OnnxAdapter:
             return ort.InferenceSession(model, self._options, providers=self._providers)
         except Exception as error:
             raise InvalidInputError(
-                f"{self.name} is not a valid ONNX model: {_first_line(error)}"
+                f"{self.name} is not a valid ONNX model: {_runtime_message(error)}"
             ) from error
 
     def _strip_softmax(self) -> None:
@@ -394,7 +395,7 @@ class OnnxAdapter:
                 hint = "; if the model takes channels-last images, pass layout='nhwc' (--layout)"
             raise InvalidInputError(
                 f"{self.name} failed on a batch of shape {tuple(chunk.shape)}: "
-                f"{_first_line(error)}{hint}"
+                f"{_runtime_message(error)}{hint}"
             ) from error
         return torch.from_numpy(np.asarray(output, dtype=np.float32).copy())
 

@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from salience.errors import InvalidInputError, MissingFileError
+from salience.errors import InvalidInputError, MissingFileError, first_line
 from salience.models.formats import (
     FileHead,
     ModelFormat,
     Opened,
-    first_line,
     no_layout,
     register_format,
 )

@@ -20,8 +20,9 @@ from salience.errors import (
     MissingPackageError,
     NotFoundError,
     UnsupportedError,
+    first_line,
 )
-from salience.models.formats import ModelFormat, Opened, first_line, no_layout, register_format
+from salience.models.formats import ModelFormat, Opened, no_layout, register_format
 from salience.models.presets import fallback_preset
 from salience.models.safety import check_checkpoint_size, check_unpacked_size
 from salience.models.state_dict import read_torch_file

@@ -174,18 +174,11 @@ def no_layout(settings: PresetOverrides, name: str) -> None:
         )
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message, or its type's name."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 __all__ = [
     "FORMAT",
     "FileHead",
     "ModelFormat",
     "Opened",
-    "first_line",
     "formats",
     "model_format",
     "no_layout",

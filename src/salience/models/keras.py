@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from salience.errors import InvalidInputError
+from salience.errors import InvalidInputError, first_line
 from salience.models.formats import FileHead, ModelFormat, Opened, register_format
 from salience.models.presets import fallback_preset
 from salience.models.safety import HDF5_SIGNATURE
@@ -63,15 +63,13 @@ def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) 
     try:
         return keras.saving.load_model(os.fspath(path), compile=False, safe_mode=not trust_code)
     except Exception as error:
-        lines = str(error).strip().splitlines()
-        reason = lines[0] if lines else type(error).__name__
         if "safe_mode" in str(error) or "Lambda" in str(error):
             raise InvalidInputError(
                 f"{name} holds Python code (a Lambda layer) that would run when loading it; if "
                 "you trust the file, pass --trust-pickle (trust_pickle=True)"
             ) from error
         raise InvalidInputError(
-            f"{name} cannot be read as a Keras 3 model ({reason}); save it again with "
+            f"{name} cannot be read as a Keras 3 model ({first_line(error)}); save it again with "
             "model.save('model.keras')"
         ) from error
 

@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from salience.errors import InvalidInputError, MissingPackageError
+from salience.errors import InvalidInputError, MissingPackageError, first_line
 from salience.models.formats import (
     FileHead,
     ModelFormat,
     Opened,
-    first_line,
     no_layout,
     register_format,
 )

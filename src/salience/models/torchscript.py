@@ -14,12 +14,11 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from salience.errors import InvalidInputError
+from salience.errors import InvalidInputError, first_line
 from salience.models.formats import (
     FileHead,
     ModelFormat,
     Opened,
-    first_line,
     no_layout,
     register_format,
 )

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from salience.api import explain_all, make_explainer, method_options
+from salience.errors import first_line
 from salience.evaluation.faithfulness import MODES, CausalMetric
 from salience.images import PreparedImage
 from salience.loading import open_model
@@ -109,7 +110,7 @@ class ItemWorker:
             image = self.loaded.preset.prepare(task.data)
             record, files = self._explain(image)
         except Exception as error:  # one bad image fails alone; the job goes on
-            return _failed(task.item, _first_line(error), start)
+            return _failed(task.item, first_line(error), start)
         record["seconds"] = time.perf_counter() - start
         record["files"] = sorted(files)
         return ItemResult(task.item.key, record, files)
@@ -164,8 +165,3 @@ class ItemWorker:
 def _failed(item: BatchItem, error: str, start: float) -> ItemResult:
     record = {"status": FAILED, "error": error, "seconds": time.perf_counter() - start}
     return ItemResult(item.key, {**record, "files": []})
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from salience.errors import SalienceError
+from salience.errors import SalienceError, first_line
 from salience.server.limits import (
     ASGIApp,
     Message,
@@ -41,11 +41,6 @@ class ApiError:
         return {"error": self.message, "kind": self.kind, "status": self.status}
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def classify(error: BaseException) -> ApiError:
     """The status, kind and message of an error raised while serving a request.
 
@@ -60,7 +55,7 @@ def classify(error: BaseException) -> ApiError:
     from salience.registry import UnknownNameError
     from salience.targets import TargetError
 
-    message = _one_line(error)
+    message = first_line(error)
     if isinstance(error, RequestRejectedError):
         return ApiError(error.status, error.kind, message)
     if isinstance(error, TimeLimitExceededError):
