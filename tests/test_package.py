@@ -99,3 +99,19 @@ def test_the_formatter_lays_out_the_code() -> None:
                 if marker in line:
                     found.append(f"{path.relative_to(ROOT)}:{number}")
     assert found == []
+
+
+def test_the_adapters_share_one_batch_check() -> None:
+    import torch
+
+    from salience.adapters.base import check_batch
+    from salience.adapters.torch import TorchAdapter
+
+    adapter = TorchAdapter(torch.nn.Linear(3, 2))
+    for check in (check_batch, adapter.prepare_input):
+        with pytest.raises(TypeError, match=r"expected a torch\.Tensor input, got list"):
+            check([1.0, 2.0])
+        with pytest.raises(ValueError, match=r"N >= 1, got shape \(0, 3\)"):
+            check(torch.zeros(0, 3))
+        with pytest.raises(ValueError, match=r"N >= 1, got shape \(\)"):
+            check(torch.tensor(1.0))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from salience.errors import InvalidInputError, SalienceError
+from salience.errors import InvalidInputError, SalienceError, UnsupportedError
 
 if TYPE_CHECKING:
     from salience.adapters.layers import LayerInfo, LayerLike
@@ -100,6 +100,25 @@ def non_finite_count(x: Tensor) -> int:
         return 0
     finite = torch.isfinite(x)
     return 0 if bool(finite.all()) else int(finite.numel() - finite.sum())
+
+
+def check_batch(x: object) -> Tensor:
+    """``x`` itself when it is a tensor batch ``(N, ...)`` with ``N >= 1``.
+
+    Raises
+    ------
+    UnsupportedError
+        When ``x`` is not a tensor (a ``TypeError``).
+    InvalidInputError
+        When ``x`` has no batch dimension or an empty one (a ``ValueError``).
+    """
+    if not isinstance(x, Tensor):
+        raise UnsupportedError(f"expected a torch.Tensor input, got {type(x).__name__}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise InvalidInputError(
+            f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}"
+        )
+    return x
 
 
 def check_finite_input(x: Tensor) -> Tensor:

@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 
 from salience.adapters.base import (
+    check_batch,
     check_finite_input,
 )
 from salience.errors import (
     InvalidInputError,
     MissingFileError,
     MissingPackageError,
-    UnsupportedError,
     first_line,
 )
 
@@ -330,12 +330,7 @@ class OnnxAdapter:
         NonFiniteInputError
             When ``x`` holds NaN or infinite values (a ``ValueError``).
         """
-        if not isinstance(x, Tensor):
-            raise UnsupportedError(f"expected a torch.Tensor input, got {type(x).__name__}")
-        if x.ndim < 1 or x.shape[0] == 0:
-            raise InvalidInputError(
-                f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}"
-            )
+        check_batch(x)
         expected = self.expected_shape()
         fits = x.ndim == len(expected) and all(
             e is None or e == s for e, s in zip(expected[1:], x.shape[1:], strict=True)

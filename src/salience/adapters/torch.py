@@ -29,7 +29,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from salience.adapters.base import Need, Outputs, ScoreFn, check_finite_input
+from salience.adapters.base import Need, Outputs, ScoreFn, check_batch, check_finite_input
 from salience.adapters.fused import cached_fused, run_fused
 from salience.adapters.inference_copy import (
     CopyError,
@@ -398,12 +398,7 @@ class TorchAdapter:
         NonFiniteInputError
             When ``x`` holds NaN or infinite values (a ``ValueError``).
         """
-        if not isinstance(x, Tensor):
-            raise UnsupportedError(f"expected a torch.Tensor input, got {type(x).__name__}")
-        if x.ndim < 1 or x.shape[0] == 0:
-            raise InvalidInputError(
-                f"expected a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}"
-            )
+        check_batch(x)
         dtype = x.dtype if x.is_floating_point() else self.dtype
         prepared = check_finite_input(x.detach().to(device=self.device, dtype=dtype))
         if prepared.device == x.device and prepared.data_ptr() == x.data_ptr():
