@@ -29,7 +29,11 @@ def _lazy_names() -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[st
     (module to import, attribute of it or ``None`` for the module itself)."""
     source = __loader__.get_source(__name__) if __loader__ is not None else None
     if source is None:
-        raise ImportError("salience needs its source files: reinstall it from a wheel or sdist")
+        from salience.errors import MissingFileError
+
+        raise MissingFileError(
+            "salience cannot read its own __init__.py; reinstall it from a wheel or an sdist"
+        )
     names: dict[str, tuple[str, str | None]] = {}
     submodules: dict[str, tuple[str, str | None]] = {}
     for statement in ast.parse(source).body:
