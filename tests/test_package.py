@@ -4,6 +4,7 @@ one copy of the error helpers, and the formatter left to lay out the code."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import types
@@ -52,8 +53,14 @@ def test_import_salience_imports_neither_torch_nor_a_submodule() -> None:
         "from salience import *\n"
         "print('torch' in sys.modules)\n"
     )
+    environment = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}  # this tree's salience
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env=environment,
     )
     before, after = result.stdout.split()
     assert before == "[]"
