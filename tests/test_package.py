@@ -18,7 +18,7 @@ from salience import errors
 PACKAGE = Path(salience.__file__).parent
 ROOT = PACKAGE.parents[1]
 
-FORMAT_SKIP_ALLOWED = ("cli.py", "evaluation/")
+FORMAT_SKIP_ALLOWED: tuple[str, ...] = ()
 """Source still laid out by hand, left to be handed to the formatter when it is reorganised."""
 
 
@@ -81,7 +81,7 @@ def test_no_module_writes_its_own_first_line() -> None:
     copies = []
     for path in _source_files():
         relative = path.relative_to(PACKAGE).as_posix()
-        if relative in ("errors.py", "cli.py") or relative.startswith("evaluation/"):
+        if relative == "errors.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and node.name in (

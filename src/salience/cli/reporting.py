@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from salience.errors import SalienceError
+from salience.errors import SalienceError, first_line
 
 DEBUG_VARIABLE = "SALIENCE_DEBUG"
 
@@ -64,15 +64,10 @@ def one_line_message(error: BaseException, *, on: str | None = None) -> str | No
     where = f" on {on}" if on else ""
     if raised_by_the_model(error):
         name = type(error).__name__
-        return f"the model raised {name}{where}: {_first_line(error)}"
+        return f"the model raised {name}{where}: {first_line(error)}"
     if isinstance(error, USER_ERRORS):
-        return f"{on}: {_first_line(error)}" if on else _first_line(error)
+        return f"{on}: {first_line(error)}" if on else first_line(error)
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 @contextmanager
