@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	# captum is a reference implementation for tests and benchmarks; its own pins are not needed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt captum
+	# tf-keras (legacy Keras 2 models) would pull the full tensorflow wheel over tensorflow-cpu's files;
+	# quantus, a faithfulness reference for the tests, would pull opencv-python over the headless build
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt \
+		tf-keras quantus cachetools pandas opencv-python-headless
 	touch $(STAMP)
 
 install: $(STAMP)
