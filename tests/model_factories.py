@@ -106,3 +106,29 @@ class _DiesInWorkers(nn.Module):
 def dying_digits_net() -> nn.Module:
     """:func:`seeded_digits_net` whose forward pass kills the worker process it runs in."""
     return _DiesInWorkers(seeded_digits_net())
+
+
+class XrayNet(nn.Module):
+    """A 1-channel CNN with one logit: conv1 → pool → conv2 → pool → conv3 → global max → head.
+
+    The network of the X-ray test's Keras model: ``Conv2D(8|16|16, 3, "same", relu,
+    name="conv1|conv2|conv3")``, ``MaxPooling2D``, ``GlobalMaxPooling2D``, ``Dense(1)``; each
+    ``convN`` is taken after its ReLU, as in Keras.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.conv3 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.conv3(self.pool(self.conv2(self.pool(self.conv1(x)))))
+        return self.head(features.amax(dim=(2, 3)))
+
+
+def xray_net() -> nn.Module:
+    """A freshly initialized :class:`XrayNet` (weights come from a file)."""
+    return XrayNet()

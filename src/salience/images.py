@@ -1,8 +1,10 @@
 """Load, validate and preprocess images, and map saliency back onto the original image.
 
 Everything here uses Pillow, numpy, scipy and torch only (no torchvision). The resize and
-centre-crop rules follow torchvision's ``Resize(int)`` + ``CenterCrop`` so that presets match
-the transforms the models were trained with.
+centre-crop rules follow torchvision's ``Resize(int)`` + ``CenterCrop``, and squashing follows
+PIL's ``image.resize((W, H))``, so that presets match the transforms the models were trained
+with. Images are converted to the model's channels (grey levels or RGB); 16-bit and float grey
+levels reach the model at full precision.
 
 The work is bounded by what the model and the display need, never by what a file claims: the
 pixel limit is checked from the header before decoding, the model's crop is resampled straight
@@ -19,7 +21,7 @@ import math
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +34,10 @@ from salience.errors import InvalidInputError, SalienceError, UnsupportedError
 from salience.postprocess import upsample
 
 __all__ = [
+    "CHANNEL_COUNTS",
     "IMAGENET_PRESET",
+    "INTERPOLATIONS",
+    "RESIZE_MODES",
     "CropGeometry",
     "ImageLoadError",
     "ImagePreset",
@@ -50,7 +55,17 @@ INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
+"""Pillow's resampling filters, by the names presets and ``--interpolation`` take."""
+RESIZE_MODES = ("shorter", "squash")
+"""``shorter``: the shorter side to ``resize_shorter``, keeping the aspect ratio, then the centre
+crop (torchvision's ``Resize(int)`` + ``CenterCrop``); ``squash``: stretched to the input size,
+the aspect ratio not kept (PIL's ``image.resize((W, H))``, the common Keras pipeline)."""
+CHANNEL_COUNTS = (1, 3)
+"""The channels an image is prepared with: grey levels or RGB."""
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _HIGH_DEPTH_MODES = _SIXTEEN_BIT_MODES | {"I", "F"}
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
@@ -163,6 +178,37 @@ def _high_depth_to_uint8(image: Image.Image, label: str) -> np.ndarray:
     return _rescale_to_uint8(values, low, high)
 
 
+def _unit_range(image: Image.Image, label: str, window: tuple[float, float] | None) -> np.ndarray:
+    """The grey levels of a single-channel image as float32 in [0, 1], at full precision.
+
+    With ``window`` (low, high, in the file's own sample values), ``low..high`` maps onto
+    ``0..1`` and values outside are clipped; without it, high-depth images are scaled as
+    :func:`_high_depth_to_uint8` scales them (16-bit samples by 65535, unit floats as they
+    are, anything else min-max) and 8-bit ones by 255.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        _check_finite(label, values)
+    if window is not None:
+        low, high = window
+    elif image.mode not in _HIGH_DEPTH_MODES:
+        low, high = 0.0, 255.0
+    else:
+        low, high = float(values.min()), float(values.max())
+        if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= 65535):
+            low, high = 0.0, 65535.0
+        elif image.mode == "F" and low >= 0 and high <= 1:
+            low, high = 0.0, 1.0
+        elif high == low:
+            return np.zeros(values.shape, dtype=np.float32)
+    flat = np.ascontiguousarray(values).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float32)
+    for block in _blocks(flat.size):
+        scaled = (flat[block].astype(np.float64) - low) / (high - low)
+        out[block] = np.clip(scaled, 0.0, 1.0)
+    return out.reshape(values.shape)
+
+
 def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     """Convert any Pillow mode to RGB (``image`` itself if RGB); transparency goes over white."""
     if image.mode == "RGB":
@@ -183,6 +229,54 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
         ) from exc
 
 
+def _to_gray(image: Image.Image, label: str) -> Image.Image:
+    """Convert any Pillow mode to 8-bit grey levels (``L``), as Pillow's ``convert("L")``.
+
+    Colours are weighted by ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B) and
+    transparency goes over white first, as for :func:`_to_rgb`.
+    """
+    if image.mode == "L" and not image.has_transparency_data:
+        return image
+    return _to_rgb(image, label).convert("L")
+
+
+_SINGLE_CHANNEL_MODES = _HIGH_DEPTH_MODES | {"L", "LA", "1"}
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """What a decoded image is converted to: its channels, an intensity window, and whether
+    the grey levels of a high-depth image are kept at full precision (``_Decoded.values``)."""
+
+    channels: int = 3
+    window: tuple[float, float] | None = None
+    precise: bool = False
+
+
+def _converted(
+    image: Image.Image, label: str, conversion: _Conversion
+) -> tuple[Image.Image, Image.Image | None]:
+    """The 8-bit image the model's input is cut from (``L`` or ``RGB``), and the full-precision
+    grey levels in [0, 1] (mode ``F``) of a high-depth or windowed image when they are kept."""
+    channels, window = conversion.channels, conversion.window
+    if window is not None and image.mode not in _SINGLE_CHANNEL_MODES:
+        raise ImageLoadError(
+            f"{label} is a {image.mode} image, and an intensity window is for single-channel "
+            "(grayscale) images; convert it to grayscale first or drop the window"
+        )
+    values = None
+    if window is not None or (conversion.precise and image.mode in _HIGH_DEPTH_MODES):
+        grey = image if image.mode != "LA" else image.getchannel("L")
+        values = Image.fromarray(
+            _unit_range(grey.convert("L") if grey.mode == "1" else grey, label, window)
+        )
+    if window is not None:
+        assert values is not None
+        eight_bit = Image.fromarray(_rescale_to_uint8(np.asarray(values), 0.0, 1.0))
+        return (eight_bit if channels == 1 else eight_bit.convert("RGB")), values
+    return (_to_gray(image, label) if channels == 1 else _to_rgb(image, label)), values
+
+
 def _array_to_pil(array: np.ndarray) -> Image.Image:
     """Check an (H, W), (H, W, 3) or (H, W, 4) array and turn it into an L/RGB/RGBA image."""
     valid_shape = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
@@ -193,6 +287,8 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if array.dtype == np.uint8:
         data = array
     elif array.dtype == np.uint16:
+        if array.ndim == 2:  # kept at 16 bits, as a 16-bit PNG is
+            return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint16))
         data = _rescale_to_uint8(array, 0.0, 65535.0)
     elif np.issubdtype(array.dtype, np.floating):
         _check_finite("float image array", array)
@@ -202,6 +298,8 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
                 f"float image values must lie in [0, 1], got [{low:g}, {high:g}]; "
                 "divide 0..255 values by 255"
             )
+        if array.ndim == 2:  # kept at full precision, as a float TIFF is
+            return Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))
         data = _rescale_to_uint8(array, 0.0, 1.0)
     else:
         raise ImageLoadError(
@@ -253,12 +351,12 @@ def _transposed_box(box: _Box, size: tuple[int, int], method: Image.Transpose) -
 
 @dataclass(frozen=True)
 class _Decoded:
-    """A decoded RGB image, upright, perhaps at a reduced size (JPEG), and where it came from.
+    """A decoded image, upright, perhaps at a reduced size (JPEG), and where it came from.
 
     Attributes
     ----------
     image : PIL.Image.Image
-        RGB, EXIF orientation applied.
+        RGB or ``L`` (8-bit grey levels, for a 1-channel model), EXIF orientation applied.
     size : tuple of int
         (height, width) of the full upright image.
     extent : tuple of float
@@ -269,6 +367,9 @@ class _Decoded:
     image: Image.Image
     size: tuple[int, int]
     extent: _Box
+    values: Image.Image | None = None
+    """Grey levels in [0, 1] at full precision (mode ``F``, the size of ``image``) for a
+    high-depth or windowed image, else None."""
 
     def resample(
         self,
@@ -276,12 +377,15 @@ class _Decoded:
         size: tuple[int, int],
         resample: Image.Resampling,
         reducing_gap: float | None = None,
+        *,
+        values: bool = False,
     ) -> Image.Image:
         """``region`` of the full image (its pixels) resampled to ``size`` (width, height).
 
         Only the pixels the region's filter reaches are read; a region that is the whole
-        image at its own size is ``image`` itself.
+        image at its own size is ``image`` itself. ``values`` resamples :attr:`values`.
         """
+        source = self.values if values and self.values is not None else self.image
         height, width = self.size
         left, top, right, bottom = self.extent
         scale_x, scale_y = (right - left) / width, (bottom - top) / height
@@ -292,9 +396,9 @@ class _Decoded:
             min(max(left + region[2] * scale_x, 0.0), limit_x),
             min(max(top + region[3] * scale_y, 0.0), limit_y),
         )
-        if size == self.image.size and box == (0, 0, *self.image.size):
-            return self.image
-        return self.image.resize(size, resample, box=box, reducing_gap=reducing_gap)
+        if size == source.size and box == (0, 0, *source.size):
+            return source
+        return source.resize(size, resample, box=box, reducing_gap=reducing_gap)
 
 
 def _bomb_error(label: str, exc: Image.DecompressionBombError) -> ImageLoadError:
@@ -318,9 +422,14 @@ def _decode_errors(label: str) -> Iterator[None]:
 
 
 def _decode(
-    image: Image.Image, label: str, max_pixels: int, plan: _DecodePlan | None, own: bool
+    image: Image.Image,
+    label: str,
+    max_pixels: int,
+    plan: _DecodePlan | None,
+    own: bool,
+    conversion: _Conversion = _Conversion(),
 ) -> _Decoded:
-    """Size-check from the header, decode (reduced where ``plan`` allows), RGB, upright.
+    """Size-check from the header, decode (reduced where ``plan`` allows), convert, upright.
 
     ``own`` says the image was opened here: it may then be decoded at a reduced size, and is
     converted without a copy; a caller's image is never changed.
@@ -348,23 +457,29 @@ def _decode(
     if method is not None:
         extent = _transposed_box(extent, image.size, method)
         image, own = ImageOps.exif_transpose(image), True  # a new image, orientation cleared
-    rgb = _to_rgb(image, label)
-    if rgb is image and not own:  # never hand back the caller's own image
-        rgb = image.copy()
-    return _Decoded(rgb, (height, width), extent)
+    converted, values = _converted(image, label, conversion)
+    if converted is image and not own:  # never hand back the caller's own image
+        converted = image.copy()
+    return _Decoded(converted, (height, width), extent, values)
 
 
-def _load(source: ImageSource, max_pixels: int, plan: _DecodePlan | None = None) -> _Decoded:
-    """:func:`load_image`'s work; ``plan`` is asked, before decoding, what resolution is needed."""
+def _load(
+    source: ImageSource,
+    max_pixels: int,
+    plan: _DecodePlan | None = None,
+    conversion: _Conversion = _Conversion(),
+) -> _Decoded:
+    """:func:`load_image`'s work; ``plan`` is asked, before decoding, what resolution is needed,
+    and ``conversion`` says what the image is converted to."""
     if not _is_positive_int(max_pixels):
         raise InvalidInputError(f"max_pixels must be a positive int; got {max_pixels!r}")
     if isinstance(source, np.ndarray):
         label = f"array of shape {source.shape}"
         if source.ndim >= 2:
             _check_pixel_count(label, *source.shape[:2], max_pixels)
-        return _decode(_array_to_pil(source), label, max_pixels, plan, own=True)
+        return _decode(_array_to_pil(source), label, max_pixels, plan, True, conversion)
     if isinstance(source, Image.Image):
-        return _decode(source, "the PIL image", max_pixels, plan, own=False)
+        return _decode(source, "the PIL image", max_pixels, plan, False, conversion)
     if isinstance(source, bytes | bytearray | memoryview):
         label, filename = f"image data ({len(source):,} bytes)", ""
         stream: IO[bytes] = io.BytesIO(bytes(source))
@@ -397,7 +512,7 @@ def _load(source: ImageSource, max_pixels: int, plan: _DecodePlan | None = None)
         except OSError as exc:
             hint = "check its permissions" if filename else "is it complete?"
             raise ImageLoadError(f"{label} cannot be opened ({exc}); {hint}") from exc
-        return _decode(opened, label, max_pixels, plan, own=True)
+        return _decode(opened, label, max_pixels, plan, True, conversion)
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -554,11 +669,13 @@ class PreparedImage:
     Attributes
     ----------
     tensor : torch.Tensor
-        float32 (1, 3, h, w), normalized.
+        float32 (1, C, h, w), normalized; C is the preset's channels.
     display : numpy.ndarray
-        uint8 (h, w, 3): the resized and cropped RGB image the model saw.
+        uint8 (h, w, 3): the resized and cropped image the model saw (for a 1-channel model,
+        its grey levels in each of R, G and B).
     original : numpy.ndarray
-        uint8 (H0, W0, 3): the loaded image, shrunk to at most ``display_max_side`` pixels on
+        uint8 (H0, W0, 3): the loaded image, converted as for the model (grey for a
+        1-channel model), shrunk to at most ``display_max_side`` pixels on
         its longer side (:data:`DISPLAY_MAX_SIDE` by default) when larger: what overlays are
         drawn on.
     geometry : CropGeometry
@@ -574,37 +691,69 @@ class PreparedImage:
     source_size: tuple[int, int]
 
 
-def _channel_triple(name: str, values: Any) -> tuple[float, float, float]:
-    triple = tuple(float(v) for v in values)
-    if len(triple) != 3:
+def _per_channel(name: str, values: Any, channels: int) -> tuple[float, ...]:
+    """``values`` as one float per channel: ``channels`` values, or one for every channel."""
+    given = tuple(float(v) for v in values)
+    if len(given) == 1:
+        return given * channels
+    if len(given) != channels:
+        what = "one per RGB channel" if channels == 3 else "the model takes 1 channel"
         raise InvalidInputError(
-            f"{name} must have 3 values, one per RGB channel; got {len(triple)}"
+            f"{name} must have {channels} values ({what}) or 1 for every channel; got {len(given)}"
         )
-    return triple  # type: ignore[return-value]
+    return given
+
+
+def _window(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or not all(map(math.isfinite, pair)) or not pair[0] < pair[1]:
+        raise InvalidInputError(
+            f"intensity_window must be (low, high) with low < high, finite; got {value!r}, "
+            "e.g. --intensity-window 0,4095"
+        )
+    return pair  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class ImagePreset:
-    """Resize, centre-crop and normalization settings of a model's input.
+    """Resize, crop, channels and normalization of a model's input.
 
     Attributes
     ----------
     resize_shorter : int or None
-        Resize so the shorter side has this length, keeping the aspect ratio (the longer
-        side is truncated to an int, as torchvision does); None keeps the size.
+        With ``resize_mode="shorter"``: resize so the shorter side has this length, keeping the
+        aspect ratio (the longer side is truncated to an int, as torchvision does); None keeps
+        the size. Unused when squashing.
     crop : int, tuple of int or None
-        Centre-crop size, ``n`` or ``(height, width)``; None keeps the whole image.
+        Centre-crop size, ``n`` or ``(height, width)``; None keeps the whole image. When
+        squashing, the size the whole image is stretched to.
     mean, std : tuple of float
-        Per-channel normalization applied to RGB values in [0, 1].
+        Per-channel normalization applied to values in [0, 1]: one value per channel (RGB
+        order), or one for every channel.
     interpolation : str
-        ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
+        A name of :data:`INTERPOLATIONS`: ``"bicubic"``, ``"bilinear"``, ``"nearest"``, ...
+    resize_mode : str
+        ``"shorter"`` (resize the shorter side, then centre-crop) or ``"squash"`` (stretch the
+        whole image to ``crop``, as PIL's ``image.resize((W, H))``): :data:`RESIZE_MODES`.
+    channels : int
+        1 (grey levels: colours weighted by ITU-R 601-2 luma, as Pillow's ``convert("L")``)
+        or 3 (RGB).
+    intensity_window : tuple of float, optional
+        ``(low, high)``: an intensity window in the file's own sample values (a 16-bit PNG's
+        0..65535, an 8-bit image's 0..255), mapped onto [0, 1] and clipped, before the
+        normalization; for single-channel images.
     """
 
     resize_shorter: int | None
     crop: int | tuple[int, int] | None
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: str = "bicubic"
+    resize_mode: str = "shorter"
+    channels: int = 3
+    intensity_window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.resize_shorter is not None and not _is_positive_int(self.resize_shorter):
@@ -621,18 +770,49 @@ class ImagePreset:
                 f"got {self.crop!r}"
             )
         object.__setattr__(self, "crop", crop)
-        object.__setattr__(self, "mean", _channel_triple("mean", self.mean))
-        std = _channel_triple("std", self.std)
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidInputError(
+                f"resize_mode must be one of {', '.join(map(repr, RESIZE_MODES))}; "
+                f"got {self.resize_mode!r}"
+            )
+        if self.resize_mode == "squash" and crop is None:
+            raise InvalidInputError(
+                "squashing stretches the image to the model's input size: give it (crop, "
+                "the preset's size, --size)"
+            )
+        if self.channels not in CHANNEL_COUNTS:
+            raise InvalidInputError(
+                f"channels must be 1 (grayscale) or 3 (RGB); got {self.channels!r}"
+            )
+        object.__setattr__(self, "mean", _per_channel("mean", self.mean, self.channels))
+        std = _per_channel("std", self.std, self.channels)
         if min(std) <= 0:
             raise InvalidInputError(f"std values must be positive; got {std}")
         object.__setattr__(self, "std", std)
+        object.__setattr__(self, "intensity_window", _window(self.intensity_window))
         if self.interpolation not in INTERPOLATIONS:
             raise InvalidInputError(
                 f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}; "
                 f"got {self.interpolation!r}"
             )
 
+    def with_channels(self, channels: int) -> ImagePreset:
+        """This preset for a model of ``channels`` channels.
+
+        The normalization follows: RGB values become one grey value (their mean, as timm
+        does for grayscale models) and one value serves every RGB channel.
+        """
+        if channels == self.channels:
+            return self
+
+        def adapted(values: tuple[float, ...]) -> tuple[float, ...]:
+            return (sum(values) / len(values),) if channels == 1 else values[:1]
+
+        return replace(self, channels=channels, mean=adapted(self.mean), std=adapted(self.std))
+
     def _resized_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.resize_mode == "squash":
+            return self.crop  # type: ignore[return-value]
         if self.resize_shorter is None:
             return height, width
         if height <= width:
@@ -680,11 +860,15 @@ class ImagePreset:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         display_max_side: int = DISPLAY_MAX_SIDE,
     ) -> PreparedImage:
-        """Load, resize, centre-crop and normalize an image.
+        """Load, convert to the preset's channels, resize, crop and normalize an image.
 
-        The crop is resampled straight from the region of the image it covers, so the work
-        is bounded by the crop and the display copy, however elongated the image (pixels
-        equal to resizing the whole image and cropping it, to within one grey level). JPEGs
+        The grey levels of a 16-bit or float image reach the model at full precision (scaled
+        to [0, 1] by the bit depth, or by the preset's intensity window); the 8-bit copies are for
+        display. With ``resize_mode="squash"`` the whole image is stretched to the input
+        size, the same pixels as PIL's ``image.resize((W, H), filter)``. The crop is resampled
+        straight from the region of the image it covers, so the work is bounded by the crop
+        and the display copy, however elongated the image (pixels equal to resizing the whole
+        image and cropping it, to within one grey level). JPEGs
         are decoded at 1/2, 1/4 or 1/8 of their size when that still leaves twice the
         resolution the resize and the display copy need.
 
@@ -711,7 +895,12 @@ class ImagePreset:
             raise InvalidInputError(
                 f"display_max_side must be a positive int; got {display_max_side!r}"
             )
-        decoded = _load(image, max_pixels, self._decode_plan(max_pixels, display_max_side))
+        decoded = _load(
+            image,
+            max_pixels,
+            self._decode_plan(max_pixels, display_max_side),
+            _Conversion(self.channels, self.intensity_window, precise=True),
+        )
         height, width = decoded.size
         resized_height, resized_width = self._resized_size(height, width)
         top, left, crop_height, crop_width = box = self._crop_box(resized_height, resized_width)
@@ -721,10 +910,12 @@ class ImagePreset:
             (left + crop_width) * width / resized_width,
             (top + crop_height) * height / resized_height,
         )
-        seen = decoded.resample(
-            region, (crop_width, crop_height), INTERPOLATIONS[self.interpolation]
-        )
-        display = np.array(seen)
+        interpolation = INTERPOLATIONS[self.interpolation]
+        seen = np.array(decoded.resample(region, (crop_width, crop_height), interpolation))
+        model_input: np.ndarray = seen
+        if decoded.values is not None:  # the full-precision grey levels, not the 8-bit ones
+            fine = decoded.resample(region, (crop_width, crop_height), interpolation, values=True)
+            model_input = np.clip(np.asarray(fine, dtype=np.float32), 0.0, 1.0)  # filters ring
         shown_height, shown_width = _shrunk_size(height, width, display_max_side)
         shown = decoded.resample(
             (0.0, 0.0, width, height),
@@ -732,42 +923,49 @@ class ImagePreset:
             _DISPLAY_RESAMPLE,
             reducing_gap=_REDUCING_GAP,  # filter tables grow with the factor: reduce() first
         )
-        del decoded, seen
+        del decoded
         geometry = CropGeometry(
             original_size=(shown_height, shown_width),
             resized_size=(resized_height, resized_width),
             crop_box=box,
         )
         return PreparedImage(
-            tensor=self.normalize(display),
-            display=display,
-            original=np.array(shown),
+            tensor=self.normalize(model_input),
+            display=_as_rgb_array(seen),
+            original=_as_rgb_array(np.array(shown)),
             geometry=geometry,
             source_size=(height, width),
         )
 
     def _channel_tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+        shape = (1, self.channels, 1, 1)
+        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(shape)
+        std = torch.tensor(self.std, dtype=like.dtype, device=like.device).view(shape)
         return mean, std
 
     def normalize(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Scale RGB values to [0, 1] if uint8, then apply ``(x - mean) / std``.
+        """Scale values to [0, 1] if uint8, then apply ``(x - mean) / std``.
 
         Parameters
         ----------
         image : numpy.ndarray or torch.Tensor
-            numpy (H, W, 3), or torch (3, H, W) or (N, 3, H, W); uint8 or float in [0, 1].
+            numpy (H, W, C), or (H, W) for one channel; torch (C, H, W) or (N, C, H, W); uint8
+            or float in [0, 1]; C is the preset's :attr:`channels`.
 
         Returns
         -------
         torch.Tensor
-            float32 (N, 3, H, W), with N = 1 for a single image.
+            float32 (N, C, H, W), with N = 1 for a single image.
         """
+        channels = self.channels
+        what = "RGB" if channels == 3 else "grey levels"
         if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3:
+            if image.ndim == 2 and channels == 1:
+                image = image[:, :, None]
+            if image.ndim != 3 or image.shape[2] != channels:
                 raise InvalidInputError(
-                    f"numpy images must be (H, W, 3) RGB; got shape {image.shape}"
+                    f"numpy images must be (H, W, {channels}) {what}"
+                    f"{' or (H, W)' if channels == 1 else ''}; got shape {image.shape}"
                 )
             tensor = torch.tensor(image).permute(2, 0, 1)
         elif isinstance(image, torch.Tensor):
@@ -778,9 +976,10 @@ class ImagePreset:
             )
         if tensor.ndim == 3:
             tensor = tensor.unsqueeze(0)
-        if tensor.ndim != 4 or tensor.shape[1] != 3:
+        if tensor.ndim != 4 or tensor.shape[1] != channels:
             raise InvalidInputError(
-                f"tensors must be (3, H, W) or (N, 3, H, W); got shape {tuple(tensor.shape)}"
+                f"tensors must be ({channels}, H, W) or (N, {channels}, H, W) {what}; got shape "
+                f"{tuple(tensor.shape)}"
             )
         if tensor.dtype == torch.uint8:
             tensor = tensor.float() / 255.0
@@ -805,24 +1004,34 @@ class ImagePreset:
         Parameters
         ----------
         tensor : torch.Tensor
-            (3, H, W) or (1, 3, H, W) normalized image.
+            (C, H, W) or (1, C, H, W) normalized image.
 
         Returns
         -------
         numpy.ndarray
-            uint8 (H, W, 3).
+            uint8 (H, W, 3); the grey levels of a 1-channel image in each of R, G and B.
         """
         values = tensor.detach().cpu().float()
         if values.ndim == 3:
             values = values.unsqueeze(0)
-        if values.ndim != 4 or values.shape[:2] != (1, 3):
+        if values.ndim != 4 or values.shape[:2] != (1, self.channels):
             raise InvalidInputError(
-                f"denormalize takes one image, (3, H, W) or (1, 3, H, W); "
-                f"got shape {tuple(tensor.shape)}; index the batch first"
+                f"denormalize takes one image, ({self.channels}, H, W) or "
+                f"(1, {self.channels}, H, W); got shape {tuple(tensor.shape)}; index the batch "
+                "first"
             )
         mean, std = self._channel_tensors(values)
         unit = (values * std + mean).clamp(0.0, 1.0)
-        return (unit * 255.0).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        pixels = (unit * 255.0).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        return _as_rgb_array(pixels)
+
+
+def _as_rgb_array(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): grey levels ((H, W) or (H, W, 1)) repeated in R, G and B; RGB as it is."""
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return pixels
+    grey = pixels.reshape(pixels.shape[:2])
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 IMAGENET_PRESET = ImagePreset(

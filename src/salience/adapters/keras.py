@@ -22,6 +22,7 @@ import copy
 import functools
 import math
 import os
+import re
 import sys
 import warnings
 import weakref
@@ -287,10 +288,39 @@ class KerasModule(nn.Module):
                 layer = self._layers.get(name)
                 if layer is not None and (tap._forward_hooks or tap._forward_pre_hooks):
                     hooks.callback(layer.register_forward_hook(self._through(tap)).remove)
-            output = self.keras_model(x)
+            try:
+                output = self.keras_model(x)
+            except ValueError as error:
+                if refusal := _input_refusal(error, self.layout):
+                    raise InvalidInputError(refusal) from error
+                raise
         if isinstance(output, list | tuple) and output:
             return output[0]
         return output
+
+
+_INCOMPATIBLE = re.compile(r"is incompatible with the layer: (.*)")
+_EXPECTED_AXIS = re.compile(r"expected axis (-?\d+) of input shape to have value (\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _input_refusal(error: ValueError, layout: str) -> str | None:
+    """One line for Keras' refusal of an input's shape: what the model expected, and the fix.
+
+    Keras says it in a paragraph under "Exception encountered when calling ..."; the line
+    kept is the one naming the expected and received shapes.
+    """
+    match = _INCOMPATIBLE.search(_ANSI.sub("", str(error)))
+    if match is None:
+        return None
+    detail = match.group(1).strip()
+    expected = _EXPECTED_AXIS.search(detail)
+    channel_axis = -1 if layout == "nhwc" else 1
+    if expected is not None and int(expected.group(1)) in (channel_axis, channel_axis + 4):
+        fix = f"prepare {expected.group(2)}-channel images: --channels {expected.group(2)}"
+    else:
+        fix = "prepare images as the model takes them (--size, --channels, --layout)"
+    return f"the Keras model refused its input ({detail}); {fix}"
 
 
 def keras_module(model: Any, *, layout: str = "nhwc", strip_softmax: bool = True) -> KerasModule:
@@ -393,6 +423,13 @@ class KerasAdapter(TorchAdapter):
             return None
         height, width = (shape[1], shape[2]) if self.layout == "nhwc" else (shape[2], shape[3])
         return (height, width) if height and width else None
+
+    def input_channels(self) -> int | None:
+        """The channels of the model's static input shape, if it has them."""
+        shape = keras_input_shape(self.keras_model)
+        if shape is None or len(shape) != 4:
+            return None
+        return shape[3] if self.layout == "nhwc" else shape[1]
 
     def randomization_units(
         self, x: Tensor, layers: Sequence[str] | None = None

@@ -122,6 +122,23 @@ def _positive_scale(value: float) -> None:
         raise InvalidInputError(f"must be a positive finite number, got {value}")
 
 
+def _interpolation(value: str) -> None:
+    from salience.images import INTERPOLATIONS
+
+    if value not in INTERPOLATIONS:
+        raise InvalidInputError(f"must be one of {', '.join(INTERPOLATIONS)}, got {value!r}")
+
+
+def _window_pair(text: str) -> tuple[float, float]:
+    low, high = (float(part) for part in text.split(","))
+    return low, high
+
+
+def _ordered_window(value: tuple[float, float]) -> None:
+    if not (math.isfinite(value[0]) and math.isfinite(value[1]) and value[0] < value[1]):
+        raise InvalidInputError(f"must be LOW,HIGH with LOW < HIGH, got {value[0]:g},{value[1]:g}")
+
+
 def add_display_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reduce",
@@ -291,6 +308,31 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         help="resize the shorter side to N, centre-crop N×N",
     )
     preset.add_argument(
+        "--resize",
+        choices=("shorter", "squash"),
+        help="shorter: resize the shorter side and centre-crop; squash: stretch to the input "
+        "size (default: the preset's, else shorter)",
+    )
+    preset.add_argument(
+        "--interpolation",
+        type=_option_type("a filter", _interpolation, str),
+        metavar="FILTER",
+        help="resampling filter: bicubic, bilinear, nearest, lanczos, box or hamming",
+    )
+    preset.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="the channels the model takes: 1 (grayscale) or 3 (RGB) (default: from the model)",
+    )
+    preset.add_argument(
+        "--intensity-window",
+        type=_option_type("LOW,HIGH", _ordered_window, _window_pair),
+        metavar="LOW,HIGH",
+        help="intensity window of grayscale images, in their sample values (e.g. 0,4095 "
+        "for 12-bit data in a 16-bit PNG), mapped onto 0..1 before the normalization",
+    )
+    preset.add_argument(
         "--mean", metavar="R,G,B", help="normalization mean per channel (default: ImageNet's)"
     )
     preset.add_argument(
@@ -329,6 +371,10 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
         factory=args.factory,
         weights=args.weights,
         trust_pickle=args.trust_pickle,
+        resize=args.resize,
+        interpolation=args.interpolation,
+        channels=args.channels,
+        intensity_window=args.intensity_window,
     )
     if model_kind(args.model, options) == BUNDLED and (given := options.given()):
         flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
@@ -345,8 +391,11 @@ def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise InvalidInputError(f"{flag} takes 3 comma-separated numbers R,G,B, got {text!r}")
+    if len(values) not in (1, 3):
+        raise InvalidInputError(
+            f"{flag} takes 3 comma-separated numbers R,G,B (or 1: grayscale, or every "
+            f"channel), got {text!r}"
+        )
     return values
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from salience.errors import InvalidInputError, MissingFileError, first_line
+from salience.models.channels import nchw_channels
 from salience.models.formats import (
     FileHead,
     ModelFormat,
@@ -321,7 +322,8 @@ def open_export(
     for parameter in module.parameters():  # our own copy: no graph for the weights
         parameter.requires_grad_(False)
     adapter = ProgramAdapter(module)
-    return Opened(adapter, name, fallback_preset(adapter.input_size()))
+    preset = fallback_preset(adapter.input_size(), nchw_channels(module.input_shape))
+    return Opened(adapter, name, preset)
 
 
 def _recognises(head: FileHead) -> bool:

@@ -22,6 +22,7 @@ from salience.errors import (
     UnsupportedError,
     first_line,
 )
+from salience.models.channels import conv_input_channels
 from salience.models.formats import ModelFormat, Opened, no_layout, register_format
 from salience.models.presets import fallback_preset
 from salience.models.safety import check_checkpoint_size, check_unpacked_size
@@ -64,9 +65,11 @@ def open_factory(
     name = Path(weights).name if weights is not None else spec
     if is_keras_model(built):
         adapter = KerasAdapter(built, layout=settings.layout)
-        return Opened(adapter, name, fallback_preset(adapter.input_size()))
+        return Opened(
+            adapter, name, fallback_preset(adapter.input_size(), adapter.input_channels())
+        )
     no_layout(settings, name)
-    return Opened(TorchAdapter(built), name, fallback_preset(None))
+    return Opened(TorchAdapter(built), name, fallback_preset(None, conv_input_channels(built)))
 
 
 def call_factory(spec: str) -> Any:

@@ -36,7 +36,8 @@ def open_keras(
 
     model = load_keras_model(path, trust_code=options.trust_pickle)
     adapter = KerasAdapter(model, layout=settings.layout)
-    return Opened(adapter, Path(path).name, fallback_preset(adapter.input_size()))
+    preset = fallback_preset(adapter.input_size(), adapter.input_channels())
+    return Opened(adapter, Path(path).name, preset)
 
 
 def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) -> Any:

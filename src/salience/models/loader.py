@@ -102,7 +102,7 @@ def _class_names(
 
     crop = preset.crop if preset.crop is not None else (224, 224)
     height, width = (crop, crop) if isinstance(crop, int) else crop
-    blank = preset.normalize(torch.zeros(1, 3, height, width))
+    blank = preset.normalize(torch.zeros(1, preset.channels, height, width))
     outputs = adapter.forward(blank)
     count = int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
     labels = settings.labels

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from salience.errors import InvalidInputError
-from salience.images import IMAGENET_PRESET, ImagePreset
+from salience.images import CHANNEL_COUNTS, IMAGENET_PRESET, RESIZE_MODES, ImagePreset
+from salience.models.channels import nchw_channels
 from salience.models.formats import FileHead, ModelFormat, Opened, register_format
 from salience.models.presets import parse_class_names
 
@@ -44,8 +45,10 @@ def onnx_preset(
     """The preprocessing of an ONNX model's images, from its metadata, with fallbacks.
 
     Metadata keys (``custom_metadata_map``): ``mean`` and ``std`` (3 comma-separated numbers,
-    on RGB values in [0, 1]), ``size`` or ``crop`` (the centre crop, ``N`` or ``H,W``),
-    ``resize`` (the shorter side before cropping) and ``interpolation``.
+    on RGB values in [0, 1], or 1 for a grayscale model or for every channel), ``size`` or
+    ``crop`` (the centre crop, ``N`` or ``H,W``), ``resize`` (the shorter side before
+    cropping, or ``squash``: stretch to the size) and ``interpolation``. The channels are the
+    input's static channel dimension (1 or 3; RGB otherwise).
 
     Fallbacks: the crop is the input's static height and width, and the image's shorter side
     is resized to it (no margin); with neither metadata nor a static size, ImageNet's
@@ -56,6 +59,7 @@ def onnx_preset(
     meta = adapter.metadata
     crop: int | tuple[int, int] | None
     resize: int | None
+    mode = "shorter"
     if size is not None:
         crop, resize = size, size
     else:
@@ -67,7 +71,9 @@ def onnx_preset(
             crop = static[0] if static[0] == static[1] else static
         else:
             crop = None
-        if "resize" in meta:
+        if meta.get("resize", "").strip().lower() in RESIZE_MODES:
+            mode, resize = meta["resize"].strip().lower(), None
+        elif "resize" in meta:
             resize_value = _size("resize", meta["resize"])
             if not isinstance(resize_value, int):
                 raise InvalidInputError(
@@ -78,12 +84,18 @@ def onnx_preset(
             resize = crop if isinstance(crop, int) else max(crop)
         else:
             crop, resize = IMAGENET_PRESET.crop, IMAGENET_PRESET.resize_shorter
+        if mode == "squash" and crop is None:
+            crop = IMAGENET_PRESET.crop
+    channels = nchw_channels(adapter.expected_shape()) if adapter.layout is not None else None
+    channels = channels if channels in CHANNEL_COUNTS else 3
     return ImagePreset(
         resize_shorter=resize,
         crop=crop,
-        mean=_channels(meta, "mean", mean),
-        std=_channels(meta, "std", std),
+        mean=_channels(meta, "mean", mean, channels),
+        std=_channels(meta, "std", std, channels),
         interpolation=meta.get("interpolation", "bilinear").strip().lower(),
+        resize_mode=mode,
+        channels=channels,
     )
 
 
@@ -96,17 +108,17 @@ def onnx_class_names(adapter: OnnxAdapter) -> tuple[str, ...] | None:
     return None
 
 
-def _floats(key: str, text: str) -> tuple[float, float, float]:
+def _floats(key: str, text: str) -> tuple[float, ...]:
     parts = [p for p in re.split(r"[\s,;]+", text.strip().strip("[]()")) if p]
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
         values = ()
-    if len(values) != 3:
+    if len(values) not in (1, 3):
         raise InvalidInputError(
-            f"ONNX metadata {key!r} must be 3 comma-separated numbers; got {text!r}"
+            f"ONNX metadata {key!r} must be 3 comma-separated numbers (or 1); got {text!r}"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _size(key: str, text: str) -> int | tuple[int, int]:
@@ -123,19 +135,15 @@ def _size(key: str, text: str) -> int | tuple[int, int]:
 
 
 def _channels(
-    meta: Mapping[str, str], key: str, given: Sequence[float] | None
-) -> tuple[float, float, float]:
-    """``mean`` or ``std``: as given, else from the metadata, else ImageNet's."""
+    meta: Mapping[str, str], key: str, given: Sequence[float] | None, channels: int
+) -> tuple[float, ...]:
+    """``mean`` or ``std``: as given, else from the metadata, else ImageNet's (for
+    ``channels``); the preset checks the count."""
     if given is not None:
-        values = tuple(float(v) for v in given)
-        if len(values) != 3:
-            raise InvalidInputError(
-                f"{key} must have 3 values, one per RGB channel; got {len(values)}"
-            )
-        return values  # type: ignore[return-value]
+        return tuple(float(v) for v in given)
     if meta.get(key, "").strip():
         return _floats(key, meta[key])
-    return getattr(IMAGENET_PRESET, key)
+    return getattr(IMAGENET_PRESET.with_channels(channels), key)
 
 
 def _recognises(head: FileHead) -> bool:

@@ -34,6 +34,14 @@ class LoadOptions:
         The input's layout (ONNX and Keras models).
     size : int, optional
         Resize the shorter side to ``size`` and centre-crop ``size``×``size``.
+    resize : {"shorter", "squash"}, optional
+        Resize the shorter side and centre-crop, or stretch the image to the input size.
+    interpolation : str, optional
+        The resampling filter (``salience.images.INTERPOLATIONS``).
+    channels : {1, 3}, optional
+        The channels the model takes (default: read from the model).
+    intensity_window : (float, float), optional
+        An intensity window (low, high) of single-channel images, in their sample values.
     mean, std : sequence of 3 floats, optional
         Normalization per channel, on pixel values in [0, 1], in the model's channel order.
     scale : float, optional
@@ -66,6 +74,10 @@ class LoadOptions:
     factory: str | None = None
     weights: str | None = None
     trust_pickle: bool = False
+    resize: str | None = None
+    interpolation: str | None = None
+    channels: int | None = None
+    intensity_window: Sequence[float] | None = None
 
     def given(self) -> list[str]:
         """The names of the options that were set."""
@@ -85,6 +97,12 @@ class LoadOptions:
             channel_order=self.channel_order,
             layout=self.layout,
             labels=None if self.classes is None else Path(self.classes),
+            resize=self.resize,
+            interpolation=self.interpolation,
+            channels=self.channels,
+            intensity_window=None
+            if self.intensity_window is None
+            else tuple(float(v) for v in self.intensity_window),  # type: ignore[arg-type]
         )
 
 

@@ -4,16 +4,21 @@ A model file ``net.keras`` (``net.pt``, ``net.onnx``, ...) may have a sidecar ``
 or ``net.preset.json`` beside it that says how its images are prepared::
 
     size = 224                      # the model's input: centre crop, N or [H, W]
-    resize = 256                    # shorter side before cropping (default: size)
-    interpolation = "bilinear"      # bicubic | bilinear | nearest
+    resize = 256                    # shorter side before cropping (default: size), or
+                                    # "squash" (stretch to size) or "shorter" (to size)
+    interpolation = "bilinear"      # bicubic | bilinear | nearest | lanczos | box | hamming
+    channels = 3                    # 1 (grayscale) or 3 (default: from the model)
+    intensity_window = [0, 4095]    # of single-channel images, in their values, before mean/std
     mean = [0.485, 0.456, 0.406]    # on pixel values in [0, 1], in the model's channel order
-    std = [0.229, 0.224, 0.225]     # or: scale = 0.0039215686 (the model takes pixel × scale)
+    std = [0.229, 0.224, 0.225]     # (one value per channel, or one for all); or:
+                                    # scale = 0.0039215686 (the model takes pixel × scale)
     channel_order = "rgb"           # or "bgr" (Caffe-style models)
     layout = "nhwc"                 # the input layout, when the model's shape does not tell
     labels = "labels.txt"           # one class name per line (or a JSON list), or a list here
 
 Everything is optional. What the sidecar leaves out comes from the model (its static input size,
-ONNX metadata), else ImageNet's preprocessing; command-line flags override the sidecar.
+its channels, ONNX metadata), else ImageNet's preprocessing; command-line flags override the
+sidecar.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ import numpy as np
 import torch
 
 from salience.errors import InvalidInputError
-from salience.images import IMAGENET_PRESET, INTERPOLATIONS, ImagePreset
+from salience.images import (
+    CHANNEL_COUNTS,
+    IMAGENET_PRESET,
+    INTERPOLATIONS,
+    RESIZE_MODES,
+    ImagePreset,
+)
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 LAYOUTS = ("nchw", "nhwc")
@@ -71,12 +82,15 @@ class PresetOverrides:
     """What a sidecar or the command line says about a model's input; None leaves it be.
 
     ``mean`` and ``std`` are in the model's channel order; ``labels`` is a list of names or
-    the path of a labels file.
+    the path of a labels file; ``resize`` is the shorter side, or a resize mode
+    (:data:`~salience.images.RESIZE_MODES`).
     """
 
     size: int | tuple[int, int] | None = None
-    resize: int | None = None
+    resize: int | str | None = None
     interpolation: str | None = None
+    channels: int | None = None
+    intensity_window: tuple[float, float] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     scale: float | None = None
@@ -91,15 +105,15 @@ class PresetOverrides:
     def over(self, base: PresetOverrides) -> PresetOverrides:
         """These settings, with ``base``'s where these leave one unset.
 
-        A size given here also sets the resize (``--size N``: resize to N, crop N×N), and a
-        scale here replaces a std there (and the other way round).
+        A size given here also sets the resize (``--size N``: resize to N, crop N×N; a resize
+        mode there is kept), and a scale here replaces a std there (and the other way round).
         """
         merged = {f.name: getattr(self, f.name) for f in fields(self)}
         for key, value in merged.items():
             if value is None:
                 merged[key] = getattr(base, key)
         if self.size is not None and self.resize is None:
-            merged["resize"] = None
+            merged["resize"] = base.resize if isinstance(base.resize, str) else None
         if self.scale is not None and self.std is None:
             merged["std"] = None
         if self.std is not None and self.scale is None:
@@ -111,13 +125,17 @@ class PresetOverrides:
         if self.std is not None and self.scale is not None:
             raise InvalidInputError("give std or scale, not both (scale s means std = 1 / (255·s))")
         order = self.channel_order or getattr(base, "channel_order", "rgb")
+        base = base.with_channels(self.channels or base.channels)
         crop = base.crop if self.size is None else self.size
-        resize = self.resize
+        mode = self.resize if isinstance(self.resize, str) else base.resize_mode
+        resize = None if isinstance(self.resize, str) else self.resize
+        if self.resize is not None and not isinstance(self.resize, str):
+            mode = "shorter"
         if resize is None:
             resize = base.resize_shorter if self.size is None else _longest(self.size)
         if self.scale is not None:
-            std: Sequence[float] = (1.0 / (255.0 * self.scale),) * 3
-            mean: Sequence[float] = self.mean or (0.0, 0.0, 0.0)
+            std: Sequence[float] = (1.0 / (255.0 * self.scale),)
+            mean: Sequence[float] = self.mean or (0.0,)
         else:
             std = self.std or base.std
             mean = self.mean or base.mean
@@ -130,6 +148,9 @@ class PresetOverrides:
             mean=tuple(mean),
             std=tuple(std),
             interpolation=self.interpolation or base.interpolation,
+            resize_mode=mode,
+            channels=base.channels,
+            intensity_window=self.intensity_window or base.intensity_window,
             channel_order=order,
         )
 
@@ -138,17 +159,22 @@ def _longest(size: int | tuple[int, int]) -> int:
     return size if isinstance(size, int) else max(size)
 
 
-def fallback_preset(input_size: tuple[int, int] | None) -> ImagePreset:
-    """ImageNet's normalization, at the model's static input size when it has one.
+def fallback_preset(input_size: tuple[int, int] | None, channels: int | None = None) -> ImagePreset:
+    """ImageNet's normalization, at the model's static input size and channels when known.
 
     With a static size the image's shorter side is resized to it and the centre cropped (no
-    margin); without one, ImageNet's resize 256 / crop 224.
+    margin); without one, ImageNet's resize 256 / crop 224. A 1-channel model gets the mean
+    of ImageNet's means and of its stds (0.449, 0.226); a channel count other than 1 or 3 is
+    left to the model to refuse (RGB is prepared).
     """
+    preset = IMAGENET_PRESET
+    if channels in CHANNEL_COUNTS:
+        preset = preset.with_channels(channels)
     if input_size is None:
-        return IMAGENET_PRESET
+        return preset
     height, width = input_size
     crop: int | tuple[int, int] = height if height == width else (height, width)
-    return replace(IMAGENET_PRESET, crop=crop, resize_shorter=max(height, width))
+    return replace(preset, crop=crop, resize_shorter=max(height, width))
 
 
 def find_sidecar(model_path: str | Path) -> Path | None:
@@ -220,11 +246,37 @@ def _size(key: str, value: Any, source: str) -> int | tuple[int, int]:
     return _positive_int(key, value, source)
 
 
-def _triple(key: str, value: Any, source: str) -> tuple[float, ...]:
-    ok = isinstance(value, list | tuple) and len(value) == 3
+def _numbers(key: str, value: Any, source: str, counts: tuple[int, ...], what: str) -> Any:
+    ok = isinstance(value, list | tuple) and len(value) in counts
     if not ok or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        raise InvalidInputError(f"{source}: {key} must be a list of 3 numbers, got {value!r}")
+        raise InvalidInputError(f"{source}: {key} must be a list of {what}, got {value!r}")
     return tuple(float(v) for v in value)
+
+
+def _triple(key: str, value: Any, source: str) -> tuple[float, ...]:
+    """One number per channel (3, or 1 for a grayscale model or for every channel)."""
+    return _numbers(key, value, source, (1, 3), "3 numbers (or 1)")
+
+
+def _resize(key: str, value: Any, source: str) -> int | str:
+    if isinstance(value, str):
+        return _choice(RESIZE_MODES)(key, value, source)
+    return _positive_int(key, value, source)
+
+
+def _channels(key: str, value: Any, source: str) -> int:
+    if value not in CHANNEL_COUNTS or isinstance(value, bool):
+        raise InvalidInputError(f"{source}: {key} must be 1 (grayscale) or 3 (RGB), got {value!r}")
+    return int(value)
+
+
+def _window(key: str, value: Any, source: str) -> tuple[float, float]:
+    low, high = _numbers(key, value, source, (2,), "2 numbers [low, high]")
+    if not low < high:
+        raise InvalidInputError(
+            f"{source}: {key} must be [low, high] with low < high, got {value!r}"
+        )
+    return low, high
 
 
 def _positive_float(key: str, value: Any, source: str) -> float:
@@ -256,8 +308,10 @@ def _labels(key: str, value: Any, source: str) -> tuple[str, ...] | Path:
 
 _CHECKS = {
     "size": _size,
-    "resize": _positive_int,
+    "resize": _resize,
     "interpolation": _choice(tuple(INTERPOLATIONS)),
+    "channels": _channels,
+    "intensity_window": _window,
     "mean": _triple,
     "std": _triple,
     "scale": _positive_float,

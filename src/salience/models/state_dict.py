@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salience.errors import InvalidInputError, MissingPackageError, first_line
+from salience.models.channels import conv_input_channels
 from salience.models.formats import (
     FileHead,
     ModelFormat,
@@ -50,7 +51,7 @@ def open_torch_file(
             f"{name} holds weights only (a state dict); name the code that builds the model: "
             "--factory package.module:function (factory= in Python)"
         )
-    return Opened(TorchAdapter(loaded), name, fallback_preset(None))
+    return Opened(TorchAdapter(loaded), name, fallback_preset(None, conv_input_channels(loaded)))
 
 
 def read_torch_file(path: str, *, trust_pickle: bool) -> Any:

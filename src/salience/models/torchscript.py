@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from salience.errors import InvalidInputError, first_line
+from salience.models.channels import conv_input_channels
 from salience.models.formats import (
     FileHead,
     ModelFormat,
@@ -58,7 +59,8 @@ def open_torchscript(
         ) from error
     for parameter in module.parameters():  # our own copy: no graph for the weights
         parameter.requires_grad_(False)
-    return Opened(ProgramAdapter(ScriptedModule(module, name)), name, fallback_preset(None))
+    preset = fallback_preset(None, conv_input_channels(module))
+    return Opened(ProgramAdapter(ScriptedModule(module, name)), name, preset)
 
 
 def check_scripted_archive(path: str | Path) -> None:

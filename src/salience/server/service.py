@@ -75,7 +75,7 @@ class ModelPool:
         """A zero input of the model's size (for layer tables)."""
         if model.name not in self._samples:
             height, width = _input_size(model)
-            self._samples[model.name] = torch.zeros(1, 3, height, width)
+            self._samples[model.name] = torch.zeros(1, model.preset.channels, height, width)
         return self._samples[model.name]
 
 
