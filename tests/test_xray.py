@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_factories import XrayNet
 from PIL import Image
 from torch import nn
 
+from model_factories import XrayNet
 from salience.cli import main
 from salience.explanation import Explanation
 
@@ -132,10 +132,9 @@ def keras_twin(net: XrayNet) -> object:
 
 def explain(folder: Path, output: Path, methods: str, *model: str) -> dict[str, Explanation]:
     """``salience explain xray.png --model ... --method METHODS``: the maps it wrote, by method."""
-    code = main(
-        ["explain", str(folder / "xray.png"), "--model", *model, "--method", methods]
-        + ["-o", str(output), "--quiet"]
-    )
+    image = str(folder / "xray.png")
+    options = ["--method", methods, "-o", str(output), "--quiet"]
+    code = main(["explain", image, "--model", *model, *options])
     assert code == 0
     return {m: Explanation.load(output / f"xray_{m}.npz") for m in methods.split(",")}
 

@@ -349,6 +349,11 @@ class OnnxAdapter:
         )
         if self.layout is None:
             return text + ")"
+        if len(got) == 4 == len(expected) and expected[1] is not None and expected[1] != got[1]:
+            return (
+                f"{text}, read as {self.layout.upper()}); prepare {expected[1]}-channel images "
+                f"(--channels {expected[1]}) or give its layout (--layout)"
+            )
         size = self.image_size()
         size_hint = f"--size {size[0]}" if size is not None and size[0] == size[1] else "--size"
         other = "nhwc" if self.layout == "nchw" else "nchw"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,12 @@ def _class_names(
     crop = preset.crop if preset.crop is not None else (224, 224)
     height, width = (crop, crop) if isinstance(crop, int) else crop
     blank = preset.normalize(torch.zeros(1, preset.channels, height, width))
-    outputs = adapter.forward(blank)
+    try:
+        outputs = adapter.forward(blank)
+    except RuntimeError as error:
+        if refusal := _channels_refused(error, name):
+            raise InvalidInputError(refusal) from error
+        raise
     count = int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
     labels = settings.labels
     if isinstance(labels, Path):
@@ -119,6 +125,23 @@ def _class_names(
             f"{source} names {len(names)} classes but {name} has {count} outputs"
         )
     return names
+
+
+_TORCH_CHANNELS = re.compile(
+    r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels instead"
+)
+
+
+def _channels_refused(error: RuntimeError, name: str) -> str | None:
+    """One line for a PyTorch convolution's refusal of the prepared channels, with the fix."""
+    match = _TORCH_CHANNELS.search(str(error))
+    if match is None:
+        return None
+    wanted = match.group(1)
+    return (
+        f"{name} refused the prepared images ({match.group(0)}); prepare {wanted}-channel "
+        f"images: --channels {wanted} (channels = {wanted} in its preset)"
+    )
 
 
 __all__ = ["is_onnx", "model_kind", "open_model"]
