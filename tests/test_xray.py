@@ -251,3 +251,15 @@ def test_onnx_xray_model_explained_from_the_command_line(folder: Path, tmp_path:
     model = [str(folder / "xray.onnx"), "--window", "8", "--stride", "4"]
     maps = explain(folder, tmp_path, "occlusion", *model)
     assert_in_lesion(maps["occlusion"])
+
+
+@pytest.mark.skipif(keras is None, reason="Keras 3 is not installed (the keras extra)")
+def test_keras_refusal_of_the_channels_is_one_line_with_the_fix(
+    folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    command = ["layers", str(folder / "xray.keras"), "--channels", "3"]
+    assert main(command) != 0
+    error = capsys.readouterr().err.strip()
+    assert "expected axis -1 of input shape to have value 1" in error
+    assert "received input with shape (1, 64, 64, 3)" in error
+    assert "--channels 1" in error and "\n" not in error

@@ -158,24 +158,32 @@ def _check_finite(label: str, values: np.ndarray) -> None:
         )
 
 
-def _high_depth_to_uint8(image: Image.Image, label: str) -> np.ndarray:
-    """Grey levels of a 16-bit, 32-bit integer or float image as uint8.
+def _high_depth_range(image: Image.Image, values: np.ndarray) -> tuple[float, float] | None:
+    """The sample values a 16-bit, 32-bit integer or float image's 0 and 1 are (None: constant).
 
     ``I;16*`` modes and ``I`` images within 0..65535 are taken as 16-bit samples, ``F`` images
-    within [0, 1] as unit-range floats; anything else is min-max stretched. Float images with
-    NaN or infinite pixels are refused (:class:`ImageLoadError`).
+    within [0, 1] as unit-range floats; anything else is min-max stretched.
+    """
+    low, high = float(values.min()), float(values.max())
+    if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= 65535):
+        return 0.0, 65535.0
+    if image.mode == "F" and low >= 0 and high <= 1:
+        return 0.0, 1.0
+    return None if high == low else (low, high)
+
+
+def _high_depth_to_uint8(image: Image.Image, label: str) -> np.ndarray:
+    """Grey levels of a 16-bit, 32-bit integer or float image as uint8, scaled as
+    :func:`_high_depth_range` says. Float images with NaN or infinite pixels are refused
+    (:class:`ImageLoadError`).
     """
     values = np.asarray(image)
     if image.mode == "F":
         _check_finite(label, values)
-    low, high = float(values.min()), float(values.max())
-    if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= 65535):
-        return _rescale_to_uint8(values, 0.0, 65535.0)
-    if image.mode == "F" and low >= 0 and high <= 1:
-        return _rescale_to_uint8(values, 0.0, 1.0)
-    if high == low:
+    scale = _high_depth_range(image, values)
+    if scale is None:
         return np.zeros(values.shape, dtype=np.uint8)
-    return _rescale_to_uint8(values, low, high)
+    return _rescale_to_uint8(values, *scale)
 
 
 def _unit_range(image: Image.Image, label: str, window: tuple[float, float] | None) -> np.ndarray:
@@ -183,24 +191,20 @@ def _unit_range(image: Image.Image, label: str, window: tuple[float, float] | No
 
     With ``window`` (low, high, in the file's own sample values), ``low..high`` maps onto
     ``0..1`` and values outside are clipped; without it, high-depth images are scaled as
-    :func:`_high_depth_to_uint8` scales them (16-bit samples by 65535, unit floats as they
-    are, anything else min-max) and 8-bit ones by 255.
+    :func:`_high_depth_range` says and 8-bit ones by 255.
     """
     values = np.asarray(image)
     if image.mode == "F":
         _check_finite(label, values)
     if window is not None:
-        low, high = window
+        scale: tuple[float, float] | None = window
     elif image.mode not in _HIGH_DEPTH_MODES:
-        low, high = 0.0, 255.0
+        scale = (0.0, 255.0)
     else:
-        low, high = float(values.min()), float(values.max())
-        if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and low >= 0 and high <= 65535):
-            low, high = 0.0, 65535.0
-        elif image.mode == "F" and low >= 0 and high <= 1:
-            low, high = 0.0, 1.0
-        elif high == low:
-            return np.zeros(values.shape, dtype=np.float32)
+        scale = _high_depth_range(image, values)
+    if scale is None:
+        return np.zeros(values.shape, dtype=np.float32)
+    low, high = scale
     flat = np.ascontiguousarray(values).reshape(-1)
     out = np.empty(flat.shape, dtype=np.float32)
     for block in _blocks(flat.size):
@@ -264,16 +268,16 @@ def _converted(
             f"{label} is a {image.mode} image, and an intensity window is for single-channel "
             "(grayscale) images; convert it to grayscale first or drop the window"
         )
-    values = None
-    if window is not None or (conversion.precise and image.mode in _HIGH_DEPTH_MODES):
-        grey = image if image.mode != "LA" else image.getchannel("L")
-        values = Image.fromarray(
-            _unit_range(grey.convert("L") if grey.mode == "1" else grey, label, window)
-        )
     if window is not None:
-        assert values is not None
+        samples = image.getchannel(0) if image.mode == "LA" else image
+        values = Image.fromarray(
+            _unit_range(samples.convert("L") if samples.mode == "1" else samples, label, window)
+        )
         eight_bit = Image.fromarray(_rescale_to_uint8(np.asarray(values), 0.0, 1.0))
         return (eight_bit if channels == 1 else eight_bit.convert("RGB")), values
+    values = None
+    if conversion.precise and image.mode in _HIGH_DEPTH_MODES:
+        values = Image.fromarray(_unit_range(image, label, None))
     return (_to_gray(image, label) if channels == 1 else _to_rgb(image, label)), values
 
 
