@@ -315,8 +315,8 @@ def _input_refusal(error: ValueError, layout: str) -> str | None:
         return None
     detail = match.group(1).strip()
     expected = _EXPECTED_AXIS.search(detail)
-    channel_axis = -1 if layout == "nhwc" else 1
-    if expected is not None and int(expected.group(1)) in (channel_axis, channel_axis + 4):
+    channel_axis = 3 if layout == "nhwc" else 1
+    if expected is not None and int(expected.group(1)) % 4 == channel_axis:
         fix = f"prepare {expected.group(2)}-channel images: --channels {expected.group(2)}"
     else:
         fix = "prepare images as the model takes them (--size, --channels, --layout)"

@@ -26,6 +26,8 @@ from salience.targets import SCORE_KINDS
 LAYOUT_VERSION = 1
 """The layout of a job's output folder; part of every fingerprint."""
 _FILE_OPTIONS = ("preset", "factory", "weights", "classes")
+_LATER_OPTIONS = ("resize", "interpolation", "channels", "intensity_window")
+"""Load options added since jobs were first written: described only when set, so those resume."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,13 @@ class JobSpec:
         """The job's settings as JSON-ready values."""
         return {
             "model": self.model,
-            "load_options": _plain(asdict(self.load_options)),
+            "load_options": _plain(
+                {
+                    name: value
+                    for name, value in asdict(self.load_options).items()
+                    if value is not None or name not in _LATER_OPTIONS
+                }
+            ),
             "methods": list(self.methods),
             "options": _plain(self.options),
             "target": self.target,
