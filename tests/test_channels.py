@@ -257,3 +257,20 @@ def test_the_cli_takes_channels_resize_and_interpolation(
     assert "--channels 1" in error and "\n" not in error
     assert main([*command, "--interpolation", "cubic"]) != 0
     assert "bicubic" in capsys.readouterr().err
+
+
+def test_the_server_lists_the_layers_of_a_grayscale_model() -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx2")
+    from fastapi.testclient import TestClient
+
+    from salience.adapters.torch import TorchAdapter
+    from salience.loading import LoadedModel
+    from salience.server import create_app
+
+    preset = ImagePreset(resize_shorter=12, crop=12, mean=(0.5,), std=(0.25,), channels=1)
+    model = LoadedModel(TorchAdapter(Grey()), "grey", preset, ["a", "b"])
+    with TestClient(create_app([model], workers=1)) as client:
+        response = client.get("/api/models/grey/layers")
+    assert response.status_code == 200
+    assert response.json()["default"] == "conv"

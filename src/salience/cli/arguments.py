@@ -333,10 +333,14 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         "for 12-bit data in a 16-bit PNG), mapped onto 0..1 before the normalization",
     )
     preset.add_argument(
-        "--mean", metavar="R,G,B", help="normalization mean per channel (default: ImageNet's)"
+        "--mean",
+        metavar="R,G,B",
+        help="normalization mean per channel, or one for all (default: ImageNet's)",
     )
     preset.add_argument(
-        "--std", metavar="R,G,B", help="normalization std per channel (default: ImageNet's)"
+        "--std",
+        metavar="R,G,B",
+        help="normalization std per channel, or one for all (default: ImageNet's)",
     )
     preset.add_argument(
         "--scale",

@@ -43,7 +43,8 @@ class LoadOptions:
     intensity_window : (float, float), optional
         An intensity window (low, high) of single-channel images, in their sample values.
     mean, std : sequence of 3 floats, optional
-        Normalization per channel, on pixel values in [0, 1], in the model's channel order.
+        Normalization per channel, on pixel values in [0, 1], in the model's channel order
+        (1 value for a grayscale model, or for every channel).
     scale : float, optional
         The model takes pixel values (0..255) times ``scale``: ``std = 1 / (255·scale)``.
     channel_order : {"rgb", "bgr"}, optional
