@@ -349,14 +349,16 @@ class OnnxAdapter:
         )
         if self.layout is None:
             return text + ")"
-        if len(got) == 4 == len(expected) and expected[1] is not None and expected[1] != got[1]:
+        other = "nhwc" if self.layout == "nchw" else "nchw"
+        channels = expected[1] if len(got) == 4 == len(expected) else None
+        if channels in (1, 3) and channels != got[1]:  # a grey model given RGB, or the reverse
             return (
-                f"{text}, read as {self.layout.upper()}); prepare {expected[1]}-channel images "
-                f"(--channels {expected[1]}) or give its layout (--layout)"
+                f"{text}, read as {self.layout.upper()}); prepare {channels}-channel images "
+                f"(channels={channels}, --channels {channels}) or give its layout "
+                f"(layout='{other}', --layout {other})"
             )
         size = self.image_size()
         size_hint = f"--size {size[0]}" if size is not None and size[0] == size[1] else "--size"
-        other = "nhwc" if self.layout == "nchw" else "nchw"
         return (
             f"{text}, read as {self.layout.upper()}); prepare images at the model's size "
             f"({size_hint}) or give its layout (layout='{other}', --layout {other})"
