@@ -58,6 +58,7 @@ from salience.cli.reporting import (
     one_line_message,
     raised_by_the_model,
 )
+from salience.cli.rows import add_table_arguments
 from salience.cli.serve import run_serve
 
 __all__ = [
@@ -121,6 +122,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_overlay_arguments(explain)
     add_output_arguments(explain)
     add_model_arguments(explain)
+    add_table_arguments(explain)
     explain.set_defaults(handler=run_explain)
 
     layers = commands.add_parser(
@@ -313,6 +315,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     add_output_arguments(batch)
     add_model_arguments(batch)
+    add_table_arguments(batch)
     batch.set_defaults(handler=run_batch)
 
     models = commands.add_parser("models", help="list the bundled models")
