@@ -18,8 +18,9 @@ from salience.adapters.base import BlackBoxAdapter
 from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, Explainer, register_explainer
 from salience.methods.baselines import BASELINE, BaselineLike, baseline_like, check_baseline
-from salience.methods.masking import masked_scores
+from salience.methods.masking import BULK_PASSES, masked_scores
 from salience.methods.options import CHUNK_SIZE, PROGRESS, Option
+from salience.methods.sampling import map_in_chunks
 from salience.targets import TargetSpec
 
 ABLATION_CHUNK_SIZE = 64
@@ -124,38 +125,44 @@ class FeatureAblation(Explainer):
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Ablate each group of each sample, score the copies, spread the drops on the groups."""
         groups = feature_groups(self.feature_mask, x)
+        every_ids = [torch.unique(groups[n]) for n in range(x.shape[0])]
+        most = max(len(ids) for ids in every_ids)
+        if most > MAX_GROUPS:
+            raise InvalidInputError(
+                f"feature_ablation would ablate {most} groups of one sample (at most "
+                f"{MAX_GROUPS}); group the features with feature_mask, or explain images with "
+                "occlusion"
+            )
         selection, scores, outputs = self.unperturbed_pass(x, spec, score)
         substrate = baseline_like(x, self.baseline)
-        maps = []
-        counts = []
-        for n in range(x.shape[0]):
-            own = groups[n]
-            ids = torch.unique(own)
-            if len(ids) > MAX_GROUPS:
-                raise InvalidInputError(
-                    f"feature_ablation would ablate {len(ids)} groups of one sample (at most "
-                    f"{MAX_GROUPS}); group the features with feature_mask, or explain images "
-                    "with occlusion"
-                )
+        bulk = sum(len(ids) for ids in every_ids) >= BULK_PASSES
+        maps = torch.empty(x.shape[0], selection.k, *x.shape[1:], dtype=x.dtype, device=x.device)
 
-            def ablating(rows: slice, own: Tensor = own, ids: Tensor = ids) -> Tensor:
-                return (own.unsqueeze(0) != ids[rows].view(-1, *[1] * own.ndim)).to(x.dtype)
+        def ablated_sample(rows: slice) -> Tensor:
+            n = rows.start
+            own, ids = groups[n], every_ids[n]
+
+            def ablating(chosen: slice) -> Tensor:
+                return (own.unsqueeze(0) != ids[chosen].view(-1, *[1] * own.ndim)).to(x.dtype)
 
             ablated = masked_scores(
                 self.adapter,
                 x[n : n + 1],
                 ablating,
                 len(ids),
-                selection.take(slice(n, n + 1)),
+                selection.take(rows),
                 score,
-                substrate=substrate[n : n + 1],
+                substrate=substrate[rows],
                 chunk_size=self.chunk_size,
-                progress=self.progress,
-                description=self.name,
+                bulk=bulk,
             )
             drops = scores[n].double() - ablated.double()  # (groups, K)
             position = torch.searchsorted(ids, own.reshape(-1))  # each scalar's group
-            maps.append(drops[position].T.reshape(selection.k, *own.shape).to(x.dtype))
-            counts.append(len(ids))
-        info = {"groups": counts}
-        return Attribution(torch.stack(maps), selection, scores, info, outputs)
+            return drops[position].T.reshape(1, selection.k, *own.shape).to(x.dtype)
+
+        for rows, values in map_in_chunks(
+            x.shape[0], ablated_sample, 1, progress=self.progress, description=self.name
+        ):
+            maps[rows] = values
+        info = {"groups": [len(ids) for ids in every_ids]}
+        return Attribution(maps, selection, scores, info, outputs)
