@@ -211,7 +211,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="agreement between methods: maps side by side and pairwise similarity",
         description="Explain each image with several methods; write the maps side by side "
         "(IMAGE_compare.png) and the pairwise agreement matrix (Spearman rank correlation and "
-        "intersection over union of the top pixels) as a figure and JSON.",
+        "intersection over union of the top pixels) as a figure and JSON. Over several images "
+        "or a folder, also how often each pair agrees: agreement_summary.csv, "
+        "agreement_summary_images.csv, .json and the histograms agreement_summary.png.",
     )
     add_images_argument(compare)
     compare.add_argument(
@@ -230,7 +232,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_overlay_arguments(compare)
     add_output_arguments(compare)
     add_model_arguments(compare)
-    compare.set_defaults(handler=run_compare)
+    compare.set_defaults(handler=run_compare, folders=True)
 
     serve = commands.add_parser(
         "serve",
