@@ -275,7 +275,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "manifest with a path column and an optional label column) into OUT: per image its "
         "maps (.npz + .json), overlays and thumbnails (PNG), and results.csv / results.parquet "
         "and index.html. Resumable: a re-run skips the images finished under the same settings "
-        "and redoes the rest. Exits 1 when an image failed (its error is in the table).",
+        "and redoes the rest. Exits 1 when an image failed (its error is in the table). A "
+        "CSV/Parquet table without a path column is rows of features: their attributions go "
+        "to attributions.parquet (or .csv), with charts.",
     )
     batch.add_argument("input", metavar="INPUT", help="folder, glob pattern, or .csv/.parquet")
     batch.add_argument(
