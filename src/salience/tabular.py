@@ -115,10 +115,7 @@ def read_rows(
     else:
         columns, cells = _read_parquet(path, max_rows)
     if len(cells) > max_rows:
-        raise InvalidInputError(
-            f"{name} has more than {max_rows} rows; explain at most that many at a time "
-            "(--max-rows raises the bound) or split the file"
-        )
+        raise _too_many_rows(name, max_rows)
     if not cells:
         raise InvalidInputError(f"{name} has a header but no rows; add rows of features")
     chosen = _chosen_columns(name, columns, cells, features, width)
@@ -128,6 +125,13 @@ def read_rows(
         for j, (column, position) in enumerate(zip(chosen, index, strict=True)):
             values[number - 1, j] = _number(row[position], name, number, column)
     return Rows(values, tuple(chosen), name)
+
+
+def _too_many_rows(name: str, max_rows: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"{name} has more than {max_rows} rows; explain at most that many at a time "
+        "(--max-rows raises the bound) or split the file"
+    )
 
 
 def _chosen_columns(
@@ -259,6 +263,8 @@ def _read_parquet(path: Path, max_rows: int) -> tuple[list[str], list[list[Any]]
     try:
         table = pq.ParquetFile(path)
         columns = _checked_header(path.name, list(table.schema_arrow.names))
+        if max_rows and table.metadata.num_rows > max_rows:  # refused before any is decoded
+            raise _too_many_rows(path.name, max_rows)
         rows: list[list[Any]] = []
         for batch in table.iter_batches(batch_size=min(max_rows + 1, 65_536)):
             values = batch.to_pydict()
