@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -307,6 +308,39 @@ def test_the_cli_gives_exact_linear_attributions_with_a_reference_baseline(
     assert max(e for (e,) in meta["info"]["completeness_error"]) < 0.005
     assert (out / "rows_integrated_gradients_rows.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "rows_integrated_gradients_summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_onnx_model_of_rows_is_explained_by_ablation_with_its_width_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A black box gets the default methods it can run; its input shape gives its width."""
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "linear.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            Linear(WEIGHTS[:3], torch.float32),
+            (torch.zeros(1, 3),),
+            str(model),
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+            dynamo=False,
+        )
+    values = [[0.5, 2.0, -1.0], [1.0, -0.5, 3.0]]
+    table = write_csv(tmp_path / "rows.csv", ["a", "b", "c"], values)
+    out = tmp_path / "out"
+    status, _, err = cli(capsys, "explain", str(table), "--model", str(model), "-o", str(out))
+    assert status == 0, err
+    assert sorted(path.name for path in out.glob("*.csv")) == ["rows_feature_ablation.csv"]
+    written = read_csv(out / "rows_feature_ablation.csv")
+    got = np.array([[float(r[f]) for f in "abc"] for r in written])
+    expected = np.array(WEIGHTS[:3]) * np.array(values)
+    # differences of float32 scores of size |f| ≲ 10: a few roundings of 2^-24 · 10
+    assert np.abs(got - expected).max() <= 8 * FLOAT32_STORAGE * 10
+    status, _, err = cli(
+        capsys, "explain", str(table), "--model", str(model), "--features", "a,b", "-o", str(out)
+    )
+    assert status == 2 and "names 2 columns but the model takes 3 features" in err
 
 
 BAD_TABLES = {

@@ -77,11 +77,14 @@ class ExplainedRows:
 
 
 def explained_rows(args: argparse.Namespace, table: str, methods: list[str]) -> ExplainedRows:
-    """Read ``table``, open the model on its rows and explain them with ``methods``."""
+    """Read ``table``, open the model on its rows and explain them with ``methods`` (by
+    default, for a black box, those of them that need no gradients)."""
     import torch
 
+    from salience.adapters.base import DifferentiableAdapter
     from salience.api import explain_all, make_explainer, method_options
     from salience.loading import open_model
+    from salience.methods import black_box_methods
     from salience.tabular import feature_means, parse_features, read_rows
 
     features = parse_features(args.features)
@@ -94,6 +97,9 @@ def explained_rows(args: argparse.Namespace, table: str, methods: list[str]) -> 
 
     loaded = open_model(args.model, load_options_from_args(args), sample=first_row)
     rows = read[0]
+    if args.method == ROW_METHODS and not isinstance(loaded.adapter, DifferentiableAdapter):
+        methods = black_box_methods()  # by default, what a black box (ONNX) can give
+        methods = [m for m in method_names(ROW_METHODS) if m in methods]
     target = checked_target(args.target, loaded)
     values = method_values(args)
     if args.reference is not None:
@@ -247,12 +253,11 @@ def run_explain_rows(args: argparse.Namespace, table: str) -> int:
     """``salience explain rows.csv``: a CSV of attributions per method, its charts, raw maps."""
     from salience.tabular import write_table
 
-    methods = method_names(args.method)
-    result = explained_rows(args, table, methods)
+    result = explained_rows(args, table, method_names(args.method))
     _print_predictions(result)
     output = Path(args.output)
     written: list[Path] = []
-    for method in methods:
+    for method in result.explanations:
         stem = output / f"{Path(table).stem}_{method}"
         written += result.explanations[method].save(stem)
         written.append(write_table(stem.with_suffix(".csv"), attribution_rows(result, method)))
@@ -266,8 +271,8 @@ def run_batch_rows(args: argparse.Namespace) -> int:
     """``salience batch rows.parquet``: one table of every method's attributions, and charts."""
     from salience.tabular import write_table
 
-    methods = method_names(args.method)
-    result = explained_rows(args, args.input, methods)
+    result = explained_rows(args, args.input, method_names(args.method))
+    methods = list(result.explanations)
     output = Path(args.output)
     records = []
     written: list[Path] = []
