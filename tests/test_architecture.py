@@ -32,7 +32,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "salience.registry",
         "salience.targets",
     ),
-    "images": ("salience.images", "salience.render", "salience.viz"),
+    "images": (
+        "salience.images",
+        "salience.render",
+        "salience.tabular",
+        "salience.tabular_plots",
+        "salience.viz",
+    ),
     "adapters": ("salience.adapters",),
     "models": (
         "salience.loading",

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from salience.methods import AblationCAM as AblationCAM
     from salience.methods import EigenCAM as EigenCAM
     from salience.methods import Explainer as Explainer
+    from salience.methods import FeatureAblation as FeatureAblation
     from salience.methods import GradCAM as GradCAM
     from salience.methods import GradCAMPlusPlus as GradCAMPlusPlus
     from salience.methods import Gradient as Gradient

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from salience.errors import InvalidInputError
 from salience.fileio import write_bytes_atomic
 
 FORMAT_VERSION = 1
@@ -47,6 +48,9 @@ class Explanation:
     outputs : Tensor, optional
         ``(N, ...)`` the model's outputs (logits) on the explained inputs, when the method ran
         the model on them; kept in memory, not written by :meth:`save`.
+    feature_names : tuple of str, optional
+        The name of each input feature, for maps of feature vectors ``(N, K, F)`` (tabular
+        rows); written by :meth:`save` when given.
     """
 
     attributions: Tensor
@@ -59,6 +63,7 @@ class Explanation:
     info: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
     outputs: Tensor | None = field(default=None, repr=False)
+    feature_names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -81,8 +86,25 @@ class Explanation:
             )
         return replace(self, target_names=names, model=model if model is not None else self.model)
 
+    def with_features(self, feature_names: list[str] | tuple[str, ...]) -> Explanation:
+        """A copy that names the input features of its ``(N, K, F)`` maps.
+
+        Raises
+        ------
+        InvalidInputError
+            When the count of names is not the maps' last dimension.
+        """
+        width = int(self.attributions.shape[-1])
+        if self.attributions.ndim != 3 or len(feature_names) != width:
+            raise InvalidInputError(
+                f"{len(feature_names)} feature names for maps of shape "
+                f"{tuple(self.attributions.shape)}; give one name per feature of (N, K, F) maps"
+            )
+        return replace(self, feature_names=tuple(str(name) for name in feature_names))
+
     def metadata(self) -> dict[str, Any]:
         """Everything but the maps, as JSON-ready values."""
+        features = {} if self.feature_names is None else {"feature_names": list(self.feature_names)}
         return {
             "format": FORMAT_VERSION,
             "method": self.method,
@@ -94,6 +116,7 @@ class Explanation:
             "score_kind": self.score_kind,
             "params": _jsonable(self.params),
             "info": _jsonable(self.info),
+            **features,
         }
 
     def to_bytes(self, *, compress: bool = True) -> tuple[bytes, bytes]:
@@ -137,6 +160,7 @@ class Explanation:
             params=meta["params"],
             info=meta["info"],
             model=meta.get("model"),
+            feature_names=tuple(meta["feature_names"]) if meta.get("feature_names") else None,
         )
 
 

@@ -58,6 +58,7 @@ from salience.cli.reporting import (
     one_line_message,
     raised_by_the_model,
 )
+from salience.cli.rows import add_table_arguments
 from salience.cli.serve import run_serve
 
 __all__ = [
@@ -121,6 +122,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_overlay_arguments(explain)
     add_output_arguments(explain)
     add_model_arguments(explain)
+    add_table_arguments(explain)
     explain.set_defaults(handler=run_explain)
 
     layers = commands.add_parser(
@@ -209,7 +211,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="agreement between methods: maps side by side and pairwise similarity",
         description="Explain each image with several methods; write the maps side by side "
         "(IMAGE_compare.png) and the pairwise agreement matrix (Spearman rank correlation and "
-        "intersection over union of the top pixels) as a figure and JSON.",
+        "intersection over union of the top pixels) as a figure and JSON. Over several images "
+        "or a folder, also how often each pair agrees: agreement_summary.csv, "
+        "agreement_summary_images.csv, .json and the histograms agreement_summary.png.",
     )
     add_images_argument(compare)
     compare.add_argument(
@@ -228,7 +232,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_overlay_arguments(compare)
     add_output_arguments(compare)
     add_model_arguments(compare)
-    compare.set_defaults(handler=run_compare)
+    compare.set_defaults(handler=run_compare, folders=True)
 
     serve = commands.add_parser(
         "serve",
@@ -271,7 +275,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "manifest with a path column and an optional label column) into OUT: per image its "
         "maps (.npz + .json), overlays and thumbnails (PNG), and results.csv / results.parquet "
         "and index.html. Resumable: a re-run skips the images finished under the same settings "
-        "and redoes the rest. Exits 1 when an image failed (its error is in the table).",
+        "and redoes the rest. Exits 1 when an image failed (its error is in the table). A "
+        "CSV/Parquet table without a path column is rows of features: their attributions go "
+        "to attributions.parquet (or .csv), with charts.",
     )
     batch.add_argument("input", metavar="INPUT", help="folder, glob pattern, or .csv/.parquet")
     batch.add_argument(
@@ -313,6 +319,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     add_output_arguments(batch)
     add_model_arguments(batch)
+    add_table_arguments(batch)
     batch.set_defaults(handler=run_batch)
 
     models = commands.add_parser("models", help="list the bundled models")

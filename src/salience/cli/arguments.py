@@ -424,6 +424,8 @@ def check_before_model(args: argparse.Namespace) -> None:
         from salience.zoo import SAMPLE_IMAGES
 
         for name in args.images:
+            if getattr(args, "folders", False) and Path(name).is_dir():
+                continue  # a folder of images, for the commands that take them
             if not Path(name).is_file() and name not in SAMPLE_IMAGES:
                 what = "a folder" if Path(name).is_dir() else "no file"
                 raise MissingFileError(

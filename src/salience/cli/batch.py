@@ -16,7 +16,12 @@ from salience.cli.arguments import (
 def run_batch(args: argparse.Namespace) -> int:
     """``salience batch``: explain a folder or data set, resumably, locally or on Ray."""
     from salience.runner import JobSpec, make_engine, run_job
+    from salience.runner.inputs import is_feature_table
 
+    if is_feature_table(args.input):
+        from salience.cli.rows import run_batch_rows
+
+        return run_batch_rows(args)
     options = load_options_from_args(args)
     values = method_values(args)
     values.pop("progress")

@@ -134,10 +134,13 @@ def _run_data_randomization(
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """``salience compare``: several methods' maps side by side, and how much they agree."""
+    """``salience compare``: several methods' maps side by side, and how much they agree; over
+    several images (or folders of them), how often they agree."""
+    import torch
+
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
-    from salience.evaluation.agreement import agreement
+    from salience.evaluation.agreement import agreement, agreement_summary
     from salience.postprocess import to_display
 
     methods = method_names(args.method)
@@ -145,12 +148,15 @@ def run_compare(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"compare needs at least 2 methods, got {', '.join(methods) or 'none'}"
         )
+    inputs = image_inputs(compared_images(args.images))
     loaded = open_model_from_args(args)
     target = checked_target(args.target, loaded)
     values = method_values(args)
     explainers = [make_explainer(loaded.adapter, m, **method_options(m, values)) for m in methods]
     output = Path(args.output)
-    for item in image_inputs(args.images):
+    names = loaded.class_names
+    labels, results = [], []
+    for item in inputs:
         image = prepared_image(loaded, item)
         with about_image(item.label):
             found = explain_all(
@@ -159,13 +165,18 @@ def run_compare(args: argparse.Namespace) -> int:
                 explainers,
                 target=target,
                 score=args.score,
-                class_names=loaded.class_names,
+                class_names=names,
             )
+            probabilities = torch.softmax(loaded.adapter.forward(image.tensor), dim=1)[0]
         maps = {name: e.map(0, 0) for name, e in found.items()}
         result = agreement(maps, top_fraction=args.top / 100.0)
         first = next(iter(found.values()))
         index = int(first.targets[0, 0])
-        title = loaded.class_names[index] if index >= 0 else "custom target"
+        predicted = int(probabilities.argmax())
+        title = names[index] if index >= 0 else "custom target"
+        row_title = f"{title} {float(probabilities[index]):.2f}" if index >= 0 else title
+        if predicted != index:  # the explained class is not the prediction: say both
+            row_title += f" (predicted {names[predicted]} {float(probabilities[predicted]):.2f})"
         shown = [
             image.geometry.to_original(to_display(m, size=result.size).numpy())
             for m in maps.values()
@@ -175,8 +186,8 @@ def run_compare(args: argparse.Namespace) -> int:
                 output / f"{item.label}_compare.png",
                 [image.original],
                 [shown],
-                row_titles=[title],
-                column_titles=list(maps),
+                row_titles=[row_title],
+                column_titles=_agreement_titles(result),
                 cmap=args.cmap,
                 alpha=args.alpha,
             ),
@@ -184,7 +195,60 @@ def run_compare(args: argparse.Namespace) -> int:
         ]
         _print_agreement(item.label, title, result)
         print(f"wrote {', '.join(path.name for path in written)} to {output}/")
+        labels.append(item.label)
+        results.append(result)
+    if len(results) > 1:
+        summary = agreement_summary(labels, results)
+        _print_summary(summary)
+        written = summary.save(output)
+        print(f"wrote {', '.join(path.name for path in written)} to {output}/")
     return 0
+
+
+def compared_images(names: list[str]) -> list[str]:
+    """The images named: files, bundled photos, and the images of each folder (recursively)."""
+    from salience.runner.inputs import collect_inputs
+
+    found: list[str] = []
+    for name in names:
+        if Path(name).is_dir():
+            found += [item.path for item in collect_inputs(name)]
+        else:
+            found.append(name)
+    return found
+
+
+def _agreement_titles(result: Any) -> list[str]:
+    """The methods' column titles; each after the first with its agreement with the first."""
+    titles = [result.methods[0]]
+    for j in range(1, len(result.methods)):
+        titles.append(
+            f"{result.methods[j]}\nρ {result.spearman[0, j]:.2f} · "
+            f"IoU {result.iou[0, j]:.2f} vs {result.methods[0][:12]}"
+        )
+    return titles
+
+
+def _print_summary(summary: Any) -> None:
+    from salience.evaluation.agreement import AGREE_AT, DISAGREE_BELOW
+    from salience.evaluation.report import Column, format_rows
+
+    print(
+        f"agreement over {len(summary.results)} images: Spearman rank correlation and "
+        f"top-{summary.top_fraction:.0%} IoU per pair; agree: ρ >= {AGREE_AT}, "
+        f"disagree: ρ < {DISAGREE_BELOW}"
+    )
+    columns = [
+        Column("a", "method"),
+        Column("b", "vs"),
+        Column("spearman_mean", "ρ mean", ".2f"),
+        Column("spearman_min", "ρ min", ".2f"),
+        Column("spearman_max", "ρ max", ".2f"),
+        Column("iou_mean", "IoU mean", ".2f"),
+        Column("agree", "agree", ".0%"),
+        Column("disagree", "disagree", ".0%"),
+    ]
+    print(format_rows(summary.rows(), columns, indent="  ", gap="  "))
 
 
 def _print_agreement(label: str, title: str, result: Any) -> None:

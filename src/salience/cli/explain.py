@@ -19,6 +19,7 @@ from salience.cli.arguments import (
     prepared_image,
 )
 from salience.cli.reporting import about_image
+from salience.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,6 +43,12 @@ def run_explain(args: argparse.Namespace) -> int:
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
 
+    if (table := table_input(args.images)) is not None:
+        from salience.cli.rows import ROW_METHODS, run_explain_rows
+
+        if args.method == DEFAULT_METHODS:
+            args.method = ROW_METHODS
+        return run_explain_rows(args, table)
     methods = method_names(args.method)
     loaded = open_model_from_args(args)
     adapter, model_name, names = loaded.adapter, loaded.name, loaded.class_names
@@ -108,6 +115,26 @@ def run_explain(args: argparse.Namespace) -> int:
             )
     print(f"wrote {tasks} explanations and {grid} to {output}/")
     return 0
+
+
+def table_input(inputs: list[str]) -> str | None:
+    """The table of feature rows among the inputs (``rows.csv``), or None for images.
+
+    Raises
+    ------
+    InvalidInputError
+        When a table comes with other inputs: explain one table at a time.
+    """
+    from salience.tabular import is_table
+
+    tables = [name for name in inputs if is_table(name)]
+    if not tables:
+        return None
+    if len(inputs) > 1:
+        raise InvalidInputError(
+            f"explain one table of rows at a time, without images; got {', '.join(inputs)}"
+        )
+    return tables[0]
 
 
 def write_together(folder: Path, files: dict[str, bytes]) -> None:

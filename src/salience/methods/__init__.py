@@ -20,6 +20,7 @@ from salience.methods.cam import (
     LayerCAM,
     XGradCAM,
 )
+from salience.methods.feature_ablation import FeatureAblation
 from salience.methods.gradient import Gradient, GradientXInput, GuidedBackprop
 from salience.methods.integrated import IntegratedGradients
 from salience.methods.noise import SmoothGrad, VarGrad
@@ -83,6 +84,7 @@ __all__ = [
     "CAMExplainer",
     "EigenCAM",
     "Explainer",
+    "FeatureAblation",
     "GradCAM",
     "GradCAMPlusPlus",
     "Gradient",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,13 @@ def is_onnx(model: str) -> bool:
         return model.lower().endswith(".onnx")
 
 
-def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = True) -> LoadedModel:
+def open_model(
+    model: str,
+    options: LoadOptions | None = None,
+    *,
+    fuse: bool = True,
+    sample: Callable[[Any], Any] | None = None,
+) -> LoadedModel:
     """Open the model named by ``model``, with its preprocessing and class names.
 
     Parameters
@@ -56,6 +62,10 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
     fuse : bool
         Run long perturbation passes of models their format knows to be traceable (the bundled
         ones) on a fused copy.
+    sample : callable, optional
+        ``sample(adapter)`` gives the input the opened model is probed with once (to count its
+        outputs), e.g. a row of features for a tabular model; default a blank image of the
+        preset's size.
     """
     options = options or LoadOptions()
     found = model_format(model, options)
@@ -76,7 +86,7 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
     settings = options.overrides().over(_sidecar(options, model_file))
     adapter, name, base, metadata_names = found.open(model, options, settings, fuse=fuse)
     preset = settings.apply(base) if settings.given() else base
-    names = _class_names(adapter, name, preset, settings, metadata_names)
+    names = _class_names(adapter, name, preset, settings, metadata_names, sample)
     return LoadedModel(adapter, name, preset, names)
 
 
@@ -93,17 +103,21 @@ def _class_names(
     preset: ImagePreset,
     settings: PresetOverrides,
     metadata_names: Sequence[str] | None,
+    sample: Callable[[Any], Any] | None = None,
 ) -> list[str]:
     """Names from the labels setting, else the model's metadata, else ``class i``.
 
-    The model runs once on a blank image of the preset's size: that counts its outputs and
-    checks that the preset fits it.
+    The model runs once on ``sample(adapter)``, by default a blank image of the preset's size:
+    that counts its outputs and checks that the preset fits it.
     """
     import torch
 
-    crop = preset.crop if preset.crop is not None else (224, 224)
-    height, width = (crop, crop) if isinstance(crop, int) else crop
-    blank = preset.normalize(torch.zeros(1, preset.channels, height, width))
+    if sample is not None:
+        blank = sample(adapter)
+    else:
+        crop = preset.crop if preset.crop is not None else (224, 224)
+        height, width = (crop, crop) if isinstance(crop, int) else crop
+        blank = preset.normalize(torch.zeros(1, preset.channels, height, width))
     try:
         outputs = adapter.forward(blank)
     except RuntimeError as error:

@@ -91,6 +91,17 @@ def collect_inputs(source: str | os.PathLike[str]) -> list[BatchItem]:
     )
 
 
+def is_feature_table(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` is a table of feature rows rather than a manifest of images: a
+    ``.csv``/``.parquet`` file without a ``path`` column."""
+    from salience.tabular import table_columns
+
+    path = Path(source)
+    if not (path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES):
+        return False
+    return PATH_COLUMN not in table_columns(path)
+
+
 def _items(root: Path, entries: list[tuple[str, str | None]], source: str) -> list[BatchItem]:
     if not entries:
         raise InvalidInputError(
