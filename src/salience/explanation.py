@@ -47,6 +47,10 @@ class Explanation:
     outputs : Tensor, optional
         ``(N, ...)`` the model's outputs (logits) on the explained inputs, when the method ran
         the model on them; kept in memory, not written by :meth:`save`.
+    geometry : mapping
+        What the input was, when it is not an image: ``{"modality": "volume"}`` with the scan's
+        shape, spacing and affine, ``{"modality": "signal"}`` with its length and channel
+        names (:meth:`with_geometry`); empty for images.
     """
 
     attributions: Tensor
@@ -59,6 +63,7 @@ class Explanation:
     info: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
     outputs: Tensor | None = field(default=None, repr=False)
+    geometry: Mapping[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -81,6 +86,15 @@ class Explanation:
             )
         return replace(self, target_names=names, model=model if model is not None else self.model)
 
+    @property
+    def modality(self) -> str:
+        """``"volume"``, ``"signal"``, …; ``"image"`` when no geometry is stored."""
+        return str(self.geometry.get("modality", "image"))
+
+    def with_geometry(self, geometry: Mapping[str, Any]) -> Explanation:
+        """A copy that stores the input's modality and geometry (saved in the ``.json``)."""
+        return replace(self, geometry=dict(geometry))
+
     def metadata(self) -> dict[str, Any]:
         """Everything but the maps, as JSON-ready values."""
         return {
@@ -94,6 +108,7 @@ class Explanation:
             "score_kind": self.score_kind,
             "params": _jsonable(self.params),
             "info": _jsonable(self.info),
+            **({"geometry": _jsonable(self.geometry)} if self.geometry else {}),
         }
 
     def to_bytes(self, *, compress: bool = True) -> tuple[bytes, bytes]:
@@ -137,6 +152,7 @@ class Explanation:
             params=meta["params"],
             info=meta["info"],
             model=meta.get("model"),
+            geometry=meta.get("geometry", {}),
         )
 
 
