@@ -68,15 +68,13 @@ def check_input_shape(
         raise InvalidInputError(f"{model} expects {kind} ({wanted}), {label} gives {given}; {fix}")
 
 
-def read_npy(path: str | os.PathLike[str], *, max_values: int) -> np.ndarray:
-    """The numeric array of a ``.npy`` file as float32, its header checked first.
+def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and data offset a ``.npy`` file's header gives; no data is read.
 
     Raises
     ------
     ArrayFileError
-        For a file that is not a ``.npy`` array, an array of objects (which would need
-        unpickling), a non-numeric dtype, more than ``max_values`` values, or a header that
-        claims more data than the file holds.
+        For a file that is not a ``.npy`` array of format version 1 or 2.
     """
     file = _existing(path)
     with open(file, "rb") as stream:
@@ -88,7 +86,21 @@ def read_npy(path: str | os.PathLike[str], *, max_values: int) -> np.ndarray:
             shape, _, dtype = read_header(stream)
         except ValueError as error:
             raise ArrayFileError(f"{file.name} is not a .npy array ({error})") from None
-        offset = stream.tell()
+        return tuple(int(s) for s in shape), dtype, stream.tell()
+
+
+def read_npy(path: str | os.PathLike[str], *, max_values: int) -> np.ndarray:
+    """The numeric array of a ``.npy`` file as float32, its header checked first.
+
+    Raises
+    ------
+    ArrayFileError
+        For a file that is not a ``.npy`` array, an array of objects (which would need
+        unpickling), a non-numeric dtype, more than ``max_values`` values, or a header that
+        claims more data than the file holds.
+    """
+    file = _existing(path)
+    shape, dtype, offset = npy_header(file)
     if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
         raise ArrayFileError(
             f"{file.name} holds {dtype} values, not numbers; save a numeric array "

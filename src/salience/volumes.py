@@ -246,7 +246,8 @@ def montage_figure(
     cmap: str | None = "jet",
     title: str | None = None,
 ) -> Figure:
-    """The three slices through the map's peak, the map blended over the windowed scan.
+    """The three slices through the map's peak, the map blended over the windowed scan (its
+    opacity grows with the map's value up to ``alpha``, so the scan shows where it is low).
 
     Each slice is drawn with its voxel spacing as aspect ratio and its second array axis
     upward, as viewers show a RAS scan; the colour scale is the map's over the whole volume.
@@ -261,8 +262,10 @@ def montage_figure(
         colours = colorize(
             saliency[index], cmap, signed=False, vmin=low, vmax=max(high, low + 1e-12)
         )
-        blended = alpha * colours / 255.0 + (1 - alpha) * gray
-        ax.imshow(np.transpose(blended, (1, 0, 2)), origin="lower", aspect=aspect)
+        weight = alpha * ((saliency[index] - low) / max(high - low, 1e-12))[..., None]
+        blended = weight * colours / 255.0 + (1 - weight) * gray
+        shown = np.clip(np.transpose(blended, (1, 0, 2)), 0.0, 1.0)
+        ax.imshow(shown, origin="lower", aspect=aspect)
         ax.set_title(f"{view} {next(i for i in index if isinstance(i, int))}")
         ax.set_axis_off()
     if title:

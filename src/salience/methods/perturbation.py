@@ -80,6 +80,11 @@ def _sizes(value: Sizes, option: Option) -> tuple[int, ...]:
     return tuple(int(v) for v in sizes)
 
 
+def _given(sizes: tuple[int, ...]) -> int | list[int]:
+    """Sizes as configured: one for every axis, or one per axis."""
+    return sizes[0] if len(sizes) == 1 else list(sizes)
+
+
 def per_axis(sizes: tuple[int, ...], rank: int, option: Option) -> tuple[int, ...]:
     """``sizes`` for each of ``rank`` spatial axes: one size is repeated, else one per axis."""
     if len(sizes) == 1:
@@ -162,7 +167,11 @@ class Occlusion(Explainer):
     def params(self) -> dict[str, Any]:
         """Configuration."""
         baseline = self.baseline if not isinstance(self.baseline, Tensor) else "tensor"
-        return {"window": list(self.window), "stride": list(self.stride), "baseline": baseline}
+        return {
+            "window": _given(self.window),
+            "stride": _given(self.stride),
+            "baseline": baseline,
+        }
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Slide the window, score every occluded image, average the drops per pixel."""

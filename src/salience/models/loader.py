@@ -86,6 +86,15 @@ def _sidecar(options: LoadOptions, model_file: str | None) -> PresetOverrides:
     return read_sidecar(found) if found is not None else PresetOverrides()
 
 
+def declared_input_shape(adapter: Any) -> tuple[int | None, ...] | None:
+    """The input shape a model declares, None for free dimensions (an exported program, an
+    ONNX file); None when it declares none (a module takes what its layers take)."""
+    shape = getattr(getattr(adapter, "model", None), "input_shape", None)
+    if shape is None and callable(getattr(adapter, "expected_shape", None)):
+        shape = adapter.expected_shape()
+    return None if shape is None else tuple(shape)
+
+
 def _class_names(
     adapter: Any,
     name: str,
@@ -100,9 +109,13 @@ def _class_names(
     """
     import torch
 
-    crop = preset.crop if preset.crop is not None else (224, 224)
-    height, width = (crop, crop) if isinstance(crop, int) else crop
-    blank = preset.normalize(torch.zeros(1, 3, height, width))
+    declared = declared_input_shape(adapter)
+    if declared is not None and len(declared) != 4 and all(d is not None for d in declared[1:]):
+        blank = torch.zeros(1, *declared[1:])  # a volume, a signal: the model says its shape
+    else:
+        crop = preset.crop if preset.crop is not None else (224, 224)
+        height, width = (crop, crop) if isinstance(crop, int) else crop
+        blank = preset.normalize(torch.zeros(1, 3, height, width))
     outputs = adapter.forward(blank)
     count = int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
     labels = settings.labels
@@ -121,4 +134,4 @@ def _class_names(
     return names
 
 
-__all__ = ["is_onnx", "model_kind", "open_model"]
+__all__ = ["declared_input_shape", "is_onnx", "model_kind", "open_model"]
