@@ -32,7 +32,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "salience.registry",
         "salience.targets",
     ),
-    "images": ("salience.images", "salience.render", "salience.viz"),
+    "images": (
+        "salience.arrays",
+        "salience.images",
+        "salience.render",
+        "salience.signals",
+        "salience.viz",
+        "salience.volumes",
+    ),
     "adapters": ("salience.adapters",),
     "models": (
         "salience.loading",

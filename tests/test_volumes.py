@@ -124,7 +124,8 @@ def test_the_automatic_layer_is_the_last_conv3d_and_grad_cam_is_trilinear() -> N
     )
     x = torch.rand(2, 1, 8, 8, 8)
     explanation = salience.explain(model, x, method="gradcam")  # channels-last copy: no error
-    assert explanation.info["layer"] == "3" and explanation.attributions.shape == (2, 1, 4, 4, 4)
+    assert explanation.info["layer"] == "3"  # the last Conv3d's ReLU: the last 3-D feature map
+    assert explanation.attributions.shape == (2, 1, 4, 4, 4)
     guided = salience.explain(model, x, method="guided_gradcam").attributions
     assert guided.shape == (2, 1, 1, 8, 8, 8)
     no_maps = nn.Sequential(nn.Flatten(), nn.Linear(512, 2))
