@@ -337,3 +337,27 @@ def test_a_shape_mismatch_is_refused_before_any_work() -> None:
         check_fits(volume, (None, 1, 16, 16, 16), "m.pt2")
     check_fits(volume, (None, 1, 8, 8, 8), "m.pt2")
     check_fits(volume, None, "m.pt2")
+
+
+def test_deletion_and_insertion_by_voxels(scan: Tensor) -> None:
+    from salience.evaluation.faithfulness import deletion, insertion, random_saliency
+
+    model = BoxNet()
+    cam = salience.explain(model, scan, method="gradcam", target=0)  # 8³, upsampled trilinearly
+    noise = random_saliency(scan, seed=0)
+    assert noise.shape == (1, SIDE, SIDE, SIDE)
+    options = {"target": 0, "score": "logit"}
+    deleted = deletion(model, scan, cam, **options)
+    assert deleted.pixels_per_step == SIDE * SIDE  # a slice's worth of voxels per step
+    assert deleted.scores.shape == (1, SIDE + 1)
+    # the score is the box's sum: the CAM ranks the box's voxels first, so it is gone after
+    # the box's 216 voxels (the first step's 256) and its curve is 0 from then on
+    assert deleted.scores[0, 0] > 0 and deleted.scores[0, 1:].abs().max() < 1e-5
+    assert float(deleted.auc[0]) < 0.5 * float(deletion(model, scan, noise, **options).auc[0])
+    # insertion starts from a 3-D Gaussian blur (σ 5) of the scan, channels apart
+    blurred = insertion(model, scan, cam, **options)
+    start = model(gaussian_blur(scan, 5.0, dims=3))[0, 0]
+    torch.testing.assert_close(blurred.scores[0, 0].float(), start, rtol=1e-5, atol=1e-5)
+    inserted = insertion(model, scan, cam, substrate="zeros", **options)
+    noisy = insertion(model, scan, noise, substrate="zeros", **options)
+    assert float(inserted.auc[0]) > 2 * float(noisy.auc[0])
