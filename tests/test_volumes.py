@@ -361,3 +361,24 @@ def test_deletion_and_insertion_by_voxels(scan: Tensor) -> None:
     inserted = insertion(model, scan, cam, substrate="zeros", **options)
     noisy = insertion(model, scan, noise, substrate="zeros", **options)
     assert float(inserted.auc[0]) > 2 * float(noisy.auc[0])
+
+
+def test_sanity_checks_compare_volume_maps_voxel_by_voxel(scan: Tensor) -> None:
+    from salience.evaluation.randomization import sanity_check
+    from salience.evaluation.similarity import comparison_size, slice_mosaic
+
+    volume = torch.arange(2 * 4 * 3 * 5, dtype=torch.float64).reshape(2, 4, 3, 5)
+    mosaic = slice_mosaic(volume, (4, 3, 5))
+    assert mosaic.shape == (2, 2 * 3, 2 * 5)  # 4 slices on 2 × 2 tiles, channels kept
+    assert mosaic[1, 3:, 5:].equal(volume[1, 3])  # slice 3: second row, second column
+    assert sorted(mosaic.flatten().tolist()) == sorted(volume.flatten().tolist())
+    model = SmallVolumeNet().eval()
+    x = torch.rand(1, 2, 6, 6, 6, generator=torch.Generator().manual_seed(0))
+    result = sanity_check(
+        model, x, ["gradient", "gradcam"], layers=["head", "conv"], progress=False
+    )
+    assert result.similarity.shape == (2, 2, 1, 4) and np.isfinite(result.similarity).all()
+    # the 6 slices on 3 × 2 tiles, scaled up as small images are for SSIM
+    assert result.maps.shape[-2:] == comparison_size((6 * 3, 6 * 2))
+    with pytest.raises(ValueError, match=r"images .* or volumes"):
+        sanity_check(model, torch.rand(1, 2, 6), ["gradient"], progress=False)
