@@ -81,11 +81,15 @@ def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype,
         try:
             version = np.lib.format.read_magic(stream)
             read_header = _HEADER_READERS.get(version)
-            if read_header is None:
-                raise ValueError(f"format version {version} is not supported")
-            shape, _, dtype = read_header(stream)
+            if read_header is not None:
+                shape, _, dtype = read_header(stream)
         except ValueError as error:
             raise ArrayFileError(f"{file.name} is not a .npy array ({error})") from None
+        if read_header is None:
+            raise ArrayFileError(
+                f"{file.name} is a .npy of format version {version}; save it with numpy's "
+                "np.save (format 1.0 or 2.0)"
+            )
         return tuple(int(s) for s in shape), dtype, stream.tell()
 
 
