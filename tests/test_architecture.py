@@ -33,11 +33,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "salience.targets",
     ),
     "images": (
+        "salience.arrays",
         "salience.images",
         "salience.render",
+        "salience.signals",
         "salience.tabular",
         "salience.tabular_plots",
         "salience.viz",
+        "salience.volumes",
     ),
     "adapters": ("salience.adapters",),
     "models": (

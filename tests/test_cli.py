@@ -154,7 +154,7 @@ def test_black_box_methods_take_their_options_from_the_command_line(
     )
     assert status == 0, err
     occlusion = json.loads((tmp_path / "chelsea_occlusion.json").read_text())
-    assert occlusion["params"] == {"window": [112, 112], "stride": [56, 56], "baseline": "mean"}
+    assert occlusion["params"] == {"window": 112, "stride": 56, "baseline": "mean"}
     assert occlusion["shape"] == [1, 1, 224, 224]
     rise = json.loads((tmp_path / "chelsea_rise.json").read_text())
     assert rise["params"]["n_masks"] == 16 and rise["params"]["seed"] == 0

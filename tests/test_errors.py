@@ -32,6 +32,7 @@ BUILTINS = {
     "salience.adapters.torch.ModelOutputError": TypeError,
     "salience.cli.reporting.CommandError": Exception,
     "salience.images.ImageLoadError": ValueError,
+    "salience.arrays.ArrayFileError": ValueError,
     "salience.methods.masking.ChunkMemoryError": MemoryError,
     "salience.models.safety.UntrustedFileError": ValueError,
     "salience.registry.UnknownNameError": KeyError,

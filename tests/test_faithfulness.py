@@ -248,7 +248,7 @@ def test_the_users_model_is_unchanged_also_when_a_call_raises(images: Tensor) ->
         (lambda m, x: deletion(m, x, torch.rand(2, 24, 24)), "do not fit images of 12×12"),
         (lambda m, x: deletion(m, x, torch.rand(2, 4, 2)), "do not fit images of 12×12"),
         (lambda m, x: deletion(m, x, torch.full((2, 12, 12), float("nan"))), "NaN"),
-        (lambda m, x: deletion(m, x[0], torch.rand(2, 12, 12)), "images (N, C, H, W)"),
+        (lambda m, x: deletion(m, x[0, 0], torch.rand(2, 12, 12)), "images (N, C, H, W)"),
         (lambda m, x: insertion(m, x, torch.rand(2, 12, 12), pixels_per_step=0), "int >= 1"),
         (lambda m, x: CausalMetric(m, "delete"), "unknown mode 'delete'"),
         (lambda m, x: CausalMetric(m, score="softmax"), "unknown score 'softmax'"),

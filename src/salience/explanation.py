@@ -51,6 +51,10 @@ class Explanation:
     feature_names : tuple of str, optional
         The name of each input feature, for maps of feature vectors ``(N, K, F)`` (tabular
         rows); written by :meth:`save` when given.
+    geometry : mapping
+        What the input was, when it is not an image: ``{"modality": "volume"}`` with the scan's
+        shape, spacing and affine, ``{"modality": "signal"}`` with its length and channel
+        names (:meth:`with_geometry`); empty for images.
     """
 
     attributions: Tensor
@@ -64,6 +68,7 @@ class Explanation:
     model: str | None = None
     outputs: Tensor | None = field(default=None, repr=False)
     feature_names: tuple[str, ...] | None = None
+    geometry: Mapping[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -102,6 +107,15 @@ class Explanation:
             )
         return replace(self, feature_names=tuple(str(name) for name in feature_names))
 
+    @property
+    def modality(self) -> str:
+        """``"volume"``, ``"signal"``, …; ``"image"`` when no geometry is stored."""
+        return str(self.geometry.get("modality", "image"))
+
+    def with_geometry(self, geometry: Mapping[str, Any]) -> Explanation:
+        """A copy that stores the input's modality and geometry (saved in the ``.json``)."""
+        return replace(self, geometry=dict(geometry))
+
     def metadata(self) -> dict[str, Any]:
         """Everything but the maps, as JSON-ready values."""
         features = {} if self.feature_names is None else {"feature_names": list(self.feature_names)}
@@ -117,6 +131,7 @@ class Explanation:
             "params": _jsonable(self.params),
             "info": _jsonable(self.info),
             **features,
+            **({"geometry": _jsonable(self.geometry)} if self.geometry else {}),
         }
 
     def to_bytes(self, *, compress: bool = True) -> tuple[bytes, bytes]:
@@ -161,6 +176,7 @@ class Explanation:
             info=meta["info"],
             model=meta.get("model"),
             feature_names=tuple(meta["feature_names"]) if meta.get("feature_names") else None,
+            geometry=meta.get("geometry", {}),
         )
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +67,14 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, A
     writer.writeheader()
     writer.writerows(rows)
     return write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
+
+
+def write_together(folder: str | os.PathLike[str], files: Mapping[str, bytes]) -> None:
+    """Write files into ``folder`` so that they appear together or not at all.
+
+    Each is written to a temporary file beside its place first; only when all are written are
+    they renamed into place (:func:`atomic_path`), and an error removes them all.
+    """
+    with ExitStack() as stack:
+        for name, data in files.items():
+            stack.enter_context(atomic_path(Path(folder) / name)).write_bytes(data)

@@ -66,30 +66,35 @@ def reduce_channels(saliency: Tensor, how: str = "abs_max", *, dim: int = -3) ->
     return saliency.amax(dim=dim)  # "max"
 
 
-def clip_percentile(saliency: Tensor, percentile: float = 99.0) -> Tensor:
+def clip_percentile(saliency: Tensor, percentile: float = 99.0, *, dims: int = 2) -> Tensor:
     """Clip magnitudes above the given percentile of ``|map|`` (sanity-checks convention: 99).
 
-    The percentile is taken over the last two (spatial) dimensions of each map; the sign is kept.
+    The percentile is taken over the last ``dims`` (spatial) dimensions of each map: 2 for
+    images, 3 for volumes, 1 for signals; the sign is kept.
     """
     check_percentile(percentile)
-    flat = saliency.abs().flatten(-2)
+    flat = saliency.abs().flatten(-dims)
     exact = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
     bound = torch.quantile(exact, percentile / 100.0, dim=-1).to(saliency.dtype)
-    bound = bound[..., None, None]
+    bound = bound.reshape(*bound.shape, *([1] * dims))
     return saliency.clamp(min=-bound, max=bound)
 
 
-def normalize(saliency: Tensor, *, signed: bool = False, eps: float = 1e-12) -> Tensor:
-    """Scale each map (last two dimensions) to ``[0, 1]``, or to ``[-1, 1]`` by max |map| if signed.
+def normalize(
+    saliency: Tensor, *, signed: bool = False, eps: float = 1e-12, dims: int = 2
+) -> Tensor:
+    """Scale each map (last ``dims`` dimensions) to ``[0, 1]``, or to ``[-1, 1]`` by max |map|
+    if signed.
 
     An all-zero or constant map becomes all zeros (never NaN).
     """
-    flat = saliency.flatten(-2)
+    flat = saliency.flatten(-dims)
+    spread = (..., *([None] * dims))
     if signed:
-        scale = flat.abs().amax(dim=-1)[..., None, None]
+        scale = flat.abs().amax(dim=-1)[spread]
         return torch.where(scale > eps, saliency / scale.clamp_min(eps), torch.zeros_like(saliency))
-    low = flat.amin(dim=-1)[..., None, None]
-    span = flat.amax(dim=-1)[..., None, None] - low
+    low = flat.amin(dim=-1)[spread]
+    span = flat.amax(dim=-1)[spread] - low
     return torch.where(
         span > eps, (saliency - low) / span.clamp_min(eps), torch.zeros_like(saliency)
     )
@@ -105,8 +110,11 @@ def gaussian_kernel1d(
     return (kernel / kernel.sum()).to(dtype)
 
 
-def gaussian_blur(saliency: Tensor, sigma: float, *, truncate: float = 4.0) -> Tensor:
-    """Gaussian smoothing over the last two dimensions with σ in pixels (reflect at the borders).
+def gaussian_blur(
+    saliency: Tensor, sigma: float, *, truncate: float = 4.0, dims: int = 2
+) -> Tensor:
+    """Gaussian smoothing over the last ``dims`` dimensions with σ in pixels (reflect at the
+    borders): 2 for images, 3 for volumes, 1 for signals (each channel along time).
 
     Equal to ``scipy.ndimage.gaussian_filter(..., sigma, mode="reflect", truncate=truncate)``
     applied to each map separately.
@@ -115,13 +123,15 @@ def gaussian_blur(saliency: Tensor, sigma: float, *, truncate: float = 4.0) -> T
         return saliency.clone()
     kernel = gaussian_kernel1d(sigma, truncate=truncate, dtype=saliency.dtype).to(saliency.device)
     radius = kernel.numel() // 2
-    *lead, height, width = saliency.shape
-    images = saliency.reshape(-1, 1, height, width)
-    for axis, size in ((2, height), (3, width)):
+    spatial = tuple(saliency.shape[saliency.ndim - dims :])
+    images = saliency.reshape(-1, 1, *spatial)
+    convolve = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    for axis, size in enumerate(spatial, start=2):
         images = _reflect_pad(images, radius, axis, size)
-        weights = kernel.reshape(1, 1, -1, 1) if axis == 2 else kernel.reshape(1, 1, 1, -1)
-        images = F.conv2d(images, weights)
-    return images.reshape(*lead, height, width)
+        shape = [1] * (dims + 2)
+        shape[axis] = -1
+        images = convolve(images, kernel.reshape(shape))
+    return images.reshape(saliency.shape)
 
 
 def _reflect_pad(images: Tensor, radius: int, axis: int, size: int) -> Tensor:
@@ -133,27 +143,40 @@ def _reflect_pad(images: Tensor, radius: int, axis: int, size: int) -> Tensor:
     return images.index_select(axis, folded)
 
 
+LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+"""Linear interpolation along each spatial axis, by the number of axes."""
+
+
 def upsample(
-    saliency: Tensor, size: tuple[int, int], *, mode: str = "bilinear", antialias: bool = False
+    saliency: Tensor,
+    size: tuple[int, ...],
+    *,
+    mode: str | None = None,
+    antialias: bool = False,
 ) -> Tensor:
-    """Resize maps ``(..., h, w)`` to ``size = (H, W)``, pixel centres aligned.
+    """Resize maps ``(..., *s)`` to ``size``, pixel (voxel, sample) centres aligned.
 
     Parameters
     ----------
     saliency : Tensor
         Maps with the spatial dimensions last; float dtypes are kept, others become float32.
     size : tuple of int
-        Target (H, W).
-    mode : str
-        ``bilinear`` (default), ``bicubic`` or ``nearest``.
+        Target ``(L,)``, ``(H, W)`` or ``(D, H, W)``: the last ``len(size)`` dimensions resize.
+    mode : str, optional
+        Linear along each axis by default (``linear``, ``bilinear`` or ``trilinear`` by the
+        rank of ``size``); ``bicubic`` (2-D) or ``nearest``.
     antialias : bool
         Low-pass filter first when shrinking (bilinear/bicubic only).
     """
-    *lead, height, width = saliency.shape
-    images = saliency.reshape(-1, 1, height, width)
+    rank = len(size)
+    if rank not in LINEAR_MODES:
+        raise InvalidInputError(f"maps resize along 1 to 3 axes, not {rank}: size {size}")
+    mode = mode or LINEAR_MODES[rank]
+    lead, spatial = saliency.shape[:-rank], saliency.shape[saliency.ndim - rank :]
+    images = saliency.reshape(-1, 1, *spatial)
     if not images.is_floating_point():
         images = images.float()
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    kwargs = {"align_corners": False} if mode in (*LINEAR_MODES.values(), "bicubic") else {}
     if antialias:
         kwargs["antialias"] = True
     resized = F.interpolate(images, size=size, mode=mode, **kwargs)

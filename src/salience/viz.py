@@ -399,10 +399,15 @@ def new_figure(width: float, height: float, feature: str = "plots") -> Figure:
     return figure
 
 
-def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
-    """Render ``figure`` to PNG and write it atomically; return the written path."""
+def figure_png(figure: Figure, *, dpi: int = 100) -> bytes:
+    """``figure`` rendered as PNG, in memory."""
     if not (_is_real(dpi) and dpi > 0):
         raise InvalidInputError(f"dpi must be a positive number; got {dpi!r}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
-    return _write_atomically(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Render ``figure`` to PNG and write it atomically; return the written path."""
+    return _write_atomically(path, figure_png(figure, dpi=dpi))

@@ -435,6 +435,18 @@ def folded_convolutions(copy: nn.Module) -> frozenset[str]:
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = weakref.WeakKeyDictionary()
 
 
+def _planar_channels_last(module: nn.Module) -> None:
+    """Store the 4-D parameters and buffers of ``module`` (2-D convolutions) channels-last.
+
+    ``Module.to(memory_format=torch.channels_last)`` refuses the 5-D weights of a ``Conv3d``;
+    those, and every tensor of another rank, stay contiguous (the values never change).
+    """
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.ndim == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+
+
 def cached_inference_copy(
     model: nn.Module,
     sample: Tensor,
@@ -480,7 +492,7 @@ def cached_inference_copy(
         entries[options] = None
         raise
     if channels_last:
-        built = built.to(memory_format=torch.channels_last)
+        _planar_channels_last(built)
     if final:
         entries[options] = built
     return built

@@ -2,12 +2,19 @@
 
 A layer is named as ``model.named_modules()`` names it (``"_blocks.15"``, ``"features.29"``), given
 as the module object itself, or chosen automatically: the last module to finish whose output is
-spatial, ``(N, C, H, W)`` with ``H·W > 1``, i.e. the last feature map before global pooling.
+a feature map of the input's spatial rank with more than one position — ``(N, C, H, W)`` for
+images, ``(N, C, D, H, W)`` for volumes, ``(N, C, L)`` for signals — i.e. the last feature map
+before global pooling.
+
+How a layer's output is read is decided once, from its shape and the input's
+(:func:`reads_as_tokens`): a ``(N, T, D)`` output of an image model is transformer tokens, the
+same shape in a model of ``(N, C, L)`` signals is a 1-D feature map.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,17 +46,43 @@ class LayerInfo:
         not one tensor.
     calls : int
         How often it ran during one forward pass (a CAM sees the last call).
+    input_ndim : int
+        The rank of the input it was traced on, batch dimension included (4 for images).
     """
 
     name: str
     kind: str
     shape: tuple[int, ...] | None
     calls: int
+    input_ndim: int = 4
 
     @property
     def spatial(self) -> bool:
-        """True for a feature map ``(N, C, H, W)`` with more than one position."""
-        return self.shape is not None and len(self.shape) == 4 and self.shape[2] * self.shape[3] > 1
+        """True for a feature map of the input's spatial rank, ``(N, C, *S)``, with more than
+        one position."""
+        return (
+            self.shape is not None
+            and len(self.shape) == self.input_ndim >= 3
+            and math.prod(self.shape[2:]) > 1
+        )
+
+
+def reads_as_tokens(input_ndim: int, output_ndim: int, tokens: bool | None = None) -> bool:
+    """Whether a layer's output is read as transformer tokens ``(N, T, D)``.
+
+    Only a 3-D output can be tokens. ``tokens`` decides when given; by default a 3-D output is
+    tokens when the input is not itself a ``(N, C, L)`` signal, whose 3-D layer outputs are
+    1-D feature maps (a ``Conv1d``).
+    """
+    if output_ndim != 3:
+        return False
+    return input_ndim != 3 if tokens is None else tokens
+
+
+def spatial_layout(input_ndim: int) -> str:
+    """``(N, C, *S)`` written out for an input of this rank: ``(N, C, D, H, W)`` for 5."""
+    names = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}.get(input_ndim - 2)
+    return f"(N, C, {', '.join(names)})" if names else "(N, C, *S)"
 
 
 def trace_layers(model: nn.Module, sample: Tensor) -> tuple[list[LayerInfo], list[str]]:
@@ -98,26 +131,27 @@ def trace_layers(model: nn.Module, sample: Tensor) -> tuple[list[LayerInfo], lis
         for handle in handles:
             handle.remove()
     layers = [
-        LayerInfo(name, kinds[name], shapes.get(name), calls.get(name, 0))
+        LayerInfo(name, kinds[name], shapes.get(name), calls.get(name, 0), sample.ndim)
         for name in sorted(first_call, key=first_call.__getitem__)
     ]
     return layers, sorted(finished, key=finished.__getitem__)
 
 
 def choose_layer(layers: Sequence[LayerInfo], finished: Sequence[str]) -> str:
-    """The last module to finish whose output is a spatial feature map.
+    """The last module to finish whose output is a feature map of the input's spatial rank.
 
     Raises
     ------
     LayerError
-        When no module outputs ``(N, C, H, W)`` with ``H·W > 1``.
+        When no module outputs ``(N, C, *S)`` (the input's rank) with more than one position.
     """
     spatial = {info.name for info in layers if info.spatial}
     for name in reversed(finished):
         if name in spatial:
             return name
+    layout = spatial_layout(layers[0].input_ndim if layers else 4)
     raise LayerError(
-        "found no layer with a spatial output (N, C, H, W); pass layer=NAME (for a vision "
+        f"found no layer with a spatial output {layout}; pass layer=NAME (for a vision "
         "transformer, a block whose token output (N, T, D) forms a grid)"
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from salience.cli.arguments import (
 )
 from salience.cli.reporting import about_image
 from salience.errors import InvalidInputError
+from salience.fileio import write_together
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,8 +37,18 @@ PROGRESS_THRESHOLD = 3
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    """``salience explain``: each image's files are written together, once it is explained."""
+    """``salience explain``: each image's files are written together, once it is explained.
+
+    Scans (NIfTI, 3-D ``.npy``) and signals (CSV, 1-D/2-D ``.npy``) are explained by
+    :func:`~salience.cli.explain_data.run_explain_data`.
+    """
     from tqdm.auto import tqdm
+
+    from salience.cli.explain_data import IMAGE, inputs_kind, run_explain_data
+
+    kind = inputs_kind(args.images)
+    if kind != IMAGE:
+        return run_explain_data(args, kind)
 
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
@@ -135,19 +145,6 @@ def table_input(inputs: list[str]) -> str | None:
             f"explain one table of rows at a time, without images; got {', '.join(inputs)}"
         )
     return tables[0]
-
-
-def write_together(folder: Path, files: dict[str, bytes]) -> None:
-    """Write files into ``folder`` so that they appear together or not at all.
-
-    Each is written to a temporary file beside its place first; only when all are written are
-    they renamed into place (:func:`salience.fileio.atomic_path`), and an error removes them all.
-    """
-    from salience.fileio import atomic_path
-
-    with ExitStack() as stack:
-        for name, data in files.items():
-            stack.enter_context(atomic_path(folder / name)).write_bytes(data)
 
 
 def _print_predictions(

@@ -11,6 +11,10 @@ pixels change per step (default: the image width, 224 for 224×224 images, as th
 of a pixel at once, and the area is the trapezoid rule over the fraction of changed pixels in
 [0, 1].
 
+Volumes ``(N, C, D, H, W)`` and signals ``(N, C, L)`` are played the same way, voxel by voxel
+and time step by time step: a step changes one slice's worth of voxels (``H·W``) of a volume,
+a hundredth of a signal; insertion starts from a Gaussian blur (σ 5) along their spatial axes.
+
 The step images are never held all at once: for each input, the perturbation engine
 (:func:`salience.methods.masking.masked_scores`) builds them chunk by chunk from each pixel's
 rank and scores them through the adapter (inference mode; any black box, ONNX included).
@@ -109,14 +113,21 @@ def area_under_curve(scores: Tensor, fractions: Tensor) -> Tensor:
 
 
 def random_saliency(x: Tensor, *, seed: int | None = 0) -> Tensor:
-    """The random-map baseline: uniform noise ``(N, H, W)`` from a seeded ``torch.Generator``.
+    """The random-map baseline: uniform noise ``(N, *S)`` from a seeded ``torch.Generator``.
 
     Equal seeds give equal maps; the global random state is untouched.
     """
     _check_images(x)
     generator = make_generator(seed, torch.device("cpu"))
-    n, _, height, width = x.shape
-    return torch.rand((n, height, width), generator=generator, dtype=torch.float64)
+    return torch.rand((x.shape[0], *x.shape[2:]), generator=generator, dtype=torch.float64)
+
+
+def default_step(spatial: tuple[int, ...]) -> int:
+    """Pixels per step by default: an image's width (RISE), a volume's slice ``H·W``, a
+    hundredth of a signal (at least 1)."""
+    if len(spatial) == 1:
+        return max(1, spatial[0] // 100)
+    return math.prod(spatial[1:]) if len(spatial) == 3 else spatial[-1]
 
 
 def saliency_ranks(maps: Tensor) -> Tensor:
@@ -201,7 +212,8 @@ class CausalMetric:
     mode : {"deletion", "insertion"}
         Delete salient pixels first, or insert them first.
     pixels_per_step : int, optional
-        Pixels changed per step; default: the image width (RISE).
+        Pixels changed per step; default: the image width (RISE), ``H·W`` voxels of a
+        volume, a hundredth of a signal's length.
     score : {"probability", "logit"}
         The softmax probability of the explained class (RISE), or its logit.
     substrate : {"zeros", "blur"}, float or Tensor, optional
@@ -293,9 +305,9 @@ class CausalMetric:
                 f"faithfulness follows one class per input; got {selection.k} (top-k): "
                 "evaluate each class separately"
             )
-        n, _, height, width = x.shape
-        pixels = height * width
-        step = self.pixels_per_step or width
+        n, _, *spatial = x.shape
+        pixels = math.prod(spatial)
+        step = self.pixels_per_step or default_step(tuple(spatial))
         steps = math.ceil(pixels / step)
         changed = (torch.arange(steps + 1) * step).clamp(max=pixels)
         ranks = saliency_ranks(maps).to(x.device)
@@ -328,7 +340,7 @@ class CausalMetric:
         inserting = self.mode == INSERTION
 
         def masks(rows: slice) -> Tensor:
-            counts = changed[rows].to(ranks.device).reshape(-1, 1, 1, 1)
+            counts = changed[rows].to(ranks.device).reshape(-1, 1, *([1] * ranks.ndim))
             return ranks < counts if inserting else ranks >= counts
 
         return masks
@@ -339,7 +351,9 @@ class CausalMetric:
         if choice is None:
             choice = "zeros" if self.mode == DELETION else "blur"
         if isinstance(choice, str):
-            return None if choice == "zeros" else rise_blur(x)
+            if choice == "zeros":
+                return None
+            return rise_blur(x) if x.ndim == 4 else gaussian_blur(x, BLUR_SIGMA, dims=x.ndim - 2)
         if isinstance(choice, Tensor):
             return choice.to(device=x.device, dtype=x.dtype).expand_as(x)
         return torch.full_like(x, float(choice))
@@ -620,10 +634,11 @@ def _row(method: str, image: str, deleted: float, inserted: float, seconds: floa
 
 
 def _check_images(x: Tensor) -> None:
-    if x.ndim != 4:
+    if not 3 <= x.ndim <= 5:
         raise InvalidInputError(
-            f"deletion and insertion change the pixels of images (N, C, H, W); "
-            f"got shape {tuple(x.shape)}"
+            f"deletion and insertion change the pixels of images (N, C, H, W), the voxels of "
+            f"volumes (N, C, D, H, W) or the steps of signals (N, C, L); got shape "
+            f"{tuple(x.shape)}"
         )
 
 
@@ -649,37 +664,41 @@ def _single_map(explanation: Explanation) -> Tensor:
 
 
 def _pixel_maps(saliency: Tensor, x: Tensor, reduce: str) -> Tensor:
-    """Maps ``(N, H, W)`` at the input's resolution: channels reduced, coarse grids upsampled."""
+    """Maps ``(N, *S)`` at the input's resolution: channels reduced, coarse grids upsampled."""
     if not isinstance(saliency, Tensor):
         raise UnsupportedError(
             f"expected a saliency tensor or an Explanation, got {type(saliency).__name__}"
         )
-    n, channels, height, width = x.shape
+    n, channels, *spatial = x.shape
     maps = saliency.detach().to(x.device)
     shape = tuple(maps.shape)
-    expected = f"(N, h, w) or (N, C, h, w) with N = {n}, C = 1 or {channels}"
-    if maps.ndim == 4 and maps.shape[1] in (1, channels):
+    axes = {1: "l", 2: "h, w", 3: "d, h, w"}[len(spatial)]
+    expected = f"(N, {axes}) or (N, C, {axes}) with N = {n}, C = 1 or {channels}"
+    if maps.ndim == x.ndim and maps.shape[1] in (1, channels):
         maps = maps[:, 0] if maps.shape[1] == 1 else reduce_channels(maps, reduce, dim=1)
-    elif maps.ndim != 3:
+    elif maps.ndim != x.ndim - 1:
         raise InvalidInputError(f"the saliency maps have shape {shape}; expected {expected}")
     if maps.shape[0] != n:
         raise InvalidInputError(
             f"{maps.shape[0]} saliency maps given for {n} images; expected {expected}"
         )
-    low_height, low_width = maps.shape[-2:]
-    coarser = low_height <= height and low_width <= width
-    if not coarser or abs(low_height * width / height - low_width) > 1:
+    low = tuple(maps.shape[1:])
+    coarser = all(a <= b for a, b in zip(low, spatial, strict=True))
+    same_shape = all(
+        abs(a * spatial[-1] / b - low[-1]) <= 1 for a, b in zip(low, spatial, strict=True)
+    )
+    if not coarser or not same_shape:
         raise InvalidInputError(
-            f"saliency maps of {low_height}×{low_width} pixels do not fit images of "
-            f"{height}×{width}: give maps at the input's resolution or on a coarser grid of the "
-            "same shape"
+            f"saliency maps of {'×'.join(map(str, low))} pixels do not fit images of "
+            f"{'×'.join(map(str, spatial))}: give maps at the input's resolution or on a "
+            "coarser grid of the same shape"
         )
     if not maps.is_floating_point():
         maps = maps.double()
     if not bool(torch.isfinite(maps).all()):
         raise InvalidInputError("the saliency maps contain NaN or infinite values")
-    if (low_height, low_width) != (height, width):
-        maps = upsample(maps, (height, width))
+    if low != tuple(spatial):
+        maps = upsample(maps, tuple(spatial))
     return maps
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -35,6 +36,7 @@ from salience.evaluation.similarity import (
     compare,
     compared_map,
     comparison_size,
+    slice_mosaic,
 )
 from salience.opening import adapter_for
 from salience.targets import Custom, TargetLike, parse_target, resolve
@@ -248,7 +250,9 @@ def sanity_check(
     model : torch.nn.Module or TorchAdapter
         The trained model (never changed: randomization works on copies).
     x : Tensor
-        Inputs ``(N, ...)``; similarities are reported per sample.
+        Images ``(N, C, H, W)`` or volumes ``(N, C, D, H, W)`` (their maps are compared as
+        mosaics of their slices, :func:`~salience.evaluation.similarity.slice_mosaic`);
+        similarities are reported per sample.
     methods : sequence of str
         Registered method names.
     mode : {"cascading", "independent"}
@@ -282,6 +286,11 @@ def sanity_check(
             f"{type(adapter).__name__} cannot do: pass a torch.nn.Module"
         )
     inputs = adapter.prepare_input(x)
+    if inputs.ndim not in (4, 5):
+        raise InvalidInputError(
+            f"the randomization test compares maps of images (N, C, H, W) or volumes "
+            f"(N, C, D, H, W); got inputs of shape {tuple(inputs.shape)}"
+        )
     units = adapter.randomization_units(inputs, layers)
     options = {"seed": seed, **options, "progress": False}  # one bar: the test's
 
@@ -297,14 +306,22 @@ def sanity_check(
             score=score,
             class_names=class_names,
         )
-        return {name: explanation.attributions[:, 0] for name, explanation in found.items()}
+        maps = {name: explanation.attributions[:, 0] for name, explanation in found.items()}
+        if inputs.ndim == 5:  # a volume's maps are compared as mosaics of their slices
+            spatial = tuple(inputs.shape[2:])
+            maps = {
+                name: torch.stack([slice_mosaic(one, spatial) for one in found_maps])
+                for name, found_maps in maps.items()
+            }
+        return maps
 
     total = len(units) + 1
     bar = tqdm(total=total, disable=not progress, desc=f"sanity check ({mode})", unit="step")
     fixed = _fixed_target(adapter, inputs, target, class_names)
     reference = maps_of(adapter, fixed)
     bar.update()
-    size = comparison_size(tuple(inputs.shape[-2:]))
+    plane = inputs.shape[-2:] if inputs.ndim == 4 else next(iter(reference.values())).shape[-2:]
+    size = comparison_size(tuple(plane))
     count = inputs.shape[0]
     similarity = np.zeros((len(methods), len(units), count, len(SIMILARITY_METRICS)))
     maps = np.zeros((len(methods), total, *size), dtype=np.float32)

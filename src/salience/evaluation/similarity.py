@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from salience.errors import InvalidInputError
-from salience.postprocess import to_display
+from salience.postprocess import to_display, upsample
 
 SIMILARITY_METRICS: tuple[str, ...] = ("spearman_abs", "spearman_signed", "ssim", "hog")
 #: How the figures name each measure.
@@ -196,6 +196,25 @@ def similarities(reference: Tensor, other: Tensor, size: tuple[int, int]) -> dic
     return compare(compared_map(reference, size), compared_map(other, size))
 
 
+def slice_mosaic(saliency: Tensor, spatial: tuple[int, int, int]) -> Tensor:
+    """A volume's map ``(C, d, h, w)`` or ``(d, h, w)`` as one 2-D picture of its slices.
+
+    The map is upsampled trilinearly to the volume's ``(D, H, W)`` and its ``D`` slices are laid
+    out row by row on a grid of ``D / k`` rows and ``k`` columns, ``k`` the largest divisor of
+    ``D`` not above its square root; channels stay. Spearman's correlation of two mosaics is
+    that of the voxels; SSIM and HOG compare the slices (their windows straddle tile borders).
+    """
+    depth, height, width = spatial
+    maps = saliency if saliency.ndim == 4 else saliency.unsqueeze(0)
+    if tuple(maps.shape[1:]) != tuple(spatial):
+        maps = upsample(maps.double(), tuple(spatial))
+    columns = max(k for k in range(1, math.isqrt(depth) + 1) if depth % k == 0)
+    rows = depth // columns
+    tiles = maps.reshape(maps.shape[0], rows, columns, height, width).permute(0, 1, 3, 2, 4)
+    mosaic = tiles.reshape(maps.shape[0], rows * height, columns * width)
+    return mosaic if saliency.ndim == 4 else mosaic[0]
+
+
 def comparison_size(size: tuple[int, int], minimum: int = MIN_COMPARED_SIDE) -> tuple[int, int]:
     """The size maps of inputs of ``size`` are compared at: scaled up by a whole factor until
     the shorter side is at least ``minimum``."""
@@ -226,6 +245,7 @@ __all__ = [
     "hog_similarity",
     "largest_size",
     "similarities",
+    "slice_mosaic",
     "spearman",
     "ssim",
     "top_k_iou",

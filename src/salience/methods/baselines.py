@@ -42,9 +42,10 @@ def baseline_like(x: Tensor, baseline: BaselineLike, *, blur_sigma: float | None
         The inputs ``(N, ...)``.
     baseline : {"zeros", "mean", "blur"}, float or Tensor
         Zeros; each sample's per-channel mean (images) or mean (vectors); a Gaussian-blurred copy
-        (images); a constant; or a tensor broadcastable to ``x``.
+        (blurred along the spatial axes only: each channel of a ``(N, C, L)`` signal along
+        time, a ``(N, C, D, H, W)`` volume in 3-D); a constant; or a tensor broadcastable to ``x``.
     blur_sigma : float, optional
-        σ in pixels of the blur (default: a tenth of the shorter image side).
+        σ in pixels of the blur (default: a tenth of the shortest spatial side).
     """
     check_baseline(baseline)
     if isinstance(baseline, Tensor):
@@ -55,7 +56,11 @@ def baseline_like(x: Tensor, baseline: BaselineLike, *, blur_sigma: float | None
         dims = tuple(range(2, x.ndim)) if x.ndim > 2 else (1,)
         return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
     if baseline == "blur":
-        if x.ndim < 3:
-            raise InvalidInputError("a blurred baseline needs image inputs (N, C, H, W)")
-        return gaussian_blur(x, blur_sigma or min(x.shape[-2:]) / 10)
+        if not 3 <= x.ndim <= 5:
+            raise InvalidInputError(
+                f"a blurred baseline needs inputs with 1 to 3 spatial axes (N, C, *S), got shape "
+                f"{tuple(x.shape)}; use baseline='zeros' or 'mean'"
+            )
+        spatial = x.shape[2:]
+        return gaussian_blur(x, blur_sigma or min(spatial) / 10, dims=len(spatial))
     return torch.full_like(x, float(baseline))

@@ -10,9 +10,12 @@ Maps are returned at the layer's resolution ``(N, K, *S)``; upsampling is for di
 (:func:`salience.postprocess.upsample`). As in the papers, a ReLU keeps the positive evidence;
 ``relu=False`` keeps the negative evidence too.
 
-Token outputs ``(N, T, D)`` of a vision transformer are seen as a grid ``(N, D, H, W)``: the
-prefix tokens (class token, register tokens) are dropped and the grid is inferred as the largest
-square, or given as ``grid=(H, W)``.
+Maps have the spatial rank of the layer's feature map: 2-D for images, 3-D for volumes
+``(N, C, D, H, W)``, 1-D for signals ``(N, C, L)``. Token outputs ``(N, T, D)`` of a vision
+transformer are seen as a grid ``(N, D, H, W)``: the prefix tokens (class token, register tokens)
+are dropped and the grid is inferred as the largest square, or given as ``grid=(H, W)``. Whether
+a 3-D output is tokens is decided from its shape and the input's
+(:func:`salience.adapters.layers.reads_as_tokens`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from salience.adapters.base import (
     Outputs,
     check_finite_output,
 )
-from salience.adapters.layers import LayerError, LayerLike, layer_name
+from salience.adapters.layers import LayerError, LayerLike, layer_name, reads_as_tokens
 from salience.errors import InvalidInputError
 from salience.methods.base import (
     Attribution,
@@ -49,7 +52,12 @@ GRID = Option(
     "grid", object, None, "(H, W) of a transformer layer's patch tokens (inferred by default)"
 )
 TOKENS = Option(
-    "tokens", bool, True, "read a 3-D layer output (N, T, D) as transformer tokens, not (N, C, L)"
+    "tokens",
+    bool,
+    None,
+    "read a 3-D layer output as transformer tokens (N, T, D) or as a 1-D map (N, C, L); "
+    "by default tokens unless the input is a (N, C, L) signal",
+    optional=True,
 )
 
 
@@ -93,9 +101,10 @@ class CAMExplainer(Explainer):
         Keep only positive evidence, as in the papers; False keeps the negative evidence too.
     grid : tuple of int, optional
         ``(H, W)`` of a transformer layer's patch tokens (inferred by default).
-    tokens : bool
-        Read a 3-D layer output ``(N, T, D)`` as transformer tokens (default); False reads it as
-        a 1-D feature map ``(N, C, L)`` (a ``Conv1d`` layer).
+    tokens : bool, optional
+        Read a 3-D layer output as transformer tokens ``(N, T, D)`` (True) or as a 1-D feature
+        map ``(N, C, L)`` (False, a ``Conv1d`` layer); by default tokens, unless the input is a
+        ``(N, C, L)`` signal.
     """
 
     adapter: LayerGradientAdapter
@@ -108,7 +117,7 @@ class CAMExplainer(Explainer):
         layer: LayerLike = LAYER.default,
         relu: bool = RELU.default,
         grid: tuple[int, int] | None = GRID.default,
-        tokens: bool = TOKENS.default,
+        tokens: bool | None = TOKENS.default,
     ) -> None:
         super().__init__(model)
         if not isinstance(self.adapter, LayerAccessAdapter):
@@ -129,9 +138,14 @@ class CAMExplainer(Explainer):
         """The layer's name (chosen for inputs shaped like ``x`` when automatic)."""
         return self.adapter.resolve_layer(self.layer, x)
 
-    def feature_map(self, captured: Tensor, batch_dims: int = 1) -> Tensor:
-        """The captured tensor as ``(*batch, C, *S)``: tokens laid out on their grid."""
-        if captured.ndim == batch_dims + 2 and self.tokens:
+    def reads_tokens(self, x: Tensor, captured: Tensor, batch_dims: int = 1) -> bool:
+        """Whether the layer's output, captured for inputs ``x``, is transformer tokens."""
+        return reads_as_tokens(x.ndim, captured.ndim - batch_dims + 1, self.tokens)
+
+    def feature_map(self, x: Tensor, captured: Tensor, batch_dims: int = 1) -> Tensor:
+        """The tensor captured for inputs ``x`` as ``(*batch, C, *S)``: tokens laid out on
+        their grid."""
+        if self.reads_tokens(x, captured, batch_dims):
             return tokens_to_grid(captured, self.grid)
         if captured.ndim < batch_dims + 2:
             raise InvalidInputError(
@@ -140,9 +154,9 @@ class CAMExplainer(Explainer):
             )
         return captured
 
-    def channel_dim(self, captured: Tensor) -> int:
+    def channel_dim(self, x: Tensor, captured: Tensor) -> int:
         """The channel dimension of the layer's raw output: last for tokens, else 1."""
-        return -1 if captured.ndim == 3 and self.tokens else 1
+        return -1 if self.reads_tokens(x, captured) else 1
 
     def finish(self, cam: Tensor) -> Tensor:
         """ReLU unless negative evidence is kept."""
@@ -152,7 +166,7 @@ class CAMExplainer(Explainer):
         """The layer looked at and the resolution of its feature map."""
         info: dict[str, Any] = {"layer": self.layer_for(x)}
         if activations is not None:
-            info["feature_shape"] = list(self.feature_map(activations).shape[1:])
+            info["feature_shape"] = list(self.feature_map(x, activations).shape[1:])
         return info
 
 
@@ -166,8 +180,8 @@ class GradientCAM(CAMExplainer, SinglePassExplainer):
     def maps_from(self, x: Tensor, out: Outputs) -> Tensor:
         """:meth:`weigh` on the feature maps, then the ReLU."""
         assert out.activations is not None and out.layer_grad is not None
-        activations = self.feature_map(out.activations).unsqueeze(1)
-        gradients = self.feature_map(out.layer_grad, batch_dims=2)
+        activations = self.feature_map(x, out.activations).unsqueeze(1)
+        gradients = self.feature_map(x, out.layer_grad, batch_dims=2)
         return self.finish(self.weigh(activations, gradients))
 
     def info(self, x: Tensor, out: Outputs) -> dict[str, Any]:
@@ -284,7 +298,7 @@ class EigenCAM(CAMExplainer, SinglePassExplainer):
         """The first-component projection, repeated for each of the K targets."""
         assert out.activations is not None
         check_finite_output(out.activations, "the layer activations Eigen-CAM decomposes")
-        features = self.feature_map(out.activations)
+        features = self.feature_map(x, out.activations)
         n, channels, *spatial = features.shape
         positions = features.reshape(n, channels, -1).transpose(1, 2).double()
         centred = positions - positions.mean(dim=1, keepdim=True)
@@ -305,22 +319,24 @@ class GuidedGradCAM(CAMExplainer):
     """Guided Grad-CAM: guided backpropagation times the Grad-CAM upsampled to the input.
 
     Two passes (the guided ReLU rule must not change the Grad-CAM gradients); the result has the
-    input's resolution, ``(N, K, C, H, W)``. The CAM is upsampled bilinearly, not normalized.
+    input's resolution, ``(N, K, C, *S)``. The CAM is upsampled (linearly, bilinearly or
+    trilinearly by the input's spatial rank), not normalized.
     """
 
     paper = "Selvaraju et al. 2017"
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Guided backprop and Grad-CAM on the same targets, multiplied."""
-        if x.ndim != 4:
+        if x.ndim < 3:
             raise InvalidInputError(
-                f"guided_gradcam needs image inputs (N, C, H, W), got shape {tuple(x.shape)}"
+                f"guided_gradcam needs inputs with spatial axes (N, C, *S), got shape "
+                f"{tuple(x.shape)}; explain feature vectors with gradient or integrated_gradients"
             )
         gradcam = GradCAM(
             self.adapter, layer=self.layer, relu=self.relu, grid=self.grid, tokens=self.tokens
         )
         guided, cam = attribute_shared([GuidedBackprop(self.adapter), gradcam], x, spec, score)
-        upsampled = upsample(cam.maps, tuple(x.shape[-2:]))
+        upsampled = upsample(cam.maps, tuple(x.shape[2:]))
         return Attribution(
             guided.maps * upsampled.unsqueeze(2), cam.selection, cam.scores, cam.info, cam.outputs
         )

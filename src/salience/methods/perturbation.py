@@ -1,5 +1,9 @@
 """Methods that need only the model's outputs: occlusion and RISE. They explain black boxes too.
 
+Both work along the input's spatial axes ``(N, C, *S)``, whatever their number: windows and masks
+are 2-D on images, 3-D on volumes ``(N, C, D, H, W)`` and 1-D along time on signals
+``(N, C, L)``; every channel is occluded or masked together.
+
 Both run through the perturbation engine (:func:`salience.methods.masking.masked_scores`): masks
 are made chunk by chunk, so memory stays bounded however many there are, and the same seed gives
 the same map whatever the chunk size.
@@ -7,11 +11,11 @@ the same map whatever the chunk size.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from salience.adapters.base import BlackBoxAdapter
@@ -21,6 +25,7 @@ from salience.methods.baselines import BASELINE, BaselineLike, baseline_like, ch
 from salience.methods.masking import masked_scores, weight_kind
 from salience.methods.options import CHUNK_SIZE, PROGRESS, SEED, SOFTMAX, Option
 from salience.methods.sampling import chunks, make_generator
+from salience.postprocess import upsample
 from salience.targets import TargetSpec, resolve, target_scores
 
 PERTURBATION_CHUNK_SIZE = 8
@@ -35,7 +40,7 @@ WINDOW = Option(
     "occlusion window (pixels)",
     flag="window",
     low=1,
-    more="a pair of them",
+    more="one per spatial axis",
     request_max=256,
 )
 STRIDE = Option(
@@ -45,7 +50,7 @@ STRIDE = Option(
     "occlusion stride (pixels)",
     flag="stride",
     low=1,
-    more="a pair of them",
+    more="one per spatial axis",
     request_max=256,
 )
 N_MASKS = Option("n_masks", int, 4000, "RISE masks", flag="masks", low=1, request_max=20_000)
@@ -61,21 +66,42 @@ KEEP = Option(
 )
 
 
-def _pair(value: int | tuple[int, int], option: Option) -> tuple[int, int]:
-    """An int option that may also be given as a pair (height, width), each checked by it."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(option.problem(v) is not None for v in pair):
+Sizes = int | tuple[int, ...]
+
+
+def _sizes(value: Sizes, option: Option) -> tuple[int, ...]:
+    """An int option that may also be given per spatial axis (height, width), each checked."""
+    sizes = (value,) if isinstance(value, int) else tuple(value)
+    if not sizes or any(option.problem(v) is not None for v in sizes):
         raise InvalidInputError(
-            f"{option.name} must be a positive int or a pair of them "
+            f"{option.name} must be a positive int or one per spatial axis "
             f"({option.bounds_text()}), got {value!r}"
         )
-    return int(pair[0]), int(pair[1])
+    return tuple(int(v) for v in sizes)
 
 
-def _check_images(x: Tensor, method: str) -> None:
-    if x.ndim != 4:
+def _given(sizes: tuple[int, ...]) -> int | list[int]:
+    """Sizes as configured: one for every axis, or one per axis."""
+    return sizes[0] if len(sizes) == 1 else list(sizes)
+
+
+def per_axis(sizes: tuple[int, ...], rank: int, option: Option) -> tuple[int, ...]:
+    """``sizes`` for each of ``rank`` spatial axes: one size is repeated, else one per axis."""
+    if len(sizes) == 1:
+        return sizes * rank
+    if len(sizes) != rank:
         raise InvalidInputError(
-            f"{method} perturbs images (N, C, H, W); got shape {tuple(x.shape)}"
+            f"{option.name} {list(sizes)} gives {len(sizes)} sizes for an input with {rank} "
+            f"spatial axes; give one size or {rank}"
+        )
+    return sizes
+
+
+def _check_spatial(x: Tensor, method: str) -> None:
+    if x.ndim < 3:
+        raise InvalidInputError(
+            f"{method} perturbs images, volumes or signals, inputs with spatial axes (N, C, *S); "
+            f"got shape {tuple(x.shape)}"
         )
 
 
@@ -91,20 +117,21 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 
 @register_explainer("occlusion")
 class Occlusion(Explainer):
-    """Occlusion: the score drop when a sliding window of the image is replaced by a baseline.
+    """Occlusion: the score drop when a sliding window of the input is replaced by a baseline.
 
     Each pixel gets the mean drop over the windows that covered it (as Captum's ``Occlusion``).
-    The window covers all channels; windows are placed every ``stride`` pixels, plus one flush
-    with the right and bottom edges when the stride does not reach them, so every pixel counts.
+    The window covers all channels and slides along every spatial axis (a box in a volume, a
+    stretch of time in a signal); windows are placed every ``stride`` pixels, plus one flush
+    with the far edge of each axis when the stride does not reach it, so every pixel counts.
 
     Parameters
     ----------
     model : torch.nn.Module, adapter or path of an ONNX file
         The model to explain.
-    window : int or (int, int)
-        Window height and width in pixels.
-    stride : int or (int, int)
-        Step between windows.
+    window : int or tuple of int
+        Window size in pixels: one for every spatial axis, or one per axis (height, width).
+    stride : int or tuple of int
+        Step between windows, likewise.
     baseline : {"zeros", "mean", "blur"}, float or Tensor
         What the window is filled with: zeros, the image's per-channel mean, a blurred copy of
         the image, a constant, or a tensor.
@@ -123,15 +150,15 @@ class Occlusion(Explainer):
         self,
         model: object,
         *,
-        window: int | tuple[int, int] = WINDOW.default,
-        stride: int | tuple[int, int] = STRIDE.default,
+        window: Sizes = WINDOW.default,
+        stride: Sizes = STRIDE.default,
         baseline: BaselineLike = BASELINE.default,
         chunk_size: int | None = CHUNK_SIZE.default,
         progress: bool = PROGRESS.default,
     ) -> None:
         super().__init__(model)
-        self.window = _pair(window, WINDOW)
-        self.stride = _pair(stride, STRIDE)
+        self.window = _sizes(window, WINDOW)
+        self.stride = _sizes(stride, STRIDE)
         check_baseline(BASELINE.check(baseline))
         self.baseline = baseline
         self.chunk_size = CHUNK_SIZE.check(chunk_size) or PERTURBATION_CHUNK_SIZE
@@ -140,28 +167,35 @@ class Occlusion(Explainer):
     def params(self) -> dict[str, Any]:
         """Configuration."""
         baseline = self.baseline if not isinstance(self.baseline, Tensor) else "tensor"
-        return {"window": list(self.window), "stride": list(self.stride), "baseline": baseline}
+        return {
+            "window": _given(self.window),
+            "stride": _given(self.stride),
+            "baseline": baseline,
+        }
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Slide the window, score every occluded image, average the drops per pixel."""
-        _check_images(x, self.name)
-        height, width = x.shape[-2:]
-        rows = window_starts(height, self.window[0], self.stride[0])
-        cols = window_starts(width, self.window[1], self.stride[1])
-        corners = [(r, c) for r in rows for c in cols]
+        _check_spatial(x, self.name)
+        spatial = tuple(x.shape[2:])
+        window = per_axis(self.window, len(spatial), WINDOW)
+        stride = per_axis(self.stride, len(spatial), STRIDE)
+        starts = [window_starts(*axis) for axis in zip(spatial, window, stride, strict=True)]
+        boxes = [
+            tuple(slice(s, s + w) for s, w in zip(corner, window, strict=True))
+            for corner in itertools.product(*starts)
+        ]
         selection, scores, outputs = self.unperturbed_pass(x, spec, score)
         substrate = baseline_like(x, self.baseline)
-        wh, ww = self.window
 
         def occluding(chosen: slice) -> Tensor:
-            masks = torch.ones(chosen.stop - chosen.start, 1, height, width, device=x.device)
-            for i, (r, c) in enumerate(corners[chosen]):
-                masks[i, :, r : r + wh, c : c + ww] = 0
+            masks = torch.ones(chosen.stop - chosen.start, 1, *spatial, device=x.device)
+            for i, box in enumerate(boxes[chosen]):
+                masks[(i, slice(None), *box)] = 0
             return masks
 
-        coverage = torch.zeros(height, width, dtype=torch.float64, device=x.device)
-        for r, c in corners:
-            coverage[r : r + wh, c : c + ww] += 1
+        coverage = torch.zeros(spatial, dtype=torch.float64, device=x.device)
+        for box in boxes:
+            coverage[box] += 1
         maps = []
         for n in range(x.shape[0]):
             own = selection.take(slice(n, n + 1))
@@ -169,7 +203,7 @@ class Occlusion(Explainer):
                 self.adapter,
                 x[n : n + 1],
                 occluding,
-                len(corners),
+                len(boxes),
                 own,
                 score,
                 substrate=substrate[n : n + 1],
@@ -178,23 +212,26 @@ class Occlusion(Explainer):
                 description=self.name,
             )
             drops = (scores[n].double() - occluded.double()).T  # (K, windows)
-            total = torch.zeros(selection.k, height, width, dtype=torch.float64, device=x.device)
-            for i, (r, c) in enumerate(corners):
-                total[:, r : r + wh, c : c + ww] += drops[:, i, None, None]
+            total = torch.zeros(selection.k, *spatial, dtype=torch.float64, device=x.device)
+            spread = (slice(None), *([None] * len(spatial)))
+            for i, box in enumerate(boxes):
+                total[(slice(None), *box)] += drops[:, i][spread]
             maps.append((total / coverage).to(x.dtype))
-        info = {"windows": len(corners)}
+        info = {"windows": len(boxes)}
         return Attribution(torch.stack(maps), selection, scores, info, outputs)
 
 
 @register_explainer("rise")
 class RISE(Explainer):
-    """RISE: the average of random masks, each weighted by the score of the image it keeps.
+    """RISE: the average of random masks, each weighted by the score of the input it keeps.
 
-    ``n_masks`` binary grids of ``grid × grid`` cells, each cell kept with probability ``keep``,
-    are upsampled bilinearly to ``(grid + 1) × cell`` pixels and cropped at a random shift within
-    one cell (Petsiuk et al. 2018); the map is ``Σ score_i · M_i / (n_masks · keep)``. The score is
-    the target's softmax probability for classifiers (as in the paper; ``softmax=False`` uses
-    the explained score itself, as regression outputs and custom targets always do). Grids and
+    ``n_masks`` binary grids of ``grid`` cells per spatial axis (``grid × grid`` on images,
+    ``grid³`` on volumes, ``grid`` along a signal), each cell kept with probability ``keep``,
+    are upsampled (bi-/trilinearly) to ``(grid + 1) × cell`` pixels per axis and cropped at a
+    random shift within one cell (Petsiuk et al. 2018); the map is
+    ``Σ score_i · M_i / (n_masks · keep)``. The score is the target's softmax probability for
+    classifiers (as in the paper; ``softmax=False`` uses the explained score itself, as
+    regression outputs and custom targets always do). Grids and
     shifts are drawn up front from ``seed`` (a few bytes per mask); the masks themselves are made
     chunk by chunk, so memory does not grow with ``n_masks``.
 
@@ -254,36 +291,36 @@ class RISE(Explainer):
             "softmax": self.softmax,
         }
 
-    def mask_maker(self, size: tuple[int, int], device: torch.device) -> Any:
-        """``masks(rows)`` for inputs of ``size``: the same masks for every chunking."""
-        height, width = size
-        cell = (math.ceil(height / self.grid), math.ceil(width / self.grid))
+    def mask_maker(self, size: tuple[int, ...], device: torch.device) -> Any:
+        """``masks(rows)`` for inputs of spatial ``size``: the same masks for every chunking."""
+        cell = tuple(math.ceil(side / self.grid) for side in size)
         generator = make_generator(self.seed, torch.device("cpu"))
-        shape = (self.n_masks, 1, self.grid, self.grid)
+        shape = (self.n_masks, 1, *([self.grid] * len(size)))
         cells = (torch.rand(shape, generator=generator) < self.keep).float()
-        shift_rows = torch.randint(0, cell[0], (self.n_masks,), generator=generator)
-        shift_cols = torch.randint(0, cell[1], (self.n_masks,), generator=generator)
-        upsampled = ((self.grid + 1) * cell[0], (self.grid + 1) * cell[1])
+        shifts = torch.stack(
+            [torch.randint(0, c, (self.n_masks,), generator=generator) for c in cell], dim=1
+        )
+        upsampled = tuple((self.grid + 1) * c for c in cell)
 
         def masks(rows: slice) -> Tensor:
-            large = F.interpolate(cells[rows], size=upsampled, mode="bilinear", align_corners=False)
-            out = torch.empty(large.shape[0], 1, height, width)
-            for i, (r, c) in enumerate(
-                zip(shift_rows[rows].tolist(), shift_cols[rows].tolist(), strict=True)
-            ):
-                out[i] = large[i, :, r : r + height, c : c + width]
+            large = upsample(cells[rows], upsampled)
+            out = torch.empty(large.shape[0], 1, *size)
+            for i, shift in enumerate(shifts[rows].tolist()):
+                crop = tuple(slice(s, s + side) for s, side in zip(shift, size, strict=True))
+                out[i] = large[(i, slice(None), *crop)]
             return out.to(device)
 
         return masks
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Score every masked image, then average the masks weighted by their scores."""
-        _check_images(x, self.name)
+        _check_spatial(x, self.name)
         outputs = self.adapter.forward(x, chunk_size=PERTURBATION_CHUNK_SIZE)
         selection = resolve(spec, outputs)
         scores = target_scores(outputs, selection, score)
         kind = weight_kind(outputs, selection, score, self.softmax)
-        masks = self.mask_maker(tuple(x.shape[-2:]), x.device)
+        spatial = tuple(x.shape[2:])
+        masks = self.mask_maker(spatial, x.device)
         maps = []
         for n in range(x.shape[0]):
             own = selection.take(slice(n, n + 1))
@@ -298,10 +335,10 @@ class RISE(Explainer):
                 progress=self.progress,
                 description=self.name,
             )
-            total = torch.zeros(selection.k, x.shape[-2] * x.shape[-1], dtype=torch.float64)
+            total = torch.zeros(selection.k, math.prod(spatial), dtype=torch.float64)
             for rows in chunks(self.n_masks, WEIGHTING_CHUNK_SIZE):
                 chunk = masks(rows).flatten(1).cpu().to(weights.dtype)  # a float64 model too
                 total += (weights[rows].T.cpu() @ chunk).double()
             saliency = total / (self.n_masks * self.keep)
-            maps.append(saliency.reshape(selection.k, *x.shape[-2:]).to(x))
+            maps.append(saliency.reshape(selection.k, *spatial).to(x))
         return Attribution(torch.stack(maps), selection, scores, {"weights": kind}, outputs)

@@ -72,7 +72,8 @@ class _PerturbationCAM(CAMExplainer):
 class ScoreCAM(_PerturbationCAM):
     """Score-CAM: each channel weighted by the score gain of the input masked by that channel.
 
-    Channel ``k`` of the layer is upsampled to the input (bilinear), min-max normalized to
+    Channel ``k`` of the layer is upsampled to the input (bilinear; linear for signals,
+    trilinear for volumes), min-max normalized to
     ``[0, 1]`` and multiplies the input; its weight is the target's softmax probability on that
     masked input minus the probability on the baseline, the input masked by zeros (the paper's
     "increase of confidence"). A constant channel has no normalized mask, its masked input is the
@@ -107,15 +108,16 @@ class ScoreCAM(_PerturbationCAM):
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Score every non-constant channel's masked input, chunk by chunk."""
-        if x.ndim != 4:
+        if x.ndim < 3:
             raise InvalidInputError(
-                f"scorecam masks images (N, C, H, W); got shape {tuple(x.shape)}"
+                f"scorecam masks inputs with spatial axes (N, C, *S); got shape {tuple(x.shape)}"
             )
         _, out, selection = self.capture(x, spec, score)
-        features = self.feature_map(out.activations)
-        if features.ndim != 4:
+        features = self.feature_map(x, out.activations)
+        if features.ndim != x.ndim:
             raise InvalidInputError(
-                f"scorecam needs a 2-D feature map; the layer gives {tuple(features.shape)}"
+                f"scorecam needs a {x.ndim - 2}-D feature map like its input's; the layer gives "
+                f"{tuple(features.shape)} (choose a layer of that rank)"
             )
         kind = weight_kind(out.outputs, selection, score, self.softmax)
         baseline = self.adapter.forward(torch.zeros_like(x[:1]))
@@ -129,9 +131,10 @@ class ScoreCAM(_PerturbationCAM):
             weights = torch.zeros(selection.k, features.shape[1], dtype=torch.float64)
 
             def channel_masks(rows: slice, n: int = n, keep: Tensor = keep) -> Tensor:
-                masks = upsample(features[n, keep[rows]], tuple(x.shape[-2:]))
-                low = masks.flatten(1).amin(dim=1).reshape(-1, 1, 1)
-                high = masks.flatten(1).amax(dim=1).reshape(-1, 1, 1)
+                masks = upsample(features[n, keep[rows]], tuple(x.shape[2:]))
+                flat = (-1,) + (1,) * (x.ndim - 2)
+                low = masks.flatten(1).amin(dim=1).reshape(flat)
+                high = masks.flatten(1).amax(dim=1).reshape(flat)
                 return ((masks - low) / (high - low)).unsqueeze(1)
 
             values = masked_scores(
@@ -180,8 +183,8 @@ class AblationCAM(_PerturbationCAM):
         name, out, selection = self.capture(x, spec, score)
         raw = out.activations
         assert raw is not None
-        dim = self.channel_dim(raw)
-        features = self.feature_map(raw)
+        dim = self.channel_dim(x, raw)
+        features = self.feature_map(x, raw)
         channels = raw.shape[dim]
         maps, skipped = [], 0
         for n in range(x.shape[0]):

@@ -97,6 +97,15 @@ def _sidecar(options: LoadOptions, model_file: str | None) -> PresetOverrides:
     return read_sidecar(found) if found is not None else PresetOverrides()
 
 
+def declared_input_shape(adapter: Any) -> tuple[int | None, ...] | None:
+    """The input shape a model declares, None for free dimensions (an exported program, an
+    ONNX file); None when it declares none (a module takes what its layers take)."""
+    shape = getattr(getattr(adapter, "model", None), "input_shape", None)
+    if shape is None and callable(getattr(adapter, "expected_shape", None)):
+        shape = adapter.expected_shape()
+    return None if shape is None else tuple(shape)
+
+
 def _class_names(
     adapter: Any,
     name: str,
@@ -112,8 +121,11 @@ def _class_names(
     """
     import torch
 
+    declared = declared_input_shape(adapter)
     if sample is not None:
         blank = sample(adapter)
+    elif declared is not None and len(declared) != 4 and all(d is not None for d in declared[1:]):
+        blank = torch.zeros(1, *declared[1:])  # a volume, a signal: the model says its shape
     else:
         crop = preset.crop if preset.crop is not None else (224, 224)
         height, width = (crop, crop) if isinstance(crop, int) else crop
@@ -158,4 +170,4 @@ def _channels_refused(error: RuntimeError, name: str) -> str | None:
     )
 
 
-__all__ = ["is_onnx", "model_kind", "open_model"]
+__all__ = ["declared_input_shape", "is_onnx", "model_kind", "open_model"]
