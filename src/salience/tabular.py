@@ -192,15 +192,16 @@ def _number(cell: Any, name: str, row: int, column: str) -> float:
     where = f"row {row} of {name}, column {column!r}"
     if cell is None or (isinstance(cell, str) and not cell.strip()):
         raise InvalidInputError(f"{where} is empty; fill the missing value or drop the row")
+    not_a_number = InvalidInputError(
+        f"{where} holds {str(cell)[:40]!r}, not a number; the model takes numbers in every "
+        "feature column"
+    )
+    if isinstance(cell, bool):
+        raise not_a_number
     try:
-        if isinstance(cell, bool):
-            raise ValueError
         value = float(cell.strip() if isinstance(cell, str) else cell)
     except (TypeError, ValueError):
-        raise InvalidInputError(
-            f"{where} holds {str(cell)[:40]!r}, not a number; the model takes numbers in every "
-            "feature column"
-        ) from None
+        raise not_a_number from None
     if not math.isfinite(value):
         raise InvalidInputError(f"{where} is {value}; give finite numbers")
     return value

@@ -46,6 +46,17 @@ def run_explain(args: argparse.Namespace) -> int:
 
     from salience.cli.explain_data import IMAGE, inputs_kind, run_explain_data
 
+    if (table := table_input(args.images)) is not None:
+        # a CSV is a table of feature rows, unless the model takes (N, C, L) signals
+        from salience.cli.rows import ROW_METHODS, TakesSignalsError, run_explain_rows
+
+        method = args.method
+        if args.method == DEFAULT_METHODS:
+            args.method = ROW_METHODS
+        try:
+            return run_explain_rows(args, table)
+        except TakesSignalsError:
+            args.method = method
     kind = inputs_kind(args.images)
     if kind != IMAGE:
         return run_explain_data(args, kind)
@@ -53,12 +64,6 @@ def run_explain(args: argparse.Namespace) -> int:
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
 
-    if (table := table_input(args.images)) is not None:
-        from salience.cli.rows import ROW_METHODS, run_explain_rows
-
-        if args.method == DEFAULT_METHODS:
-            args.method = ROW_METHODS
-        return run_explain_rows(args, table)
     methods = method_names(args.method)
     loaded = open_model_from_args(args)
     adapter, model_name, names = loaded.adapter, loaded.name, loaded.class_names

@@ -76,6 +76,19 @@ class ExplainedRows:
     outputs: Tensor
 
 
+class TakesSignalsError(Exception):
+    """Raised while opening the model of a CSV when it takes signals ``(N, C, L)``: the CSV is
+    then a signal, one column per channel, not a table of feature rows."""
+
+
+def takes_signals(adapter: Any) -> bool:
+    """Whether a model declares ``(N, C, L)`` signal inputs."""
+    from salience.models.loader import declared_input_shape
+
+    shape = declared_input_shape(adapter)
+    return shape is not None and len(shape) == 3
+
+
 def explained_rows(args: argparse.Namespace, table: str, methods: list[str]) -> ExplainedRows:
     """Read ``table``, open the model on its rows and explain them with ``methods`` (by
     default, for a black box, those of them that need no gradients)."""
@@ -91,6 +104,8 @@ def explained_rows(args: argparse.Namespace, table: str, methods: list[str]) -> 
     read: list[Rows] = []
 
     def first_row(adapter: Any) -> Tensor:
+        if takes_signals(adapter):
+            raise TakesSignalsError
         # The model's width, where its first layer says it, checks the table's columns.
         read.append(read_rows(table, features, width=input_width(adapter), max_rows=args.max_rows))
         return torch.zeros(1, len(read[0].features))
