@@ -299,17 +299,13 @@ def _check_rgb_image(image: Any, name: str = "image") -> np.ndarray:
 
 
 def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:
-    """A uint8 ``(H, W, 3)`` copy of an RGB or grayscale ``(H, W)`` / ``(H, W, 1)`` image.
+    """A uint8 ``(H, W, 3)`` RGB image of an RGB or grayscale ``(H, W)`` / ``(H, W, 1)`` one.
 
-    Float images in [0, 1] are scaled to 0..255; anything else is refused in one line.
+    Anything else is refused in one line.
     """
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    if array.dtype != np.uint8 and array.dtype.kind == "f" and array.size:
-        finite = np.isfinite(array).all()
-        if finite and array.min() >= 0.0 and array.max() <= 1.0:
-            array = np.round(array * 255.0).astype(np.uint8)
     if array.dtype == np.uint8 and array.ndim == 2:
         return np.repeat(array[..., None], 3, axis=2)
     return _check_rgb_image(array, name)
