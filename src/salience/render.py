@@ -13,7 +13,7 @@ does it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -228,6 +228,91 @@ def render(
     return Rendering(raw, values, scale, shown, overlay, view, display)
 
 
+PLAIN_SIDE = 224
+"""Longest side, pixels, of a map drawn without a photo (a 7 × 7 CAM is shown this large)."""
+
+
+def view_of(image: PreparedImage | View | np.ndarray | None, map_shape: tuple[int, ...]) -> View:
+    """What a map is drawn on: a prepared image's photo (its crop mapped back), a view, any
+    uint8 RGB or grayscale array (the map stretched over all of it), or None (white)."""
+    if isinstance(image, View):
+        return image
+    if isinstance(image, PreparedImage):
+        return View.of(image)
+    if image is None:
+        height, width = map_shape[-2:]
+        scale = PLAIN_SIDE / max(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        pixels = np.full((*size, 3), 255, np.uint8)
+    else:
+        pixels = viz.as_rgb_image(image)
+        size = pixels.shape[:2]
+    return View(pixels, CropGeometry(size, size, (0, 0, *size)))
+
+
+def draw(
+    explanation: Explained,
+    image: PreparedImage | View | np.ndarray | None = None,
+    *,
+    sample: int = 0,
+    target: int = 0,
+    display: DisplayOptions | None = None,
+) -> Rendering:
+    """:func:`render` for any sample of a batch and any picture (see :func:`view_of`)."""
+    count, targets = explanation.targets.shape
+    for name, index, size in (("sample", sample, count), ("target", target, targets)):
+        if not (isinstance(index, int) and 0 <= index < size):
+            raise InvalidInputError(
+                f"{name} {index!r} is out of range: the explanation has {size}; "
+                f"give {name}=0..{size - 1}"
+            )
+    one = _Sample(explanation, sample)
+    display = display if display is not None else DisplayOptions()
+    shown_on = view_of(image, tuple(one.map(0, target).shape))
+    if image is None:
+        display = replace(display, alpha=1.0)
+    return render(one, target, shown_on, display)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """One sample of an explanation, as a one-image explanation (what :func:`render` reads)."""
+
+    of: Explained
+    index: int
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.of, name)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.of.targets[self.index : self.index + 1]
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self.of.scores[self.index : self.index + 1]
+
+    @property
+    def target_names(self) -> tuple[tuple[str, ...], ...] | None:
+        names = self.of.target_names
+        return None if names is None else names[self.index : self.index + 1]
+
+    def map(self, sample: int = 0, target: int = 0) -> torch.Tensor:
+        return self.of.map(self.index + sample, target)
+
+
+def probability_of(explanation: Explained, sample: int = 0, target: int = 0) -> float | None:
+    """The model's probability of an explained class, where the explanation knows it: its score
+    if that is a probability, else the softmax of the outputs it kept; None otherwise."""
+    index = int(explanation.targets[sample, target])
+    if explanation.score_kind == "probability":
+        return float(explanation.scores[sample, target])
+    outputs = getattr(explanation, "outputs", None)
+    if outputs is None or outputs.ndim != 2 or not 0 <= index < outputs.shape[1]:
+        return None
+    return float(torch.softmax(outputs[sample].double(), dim=0)[index])
+
+
 def prediction_text(name: str | None, probability: float | None) -> str:
     """How a class and its probability are written in titles: ``"tabby 62.0%"``."""
     named = name if name is not None else "custom target"
@@ -264,3 +349,11 @@ def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
 def encode(image: np.ndarray) -> bytes:
     """A uint8 image as PNG at :data:`PNG_LEVEL`."""
     return viz.encode_png(image, compress_level=PNG_LEVEL)
+
+
+def sample_title(
+    explanation: Explained, sample: int = 0, target: int = 0, image: str | None = None
+) -> str:
+    """:func:`title` of any sample's map, with the probability the explanation knows."""
+    probability = probability_of(explanation, sample, target)
+    return title(_Sample(explanation, sample), target, image, probability)
