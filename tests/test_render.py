@@ -58,7 +58,7 @@ def _pixels(png: bytes) -> np.ndarray:
 
 
 def _overlay_of_figure(png: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """The overlay inside a command line PNG: below its two-line title, from the left edge."""
+    """The overlay inside a titled PNG: below its two-line title, from the left edge."""
     top = viz.title_pixels("image: class\nmethod")
     return _pixels(png)[top : top + shape[0], : shape[1]]
 
@@ -81,7 +81,7 @@ def _explain(
     }
 
 
-def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, bytes]]:
+def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
     """``salience batch`` on the local engine, one worker (itself on one thread)."""
     argv = ["batch", str(photo.parent), "--model", MODEL, "--size", "32", "--quiet"]
     argv += ["--workers", "1", "-o", str(out), "--method", ",".join(METHODS), *extra]
@@ -144,11 +144,11 @@ def test_explain_batch_and_the_server_draw_the_same_bytes(
     photo: Path, tmp_path: Path, one_thread: None
 ) -> None:
     extra = [*_flags(METHOD_FLAGS), *_flags(DISPLAY_FLAGS), "--view-size", str(VIEW)]
-    batch = _batch(photo, tmp_path / "batch", *extra)
-    shape = batch["gradcam"][1][0].shape
+    served = _served(photo)
+    shape = served["gradcam"][1][0].shape
     explained = _explain(photo, tmp_path / "explain", *extra, shape=shape)
-    _assert_identical(explained, batch)
-    _assert_identical(explained, _served(photo))
+    _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra))
+    _assert_identical(explained, served)
     assert max(shape[:2]) == VIEW  # drawn on the view, as the server's page is
 
 
@@ -156,10 +156,10 @@ def test_explain_and_batch_draw_the_same_bytes_on_the_whole_photo(
     photo: Path, tmp_path: Path, one_thread: None
 ) -> None:
     extra = [*_flags(METHOD_FLAGS), *_flags(DISPLAY_FLAGS)]
-    batch = _batch(photo, tmp_path / "batch", *extra)
     explained = _explain(photo, tmp_path / "explain", *extra, shape=(700, 820))
-    _assert_identical(explained, batch)
-    assert batch["gradient"][1][1].shape == (700, 820, 3)
+    _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra))
+    figure = Image.open(tmp_path / "explain" / "photo_gradient_top2.png")
+    assert figure.size[0] == 820 + viz.COLORBAR_PIXELS  # the whole photo, its colorbar beside
 
 
 def test_a_view_shrinks_the_photo_and_maps_the_crop_onto_it() -> None:
