@@ -76,6 +76,7 @@ def _kernel(tmp_path: Path) -> str:
     return name
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_and_tells_the_story(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

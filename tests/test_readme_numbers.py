@@ -41,6 +41,7 @@ def _commented(code: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.slow
 def test_the_demo_prints_the_predictions_the_readme_quotes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -60,6 +61,7 @@ def test_the_demo_prints_the_predictions_the_readme_quotes(
         assert printed[int(rank)] == line  # the same columns too
 
 
+@pytest.mark.slow
 def test_the_python_examples_quote_what_the_calls_return(bundled: tuple[Any, Any, Any]) -> None:
     model, spec, image = bundled
     explanation = salience.explain(
@@ -73,6 +75,7 @@ def test_the_python_examples_quote_what_the_calls_return(bundled: tuple[Any, Any
     assert tuple(cams["gradcam"].attributions.shape) == ast.literal_eval(shape)
 
 
+@pytest.mark.slow
 def test_the_default_cam_layer_is_the_one_the_readme_names(bundled: tuple[Any, Any, Any]) -> None:
     model, _, image = bundled
     found = re.search(r"\(`([\w.]+)`, (\d+)×(\d+)×(\d+), for the bundled model\)", README)

@@ -113,14 +113,17 @@ class Explanation:
         """Show :meth:`figure_png` in a notebook (IPython), else in the system's image viewer."""
         png = self.figure_png(image, sample=sample, target=target, **display)
         try:
+            from IPython import get_ipython
             from IPython.display import Image as IPythonImage
             from IPython.display import display as ipython_display
         except ImportError:
-            from PIL import Image
-
-            Image.open(io.BytesIO(png)).show()
+            get_ipython = None
+        if get_ipython is not None and get_ipython() is not None:
+            ipython_display(IPythonImage(png))
             return
-        ipython_display(IPythonImage(png))
+        from PIL import Image
+
+        Image.open(io.BytesIO(png)).show()
 
     def _repr_png_(self) -> bytes:
         return self.figure_png()
