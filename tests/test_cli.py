@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from salience import viz
 from salience.cli import main
 from salience.registry import available
 
@@ -88,8 +89,9 @@ def test_explain_the_bundled_cat(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert meta["targets"][0][0] == first_class
         assert meta["target_names"][0][0] in lines[1]
     assert "grid.png" in written
-    overlay = np.asarray(Image.open(tmp_path / "chelsea_gradient_top1.png"))
-    assert overlay.shape == (300, 451, 3)  # the original photo's geometry, not the 224 crop
+    figure = np.asarray(Image.open(tmp_path / "chelsea_gradient_top1.png"))
+    # the original photo's geometry, not the 224 crop, under a title and beside a colorbar
+    assert figure.shape[1] == 451 + viz.COLORBAR_PIXELS and figure.shape[0] >= 300
 
 
 def write_text_file(tmp_path: Path) -> Path:

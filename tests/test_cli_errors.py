@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from salience import cli
+from salience import cli, viz
 from salience.explanation import Explanation
 
 FACTORY = "model_factories:seeded_digits_net"
@@ -118,7 +118,8 @@ def test_a_model_failing_on_the_second_image_leaves_whole_files_of_the_first(
     assert set(os.listdir(out)) == names | {"grid.png"}  # no file of bright, none half-written
     for method in methods:
         assert Explanation.load(out / f"dark_{method}").attributions.shape[-2:] == (32, 32)
-        assert Image.open(out / f"dark_{method}.png").size == (48, 40)
+        width, height = Image.open(out / f"dark_{method}.png").size  # titled, with a colorbar
+        assert width == 48 + viz.COLORBAR_PIXELS and height >= 40
     assert Image.open(out / "grid.png").size[0] > 0
 
 
@@ -159,7 +160,7 @@ def test_a_bug_keeps_its_traceback(
     def broken(*_args: object, **_kwargs: object) -> None:
         int("not a number")  # a ValueError that no one raised on purpose: a bug
 
-    monkeypatch.setattr(salience.postprocess, "to_display", broken)
+    monkeypatch.setattr(salience.postprocess, "display_values", broken)
     (dark,) = photos(tmp_path, dark=20)
     with pytest.raises(ValueError, match="invalid literal") as info:
         cli.main(["explain", dark, "--model", FACTORY, "-o", str(tmp_path / "out"), *SMALL])

@@ -1,5 +1,6 @@
 """One way to draw a map: ``salience explain``, ``salience batch`` and ``POST /api/explain`` give
-byte-identical maps and overlay PNGs for the same image, model, method and display options."""
+byte-identical maps and overlays for the same image, model, method and display options (the
+command line's PNG is the overlay under its title, with its colorbar beside it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from salience import cli
+from salience import cli, viz
 from salience.errors import InvalidInputError
 from salience.explanation import Explanation
 from salience.images import ImagePreset
@@ -52,20 +53,35 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "photo.png"
 
 
-def _explain(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, bytes]]:
-    """``salience explain``: method -> (raw maps of both targets, [overlay PNG per target])."""
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _overlay_of_figure(png: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The overlay inside a titled PNG: below its two-line title, from the left edge."""
+    top = viz.title_pixels("image: class\nmethod")
+    return _pixels(png)[top : top + shape[0], : shape[1]]
+
+
+def _explain(
+    photo: Path, out: Path, *extra: str, shape: tuple[int, ...]
+) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
+    """``salience explain``: method -> (raw maps of both targets, [overlay per target])."""
     argv = ["explain", str(photo), "--model", MODEL, "--size", "32", "--quiet", "-o", str(out)]
     assert cli.main([*argv, "--method", ",".join(METHODS), *extra]) == 0
     return {
         method: (
             Explanation.load(out / f"photo_{method}").attributions.numpy(),
-            [(out / f"photo_{method}_top{k}.png").read_bytes() for k in (1, 2)],
+            [
+                _overlay_of_figure((out / f"photo_{method}_top{k}.png").read_bytes(), shape)
+                for k in (1, 2)
+            ],
         )
         for method in METHODS
     }
 
 
-def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, bytes]]:
+def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
     """``salience batch`` on the local engine, one worker (itself on one thread)."""
     argv = ["batch", str(photo.parent), "--model", MODEL, "--size", "32", "--quiet"]
     argv += ["--workers", "1", "-o", str(out), "--method", ",".join(METHODS), *extra]
@@ -74,7 +90,7 @@ def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, b
     return {
         method: (
             Explanation.load(item / method).attributions.numpy(),
-            [(item / f"{method}_top{k}.png").read_bytes() for k in (1, 2)],
+            [_pixels((item / f"{method}_top{k}.png").read_bytes()) for k in (1, 2)],
         )
         for method in METHODS
     }
@@ -106,7 +122,7 @@ def _served(photo: Path) -> dict[str, tuple[np.ndarray, bytes]]:
                 np.load(io.BytesIO(client.get(m["files"]["map.npy"]).content), allow_pickle=False)
                 for m in metas
             ]
-            pngs = [client.get(m["files"]["overlay.png"]).content for m in metas]
+            pngs = [_pixels(client.get(m["files"]["overlay.png"]).content) for m in metas]
             found[method] = (np.stack(raws)[None], pngs)
     return found
 
@@ -119,27 +135,31 @@ def _assert_identical(
         (maps, pngs), (other_maps, other_pngs) = first[method], second[method]
         assert maps.dtype == other_maps.dtype and maps.shape == other_maps.shape, method
         assert maps.tobytes() == other_maps.tobytes(), f"{method}: the maps differ"
-        assert pngs == other_pngs, f"{method}: the overlay PNGs differ"
+        assert len(pngs) == len(other_pngs), method
+        for png, other in zip(pngs, other_pngs, strict=True):
+            assert png.shape == other.shape and png.tobytes() == other.tobytes(), method
 
 
 def test_explain_batch_and_the_server_draw_the_same_bytes(
     photo: Path, tmp_path: Path, one_thread: None
 ) -> None:
     extra = [*_flags(METHOD_FLAGS), *_flags(DISPLAY_FLAGS), "--view-size", str(VIEW)]
-    explained = _explain(photo, tmp_path / "explain", *extra)
+    served = _served(photo)
+    shape = served["gradcam"][1][0].shape
+    explained = _explain(photo, tmp_path / "explain", *extra, shape=shape)
     _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra))
-    _assert_identical(explained, _served(photo))
-    overlay = Image.open(io.BytesIO(explained["gradcam"][1][0]))
-    assert max(overlay.size) == VIEW  # drawn on the view, as the server's page is
+    _assert_identical(explained, served)
+    assert max(shape[:2]) == VIEW  # drawn on the view, as the server's page is
 
 
 def test_explain_and_batch_draw_the_same_bytes_on_the_whole_photo(
     photo: Path, tmp_path: Path, one_thread: None
 ) -> None:
     extra = [*_flags(METHOD_FLAGS), *_flags(DISPLAY_FLAGS)]
-    explained = _explain(photo, tmp_path / "explain", *extra)
+    explained = _explain(photo, tmp_path / "explain", *extra, shape=(700, 820))
     _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra))
-    assert Image.open(io.BytesIO(explained["gradient"][1][1])).size == (820, 700)
+    figure = Image.open(tmp_path / "explain" / "photo_gradient_top2.png")
+    assert figure.size[0] == 820 + viz.COLORBAR_PIXELS  # the whole photo, its colorbar beside
 
 
 def test_a_view_shrinks_the_photo_and_maps_the_crop_onto_it() -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data
 
 from salience import viz
-from salience.viz import colorize, grid_figure, overlay, save_grid, save_png
+from salience.viz import MAX_COLUMNS, colorize, grid_figure, overlay, save_grid, save_png
 
 CAT = data.chelsea()[:60, :80].copy()  # small (60, 80, 3) uint8 crop keeps the tests fast
 
@@ -200,19 +200,49 @@ def test_save_grid_grows_with_columns_and_rows(tmp_path: Path) -> None:
 def test_grid_figure_titles_colorbar_and_overlays() -> None:
     signed_map = np.linspace(-1, 1, 25).reshape(5, 5)
     figure = grid_figure(
-        [CAT], [[signed_map]], row_titles=["tabby 0.62"], column_titles=["gradient"]
+        [CAT], [[signed_map]], row_titles=["cat: tabby 62.0%"], column_titles=["gradient"]
     )
     image_axis, map_axis, colorbar_axis = figure.axes
-    assert image_axis.get_title() == "input"
-    assert image_axis.get_ylabel() == "tabby 0.62"
+    assert image_axis.get_title() == "cat: tabby 62.0%"
     assert map_axis.get_title() == "gradient"
     assert colorbar_axis.get_ylabel() == "attribution"  # the map has both signs
     np.testing.assert_array_equal(image_axis.images[0].get_array(), CAT)
     np.testing.assert_array_equal(
         map_axis.images[0].get_array(), overlay(CAT, signed_map, cmap="RdBu_r", signed=True)
     )
-    unsigned = grid_figure([CAT], [[signed_map + 1]], row_titles=["a"], column_titles=["b"])
-    assert unsigned.axes[-1].get_ylabel() == "normalized saliency"
+    negative = grid_figure([CAT], [[-signed_map - 1]], row_titles=["a"], column_titles=["b"])
+    assert negative.axes[-1].get_ylabel() == "|attribution|"
+
+
+def test_a_wide_grid_wraps_and_every_map_has_a_colorbar_in_its_units() -> None:
+    maps = [np.linspace(0, 0.003 * (k + 1), 49).reshape(7, 7) for k in range(9)]
+    figure = grid_figure(
+        [CAT], [maps], row_titles=["cat"], column_titles=[f"cam {k}" for k in range(9)]
+    )
+    shown = [axis for axis in figure.axes if axis.images]
+    colorbars = [axis for axis in figure.axes if not axis.images and axis.get_ylabel()]
+    assert len(shown) == 10 and len(colorbars) == 9
+    cells = [axis.get_subplotspec() for axis in shown]
+    columns = {cell.colspan.start for cell in cells}
+    rows = {cell.rowspan.start for cell in cells}
+    assert len(columns) == MAX_COLUMNS and len(rows) == 3  # 10 panels, 4 a row
+    figure.canvas.draw()
+    width, height = figure.canvas.get_width_height()
+    assert width < 2 * height  # not one long strip
+    last = colorbars[-1]
+    ticks = last.get_yticks()
+    low, high = last.get_ylim()
+    assert (low, high) == pytest.approx((0.0, 0.027))  # the last map's own range, not [0, 1]
+    labels = [label.get_text() for label in last.get_yticklabels() if label.get_text()]
+    assert len(labels) >= 2 and max(ticks[(ticks >= low) & (ticks <= high)]) > 0.02
+
+
+def test_overlay_takes_grayscale_images_and_refuses_channel_maps() -> None:
+    gray = CAT[..., 0]
+    assert np.array_equal(overlay(gray, np.ones((60, 80)), alpha=0.0), np.stack([gray] * 3, -1))
+    assert overlay(gray[..., None], np.ones((6, 8))).shape == (60, 80, 3)
+    with pytest.raises(ValueError, match="reduce the channels"):
+        overlay(CAT, np.ones((3, 60, 80)))
 
 
 def test_save_grid_checks_counts(tmp_path: Path) -> None:

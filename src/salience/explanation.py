@@ -70,6 +70,89 @@ class Explanation:
     feature_names: tuple[str, ...] | None = None
     geometry: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        count, targets = self.targets.shape
+        names = self.target_names[0] if self.target_names else self.targets[0].tolist()
+        shown = ", ".join(str(name) for name in names[:3]) + (", ..." if targets > 3 else "")
+        model = f", model {self.model}" if self.model else ""
+        return (
+            f"<Explanation {self.method}: {count} input(s) × {targets} target(s) [{shown}], "
+            f"maps {tuple(self.attributions.shape[2:])} ({self.score_kind}){model}>"
+        )
+
+    def overlay(
+        self,
+        image: Any = None,
+        *,
+        sample: int = 0,
+        target: int = 0,
+        **display: Any,
+    ) -> np.ndarray:
+        """One map coloured over its image, in one call: channel reduction, the way back onto
+        the photo and the colour scale, as ``salience explain`` draws it.
+
+        Parameters
+        ----------
+        image : PreparedImage, numpy.ndarray or None
+            The prepared image (the map goes back through its crop onto the photo), a uint8
+            RGB or grayscale array (the map is stretched over it), or None (the map alone).
+        sample, target : int
+            Which map.
+        **display
+            :class:`salience.render.DisplayOptions` fields: ``reduce``, ``sign``, ``cmap``,
+            ``alpha``, ``percentile``, ``smooth``.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint8 ``(H, W, 3)``.
+        """
+        return self._drawn(image, sample, target, display).overlay
+
+    def figure_png(
+        self, image: Any = None, *, sample: int = 0, target: int = 0, **display: Any
+    ) -> bytes:
+        """:meth:`overlay` as a PNG figure: titled (class, probability, method and its options)
+        and with its colorbar in the map's units."""
+        from salience.render import sample_title
+
+        drawn = self._drawn(image, sample, target, display)
+        return drawn.figure_png(sample_title(self, sample, target))
+
+    def show(self, image: Any = None, *, sample: int = 0, target: int = 0, **display: Any) -> None:
+        """Show :meth:`figure_png` in a notebook (IPython), else in the system's image viewer."""
+        png = self.figure_png(image, sample=sample, target=target, **display)
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image as IPythonImage
+            from IPython.display import display as ipython_display
+        except ImportError:
+            get_ipython = None
+        if get_ipython is not None and get_ipython() is not None:
+            ipython_display(IPythonImage(png))
+            return
+        from PIL import Image
+
+        Image.open(io.BytesIO(png)).show()
+
+    def _repr_png_(self) -> bytes:
+        return self.figure_png()
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        encoded = base64.b64encode(self._repr_png_()).decode("ascii")
+        return (
+            f"<div><code>{html.escape(repr(self))}</code><br>"
+            f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(self.method)}"></div>'
+        )
+
+    def _drawn(self, image: Any, sample: int, target: int, display: Mapping[str, Any]) -> Any:
+        from salience.render import DisplayOptions, draw
+
+        return draw(self, image, sample=sample, target=target, display=DisplayOptions(**display))
+
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
 

@@ -209,6 +209,21 @@ def to_display(
     signed : bool
         Normalize to ``[-1, 1]`` keeping the sign, instead of ``[0, 1]``.
     """
+    values = display_values(
+        saliency, reduce=reduce, percentile=percentile, smooth=smooth, size=size
+    )
+    return normalize(values, signed=signed)
+
+
+def display_values(
+    saliency: Tensor,
+    *,
+    reduce: str = "abs_max",
+    percentile: float | None = 99.0,
+    smooth: float = 0.0,
+    size: tuple[int, int] | None = None,
+) -> Tensor:
+    """:func:`to_display` without the normalization: the map in its own units (for colorbars)."""
     result = reduce_channels(saliency, reduce) if saliency.ndim == 3 else saliency
     if smooth > 0:
         result = gaussian_blur(result, smooth)
@@ -216,4 +231,4 @@ def to_display(
         result = clip_percentile(result, percentile)
     if size is not None and tuple(result.shape[-2:]) != tuple(size):
         result = upsample(result, size)
-    return normalize(result, signed=signed)
+    return result

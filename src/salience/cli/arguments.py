@@ -164,6 +164,13 @@ def add_display_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PIXELS",
         help="draw the overlays on the photo shrunk to this longest side (default: its own size)",
     )
+    parser.add_argument(
+        "--sign",
+        default="auto",
+        choices=("auto", "all", "absolute_value", "positive", "negative"),
+        help="how a map's sign is shown: all (diverging, zero neutral), absolute_value, positive, "
+        "negative (sequential from zero); auto (default): all for a map with both signs",
+    )
 
 
 def display_from_args(args: argparse.Namespace) -> DisplayOptions:
@@ -178,6 +185,7 @@ def display_from_args(args: argparse.Namespace) -> DisplayOptions:
         cmap=args.cmap,
         alpha=args.alpha,
         view_size=args.view_size,
+        sign=getattr(args, "sign", "auto"),
     )
 
 
@@ -189,7 +197,11 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_overlay_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cmap", default="jet", help="colormap (jet, viridis, inferno, ...)")
+    parser.add_argument(
+        "--cmap",
+        default=None,
+        help="colormap (jet, viridis, inferno, RdBu_r, ...); default: RdBu_r for signed maps, jet",
+    )
     parser.add_argument(
         "--alpha",
         type=_option_type("a number", _fraction, float),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from salience.cli.arguments import (
     ImageInput,
@@ -22,13 +22,12 @@ from salience.errors import InvalidInputError
 from salience.fileio import write_together
 
 if TYPE_CHECKING:
-    import numpy as np
     from torch import Tensor
 
     from salience.adapters.torch import TorchAdapter
     from salience.explanation import Explanation
     from salience.images import PreparedImage
-    from salience.render import DisplayOptions, View
+    from salience.render import DisplayOptions, Rendering, View
 
 DEFAULT_METHODS = "gradient,guided_backprop,smoothgrad,integrated_gradients"
 
@@ -63,6 +62,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
+    from salience.render import method_text, prediction_text
 
     methods = method_names(args.method)
     loaded = open_model_from_args(args)
@@ -81,6 +81,7 @@ def run_explain(args: argparse.Namespace) -> int:
     sys.stdout.flush()
 
     grid_images, grid_rows, row_titles = [], [], []
+    column_titles = [e.name for e in explainers]
     tasks = len(prepared) * len(explainers)
     bar = tqdm(total=tasks, disable=args.quiet or tasks <= PROGRESS_THRESHOLD, desc="explaining")
     finished = 0
@@ -97,22 +98,27 @@ def run_explain(args: argparse.Namespace) -> int:
                     class_names=names,
                 )
                 files: dict[str, bytes] = {}
-                rows: list[list[Any]] = []
+                rows: list[list[Rendering]] = []
                 view = display.view(image)
                 for name, explanation in explanations.items():
                     explanation = explanation.with_names(names, model=model_name)
                     stem = f"{item.label}_{name}"
-                    maps = _encode_outputs(explanation, view, stem, display, files)
-                    for k, full in enumerate(maps):
+                    drawn = _encode_outputs(
+                        explanation, view, (item.label, stem), display, image_probabilities, files
+                    )
+                    for k, rendering in enumerate(drawn):
                         if len(rows) <= k:
                             rows.append([])
-                        rows[k].append(full)
+                        rows[k].append(rendering)
                     bar.update()
                 write_together(output, files)
+                column_titles = [method_text(e) for e in explanations.values()]
             first = next(iter(explanations.values()))
             for k, row in enumerate(rows):
                 index = int(first.targets[0, k])
-                row_titles.append(f"{names[index]} {float(image_probabilities[index]):.2f}")
+                probability = float(image_probabilities[index]) if index >= 0 else None
+                name = names[index] if 0 <= index < len(names) else None
+                row_titles.append(f"{item.label}: {prediction_text(name, probability)}")
                 grid_images.append(view.image)
                 grid_rows.append(row)
             finished += 1
@@ -122,11 +128,11 @@ def run_explain(args: argparse.Namespace) -> int:
             grid = viz.save_grid(
                 output / "grid.png",
                 grid_images,
-                grid_rows,
+                [[rendering.values for rendering in row] for row in grid_rows],
                 row_titles=row_titles,
-                column_titles=[e.name for e in explainers],
-                cmap=args.cmap,
-                alpha=args.alpha,
+                column_titles=column_titles,
+                alpha=display.alpha,
+                scales=[[rendering.scale for rendering in row] for row in grid_rows],
             )
     print(f"wrote {tasks} explanations and {grid} to {output}/")
     return 0
@@ -169,19 +175,28 @@ def _print_predictions(
 def _encode_outputs(
     explanation: Explanation,
     image: View,
-    stem: str,
+    names: tuple[str, str],
     display: DisplayOptions,
+    probabilities: Tensor,
     files: dict[str, bytes],
-) -> list[np.ndarray]:
-    """Add the raw maps and one overlay per target to ``files``; return the display maps."""
-    from salience.render import render
+) -> list[Rendering]:
+    """Add the raw maps and one titled overlay with its colorbar per target to ``files``.
 
+    ``names`` is the image's label and the files' stem; the renderings are returned.
+    """
+    from salience.render import render, title
+
+    label, stem = names
     files[f"{stem}.npz"], files[f"{stem}.json"] = explanation.to_bytes()
     count = explanation.targets.shape[1]
-    maps = []
+    drawn = []
     for k in range(count):
         rendering = render(explanation, k, image, display)
+        index = int(explanation.targets[0, k])
+        probability = float(probabilities[index]) if 0 <= index < len(probabilities) else None
         suffix = f"_top{k + 1}" if count > 1 else ""
-        files[f"{stem}{suffix}.png"] = rendering.png
-        maps.append(rendering.shown)
-    return maps
+        files[f"{stem}{suffix}.png"] = rendering.figure_png(
+            title(explanation, k, label, probability)
+        )
+        drawn.append(rendering)
+    return drawn

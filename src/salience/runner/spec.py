@@ -151,6 +151,8 @@ def _display_settings(display: DisplayOptions) -> dict[str, Any]:
     settings = asdict(display)
     if settings["view_size"] is None:
         del settings["view_size"]
+    if settings["sign"] == "auto":
+        del settings["sign"]
     return settings
 
 

@@ -43,6 +43,7 @@ class ExplainForm:
     percentile: float
     cmap: str
     alpha: float
+    sign: str = "auto"
 
 
 def _fixed_form(
@@ -65,6 +66,10 @@ def _fixed_form(
     percentile: Annotated[float, Form(gt=0, le=100, description="overlay clip")] = 99.0,
     cmap: Annotated[str, Form(max_length=40, description="overlay colormap")] = "jet",
     alpha: Annotated[float, Form(ge=0, le=1, description="overlay opacity")] = 0.5,
+    sign: Annotated[
+        Literal["auto", "all", "absolute_value", "positive", "negative"],
+        Form(description="how a map's sign is shown (auto: diverging for a map with both signs)"),
+    ] = "auto",
 ) -> None:
     """The fields that are not method options (only its signature is used)."""
 
@@ -172,6 +177,7 @@ def plan_request(
         cmap=form.cmap,
         alpha=form.alpha,
         view_size=VIEW_MAX_SIDE,
+        sign=form.sign,
     )
     watch = Watch(limits.time_limit)
     adapter = WatchedAdapter(loaded.adapter, watch)
@@ -187,6 +193,7 @@ def plan_request(
             "percentile": form.percentile,
             "cmap": form.cmap,
             "alpha": form.alpha,
+            "sign": form.sign,
         },
     }
     return {

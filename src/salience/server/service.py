@@ -226,6 +226,13 @@ def render(
         "display_shape": list(on_view.shape),
         "params": explanation.metadata()["params"],
         "info": explanation.metadata()["info"],
+        "scale": {
+            "sign": rendering.scale.sign,
+            "cmap": rendering.scale.cmap,
+            "low": rendering.scale.low,
+            "high": rendering.scale.high,
+            "label": rendering.scale.label,
+        },
     }
     files = {
         "overlay.png": (rendering.png, "image/png"),
