@@ -31,6 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "salience.postprocess",
         "salience.registry",
         "salience.targets",
+        "salience.outputs",
     ),
     "images": ("salience.images", "salience.render", "salience.viz"),
     "adapters": ("salience.adapters",),

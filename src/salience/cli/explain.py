@@ -22,11 +22,11 @@ from salience.cli.reporting import about_image
 
 if TYPE_CHECKING:
     import numpy as np
-    from torch import Tensor
 
-    from salience.adapters.torch import TorchAdapter
     from salience.explanation import Explanation
     from salience.images import PreparedImage
+    from salience.models.options import LoadedModel
+    from salience.outputs import Summary
     from salience.render import DisplayOptions, View
 
 DEFAULT_METHODS = "gradient,guided_backprop,smoothgrad,integrated_gradients"
@@ -41,6 +41,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
+    from salience.outputs import explained_text
 
     methods = method_names(args.method)
     loaded = open_model_from_args(args)
@@ -52,10 +53,10 @@ def run_explain(args: argparse.Namespace) -> int:
     explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
     display = display_from_args(args)
 
-    probabilities = []
+    summaries = []
     for item, image in prepared:
         with about_image(item.label):
-            probabilities.append(_print_predictions(adapter, item, image, model_name, names))
+            summaries.append(_print_predictions(loaded, item, image))
     sys.stdout.flush()
 
     grid_images, grid_rows, row_titles = [], [], []
@@ -63,7 +64,7 @@ def run_explain(args: argparse.Namespace) -> int:
     bar = tqdm(total=tasks, disable=args.quiet or tasks <= PROGRESS_THRESHOLD, desc="explaining")
     finished = 0
     try:
-        for (item, image), image_probabilities in zip(prepared, probabilities, strict=True):
+        for (item, image), summary in zip(prepared, summaries, strict=True):
             bar.set_postfix_str(item.label)
             with about_image(item.label, finished=finished, output=output):
                 explanations = explain_all(
@@ -73,6 +74,7 @@ def run_explain(args: argparse.Namespace) -> int:
                     target=target,
                     score=args.score,
                     class_names=names,
+                    output_kind=loaded.output_kind,
                 )
                 files: dict[str, bytes] = {}
                 rows: list[list[Any]] = []
@@ -89,8 +91,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 write_together(output, files)
             first = next(iter(explanations.values()))
             for k, row in enumerate(rows):
-                index = int(first.targets[0, k])
-                row_titles.append(f"{names[index]} {float(image_probabilities[index]):.2f}")
+                row_titles.append(explained_text(summary, int(first.targets[0, k]), names))
                 grid_images.append(view.image)
                 grid_rows.append(row)
             finished += 1
@@ -123,18 +124,14 @@ def write_together(folder: Path, files: dict[str, bytes]) -> None:
             stack.enter_context(atomic_path(folder / name)).write_bytes(data)
 
 
-def _print_predictions(
-    adapter: TorchAdapter, item: ImageInput, image: PreparedImage, model_name: str, names: list[str]
-) -> Tensor:
-    """Print the top-5 classes of one image; return its class probabilities."""
-    import torch
+def _print_predictions(loaded: LoadedModel, item: ImageInput, image: PreparedImage) -> Summary:
+    """Print one image's prediction in its outputs' terms; return it."""
+    from salience.outputs import prediction_lines
 
-    probabilities = torch.softmax(adapter.forward(image.tensor), dim=1)[0]
-    top = probabilities.topk(min(5, probabilities.numel()))
-    print(f"{item.label}: top-5 predictions of {model_name}")
-    for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
-        print(f"  {rank + 1}. {names[i]:<28} {p:6.1%}  (class {i})")
-    return probabilities
+    summary = loaded.summary(loaded.adapter.forward(image.tensor)[0])
+    for line in prediction_lines(summary, item.label, loaded.name):
+        print(line)
+    return summary
 
 
 def _encode_outputs(

@@ -13,10 +13,12 @@ from salience.models.onnx import KIND as ONNX
 from salience.models.options import LoadedModel, LoadOptions
 from salience.models.presets import PresetOverrides, find_sidecar, read_labels, read_sidecar
 from salience.models.safety import check_unpacked_size
+from salience.outputs import SIGMOID, check_fits, detect_output_kind
 
 ONLY_FOR = {
     "weights": "weights go with a factory (package.module:function), not with the",
     "input_name": "an input name (--input-name) is for ONNX models, not the",
+    "output_key": "an output key (--output-key) is for PyTorch and Keras models, not the",
 }
 """How an option that only some formats take is refused by the others."""
 
@@ -74,9 +76,54 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
         check_unpacked_size(model_file)
     settings = options.overrides().over(_sidecar(options, model_file))
     adapter, name, base, metadata_names = found.open(model, options, settings, fuse=fuse)
+    if options.output_key is not None:
+        adapter = adapter.with_output(options.output_key)
     preset = settings.apply(base) if settings.given() else base
     names = _class_names(adapter, name, preset, settings, metadata_names)
-    return LoadedModel(adapter, name, preset, names)
+    return _with_output_kind(LoadedModel(adapter, name, preset, names), settings.output_kind)
+
+
+def _with_output_kind(loaded: LoadedModel, given: str | None) -> LoadedModel:
+    """``loaded`` with its output kind: ``given``, else read from the final activation its
+    adapter cuts; a binary output named by two classes keeps the first as its negative side.
+
+    Raises
+    ------
+    OutputKindError
+        When the kind does not fit the model's number of outputs.
+    """
+    from dataclasses import replace
+
+    names = loaded.class_names
+    final = getattr(loaded.adapter, "final_activation", None)
+    detect = given is None and callable(final)
+    activation = final(probe_input(loaded.preset)) if detect else None
+    two_sided = len(names) == 2 and _output_count(loaded) == 1
+    count = 1 if two_sided else len(names)
+    kind = check_fits(given or detect_output_kind(activation, count), count)
+    if two_sided and kind != SIGMOID:
+        raise InvalidInputError(
+            f"two class names for the one output of {loaded.name} name the sides of a binary "
+            'decision: give output_kind = "sigmoid" (--output-kind sigmoid), or one name'
+        )
+    if two_sided:
+        return replace(loaded, class_names=[names[1]], output_kind=kind, negative_class=names[0])
+    return replace(loaded, output_kind=kind)
+
+
+def _output_count(loaded: LoadedModel) -> int:
+    """The model's number of outputs (one forward pass of the probe input)."""
+    outputs = loaded.adapter.forward(probe_input(loaded.preset))
+    return int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
+
+
+def probe_input(preset: ImagePreset) -> Any:
+    """A blank image of the preset's size, normalized: what the model is probed with."""
+    import torch
+
+    crop = preset.crop if preset.crop is not None else (224, 224)
+    height, width = (crop, crop) if isinstance(crop, int) else crop
+    return preset.normalize(torch.zeros(1, 3, height, width))
 
 
 def _sidecar(options: LoadOptions, model_file: str | None) -> PresetOverrides:
@@ -98,12 +145,7 @@ def _class_names(
     The model runs once on a blank image of the preset's size: that counts its outputs and
     checks that the preset fits it.
     """
-    import torch
-
-    crop = preset.crop if preset.crop is not None else (224, 224)
-    height, width = (crop, crop) if isinstance(crop, int) else crop
-    blank = preset.normalize(torch.zeros(1, 3, height, width))
-    outputs = adapter.forward(blank)
+    outputs = adapter.forward(probe_input(preset))
     count = int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
     labels = settings.labels
     if isinstance(labels, Path):
@@ -114,7 +156,7 @@ def _class_names(
         names, source = list(metadata_names), f"the metadata of {name}"
     else:
         return [f"class {i}" for i in range(count)]
-    if len(names) != count:
+    if len(names) != count and not (count == 1 and len(names) == 2):  # 2: a binary's sides
         raise InvalidInputError(
             f"{source} names {len(names)} classes but {name} has {count} outputs"
         )
