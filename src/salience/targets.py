@@ -192,8 +192,8 @@ def detection_target(
                 best, index = ious.max(dim=1)
                 for r in range(references.shape[0]):
                     i = int(index[r])
-                    label = round(float(detections[i, 4]))
-                    if float(best[r]) > iou_threshold and label == int(wanted[r]):
+                    label = round(detections[i, 4].item())
+                    if best[r].item() > iou_threshold and label == int(wanted[r]):
                         total = total + best[r] + detections[i, 5]
             rows.append(total)
         return torch.stack(rows)

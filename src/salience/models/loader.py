@@ -18,7 +18,6 @@ from salience.outputs import SIGMOID, check_fits, detect_output_kind
 ONLY_FOR = {
     "weights": "weights go with a factory (package.module:function), not with the",
     "input_name": "an input name (--input-name) is for ONNX models, not the",
-    "output_key": "an output key (--output-key) is for PyTorch and Keras models, not the",
 }
 """How an option that only some formats take is refused by the others."""
 
@@ -77,6 +76,11 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
     settings = options.overrides().over(_sidecar(options, model_file))
     adapter, name, base, metadata_names = found.open(model, options, settings, fuse=fuse)
     if options.output_key is not None:
+        if not hasattr(adapter, "with_output"):
+            raise InvalidInputError(
+                f"an output key (--output-key) is for PyTorch and Keras models, not the "
+                f"{found.kind} model {model}, which gives its first output"
+            )
         adapter = adapter.with_output(options.output_key)
     preset = settings.apply(base) if settings.given() else base
     names = _class_names(adapter, name, preset, settings, metadata_names)
