@@ -301,3 +301,33 @@ def test_keras_sigmoid_is_cut_and_the_cli_prints_the_models_probability(
     side, q = ("effusion", p) if p >= 0.5 else ("normal", 1 - p)
     assert f"{side} {q:.1%}" in out and "100.0%" not in out
     assert _printed_probability(out, "effusion") == pytest.approx(p, abs=5e-4)
+
+
+def test_server_predictions_and_batch_records_read_the_binary_output(binary_files: dict) -> None:
+    from salience.runner import JobSpec
+    from salience.runner.inputs import BatchItem
+    from salience.runner.results import table_rows
+    from salience.runner.work import ItemWorker, Task
+    from salience.server.service import predictions
+
+    folder = binary_files["folder"]
+    options = LoadOptions(weights=str(folder / "w.safetensors"), classes=str(folder / "labels.txt"))
+    loaded = open_model(FACTORY, options)
+    image = loaded.preset.prepare(str(folder / "xray.png"))
+    with torch.no_grad():
+        p = float(binary_files["model"](image.tensor)[0, 0])
+    found = predictions(loaded, image)
+    assert {line["name"]: line["probability"] for line in found} == pytest.approx(
+        {"effusion": p, "normal": 1 - p}
+    )
+    assert found[0]["text"] == (f"effusion {p:.1%}" if p >= 0.5 else f"normal {1 - p:.1%}")
+    worker = ItemWorker(JobSpec(model=FACTORY, load_options=options, methods=("gradient",)))
+    item = BatchItem(path=str(folder / "xray.png"), key="xray", label=None)
+    result = worker.process(Task(item, (folder / "xray.png").read_bytes()))
+    side, q = ("effusion", p) if p >= 0.5 else ("normal", 1 - p)
+    assert result.record["predicted_class"] == side
+    assert result.record["probability"] == pytest.approx(q)
+    (row,) = table_rows(
+        [item], {"xray": result.record}, {}, loaded.class_names, methods=["gradient"], auc=False
+    )
+    assert row["probability"] == pytest.approx(q) and row["value"] is None
