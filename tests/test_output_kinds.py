@@ -331,3 +331,14 @@ def test_server_predictions_and_batch_records_read_the_binary_output(binary_file
         [item], {"xray": result.record}, {}, loaded.class_names, methods=["gradient"], auc=False
     )
     assert row["probability"] == pytest.approx(q) and row["value"] is None
+
+
+def test_masks_of_a_sigmoid_probability_are_weighed_by_sigma_not_a_softmax() -> None:
+    from salience.methods.masking import weight_kind
+    from salience.targets import Selection
+
+    selection = Selection(torch.zeros(1, 1, dtype=torch.long))
+    outputs = torch.zeros(1, 3)
+    assert weight_kind(outputs, selection, "sigmoid", True) == "sigmoid"
+    assert weight_kind(outputs, selection, "value", True) == "value"
+    assert weight_kind(outputs, selection, "logit", True) == "probability"
