@@ -342,3 +342,13 @@ def test_masks_of_a_sigmoid_probability_are_weighed_by_sigma_not_a_softmax() -> 
     assert weight_kind(outputs, selection, "sigmoid", True) == "sigmoid"
     assert weight_kind(outputs, selection, "value", True) == "value"
     assert weight_kind(outputs, selection, "logit", True) == "probability"
+
+
+def test_bulk_passes_of_a_fused_adapter_also_give_the_logit() -> None:
+    torch.manual_seed(0)
+    model = binary_net().eval()
+    x = torch.rand(4, 3, 8, 8)
+    adapter = TorchAdapter(model, fuse=True)
+    with torch.no_grad():
+        logits = model[:-1](x)
+    torch.testing.assert_close(adapter.forward(x, bulk=True), logits)

@@ -632,7 +632,7 @@ class TorchAdapter:
             or sample.device.type != "cpu"
             or softmax
             or self.output is not None
-            or (self.strip_sigmoid and self.final_activation(sample) is not None)
+            or (self.strip_sigmoid and self._sigmoid_cut(sample))
         ):
             return None
         with self._lock:
@@ -649,6 +649,11 @@ class TorchAdapter:
                 state,
                 trusted_trace=self.trusted_trace,
             )
+
+    def _sigmoid_cut(self, sample: Tensor) -> bool:
+        """Whether passes cut a final sigmoid (the fused trace would keep it)."""
+        has_sigmoid = any(isinstance(m, _SIGMOID_MODULES) for m in self.model.modules())
+        return has_sigmoid and self.final_activation(sample) == "sigmoid"
 
     def _layout(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
