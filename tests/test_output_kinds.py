@@ -352,3 +352,16 @@ def test_bulk_passes_of_a_fused_adapter_also_give_the_logit() -> None:
     with torch.no_grad():
         logits = model[:-1](x)
     torch.testing.assert_close(adapter.forward(x, bulk=True), logits)
+
+
+def test_deletion_of_a_binary_model_follows_its_sigmoid_probability() -> None:
+    from salience.evaluation.faithfulness import deletion
+
+    torch.manual_seed(0)
+    model = binary_net().eval()
+    x = torch.rand(1, 3, 8, 8)
+    curve = deletion(model, x, torch.rand(1, 8, 8), target=0, pixels_per_step=64)
+    with torch.no_grad():
+        p = float(model(x)[0, 0])
+    assert curve.score_kind == "sigmoid"
+    assert float(curve.scores[0, 0]) == pytest.approx(p, rel=1e-5)
