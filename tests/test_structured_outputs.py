@@ -272,3 +272,32 @@ def test_the_detector_is_left_as_it_was(scene: Tensor) -> None:
     )
     assert all(torch.equal(before[k], v) for k, v in detector.state_dict().items())
     assert not detector._forward_hooks and all(p.grad is None for p in detector.parameters())
+
+
+def test_a_keras_model_with_two_outputs_is_explained_through_the_one_named() -> None:
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2, 2, 3))
+    flat = keras.layers.Flatten()(inputs)
+    first = keras.layers.Dense(4, name="first")(flat)
+    second = keras.layers.Dense(2, name="second")(flat)
+    model = keras.Model(inputs, [first, second])
+    x = torch.rand(1, 3, 2, 2)
+    kernels = {
+        name: torch.as_tensor(np.asarray(model.get_layer(name).kernel))
+        for name in ("first", "second")
+    }
+
+    def weight_row(name: str, k: int) -> Tensor:
+        # Keras flattens NHWC: the kernel's rows are (h, w, c); the map is (c, h, w).
+        return kernels[name][:, k].reshape(2, 2, 3).permute(2, 0, 1)
+
+    default = salience.explain(model, x, method="gradient", target=1)
+    torch.testing.assert_close(default.attributions[0, 0], weight_row("first", 1))
+    chosen = salience.explain(model, x, method="gradient", target=1, output=1)
+    torch.testing.assert_close(chosen.attributions[0, 0], weight_row("second", 1))
+    with pytest.raises(OutputKeyError, match=r"returns a list of 0 \(1, 4\), 1 \(1, 2\)"):
+        salience.explain(model, x, method="gradient", output=2)

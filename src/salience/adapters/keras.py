@@ -44,6 +44,7 @@ from salience.adapters.randomize import (
     he_truncated_normal,
     unit_generator,
 )
+from salience.adapters.structured import OutputKey
 from salience.adapters.torch import EvalModeProvider, TorchAdapter
 from salience.errors import InvalidInputError, MissingPackageError, UnsupportedError, first_line
 
@@ -301,7 +302,7 @@ class KerasModule(nn.Module):
         return hook
 
     def forward(self, x: Tensor) -> Any:
-        """The model's (first) output for an NCHW batch ``x``."""
+        """The model's output (all of its outputs) for an NCHW batch ``x``."""
         if self.layout == "nhwc" and x.ndim >= 4:
             x = x.movedim(1, -1)
         with ExitStack() as hooks:
@@ -309,10 +310,7 @@ class KerasModule(nn.Module):
                 layer = self._layers.get(name)
                 if layer is not None and (tap._forward_hooks or tap._forward_pre_hooks):
                     hooks.callback(layer.register_forward_hook(self._through(tap)).remove)
-            output = self.keras_model(x)
-        if isinstance(output, list | tuple) and output:
-            return output[0]
-        return output
+            return self.keras_model(x)
 
 
 def keras_module(model: Any, *, layout: str = "nhwc", strip_softmax: bool = True) -> KerasModule:
@@ -369,11 +367,20 @@ class KerasAdapter(TorchAdapter):
         The layout the model takes; by default read from its input shape, else Keras'
         ``image_data_format``.
     strip_softmax : bool
-        Explain the logits when the output layer applies a softmax (on a private copy).
+        Explain the logits when the output layer applies a softmax or a sigmoid (on a private
+        copy).
+    output : str or int, optional
+        Which output of a model with several to explain (an index, or a key of a dict of
+        outputs); by default the first.
     """
 
     def __init__(
-        self, model: Any, *, layout: str | None = None, strip_softmax: bool = True
+        self,
+        model: Any,
+        *,
+        layout: str | None = None,
+        strip_softmax: bool = True,
+        output: OutputKey = None,
     ) -> None:
         keras = import_keras()
         if not isinstance(model, keras.Model):
@@ -389,6 +396,7 @@ class KerasAdapter(TorchAdapter):
             fold_batchnorm=False,
             strip_softmax=False,
             strip_sigmoid=False,
+            output=_first_of_a_list(model) if output is None else output,
             provider=KerasProvider(module),
         )
         self.layout = layout
@@ -475,7 +483,21 @@ class KerasAdapter(TorchAdapter):
             generator = unit_generator(seed, unit, torch.device("cpu"))
             for name in unit.modules:
                 _reinitialize_keras_layer(keras, duplicate.get_layer(name), generator)
-        return KerasAdapter(duplicate, layout=self.layout, strip_softmax=self.model.strip_softmax)
+        return KerasAdapter(
+            duplicate,
+            layout=self.layout,
+            strip_softmax=self.model.strip_softmax,
+            output=self.output,
+        )
+
+
+def _first_of_a_list(model: Any) -> int | None:
+    """0 for a model whose outputs are a list (its first is explained by default), else None."""
+    try:
+        structure = model.output
+    except (AttributeError, ValueError):  # a Sequential or subclassed model before it is built
+        return None
+    return 0 if isinstance(structure, list | tuple) else None
 
 
 def _keras_norm_types(keras: ModuleType) -> tuple[type, ...]:
