@@ -365,3 +365,21 @@ def test_deletion_of_a_binary_model_follows_its_sigmoid_probability() -> None:
         p = float(model(x)[0, 0])
     assert curve.score_kind == "sigmoid"
     assert float(curve.scores[0, 0]) == pytest.approx(p, rel=1e-5)
+
+
+def test_the_cli_prints_a_regression_value_with_its_name(
+    binary_files: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = binary_files["folder"]
+    weights = str(folder / "w.safetensors")
+    sidecar = tmp_path / "fish.preset.toml"
+    sidecar.write_text('output_kind = "regression"\nlabels = ["age"]\n')
+    loaded = open_model(FACTORY, LoadOptions(weights=weights, preset=str(sidecar)))
+    image = loaded.preset.prepare(str(folder / "xray.png"))
+    with torch.no_grad():  # the final sigmoid is cut whatever the kind: the value explained
+        value = float(binary_files["model"][:-1](image.tensor)[0, 0])
+    argv = ["explain", str(folder / "xray.png"), "--model", FACTORY, "--weights", weights]
+    argv += ["--preset", str(sidecar), "--method", "gradient", "-o", str(tmp_path / "o")]
+    assert main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"1. age {value:.4g}" in out and "%" not in out.split("wrote")[0]
