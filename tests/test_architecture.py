@@ -31,6 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "salience.postprocess",
         "salience.registry",
         "salience.targets",
+        "salience.outputs",
     ),
     "images": (
         "salience.arrays",

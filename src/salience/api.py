@@ -8,13 +8,19 @@ from typing import Any
 from torch import Tensor
 
 from salience.adapters.inference_copy import one_state_per_call
-from salience.errors import InvalidInputError
+from salience.errors import InvalidInputError, UnsupportedError
 from salience.explanation import Explanation
-from salience.methods.base import EXPLAINER, Explainer, SinglePassExplainer, attribute_shared
+from salience.methods.base import (
+    EXPLAINER,
+    Explainer,
+    SinglePassExplainer,
+    attribute_shared,
+    score_to_explain,
+)
 from salience.methods.options import check_option_names, checked_options, options_of
 from salience.opening import adapter_for
 from salience.registry import get
-from salience.targets import SCORE_KINDS, TargetLike, parse_target
+from salience.targets import TargetLike, parse_target
 
 
 def make_explainer(model: object, method: str = "gradient", **options: Any) -> Explainer:
@@ -50,6 +56,8 @@ def explain(
     target: TargetLike = None,
     score: str = "logit",
     class_names: Sequence[str] | None = None,
+    output_kind: str | None = None,
+    output: str | int | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain the batch ``x`` with one method.
@@ -65,14 +73,42 @@ def explain(
     target : int, str, sequence of int, callable or None
         What to explain; None is the predicted class.
     score : {"logit", "probability"}
-        Which score to explain.
+        Which score to explain: the logit, or the probability (the softmax of class logits,
+        σ of a binary or multi-label logit).
     class_names : sequence of str, optional
         Output names (accept names as targets; label the result).
+    output_kind : {"softmax", "sigmoid", "multilabel", "regression"}, optional
+        How the outputs read; by default from the model's final activation
+        (:mod:`salience.outputs`).
+    output : str or int, optional
+        Which output to explain of a model that returns a tuple, dict, dataclass or
+        ``ModelOutput`` (``"logits"``, ``0``); by default the only one, or ``logits``.
     **options
         The method's parameters, e.g. ``n_samples=50`` for SmoothGrad, ``layer="_blocks.15"``
         for a CAM.
     """
-    return make_explainer(model, method, **options)(x, target, score=score, class_names=class_names)
+    explainer = make_explainer(with_output(model, output), method, **options)
+    return explainer(x, target, score=score, class_names=class_names, output_kind=output_kind)
+
+
+def with_output(model: object, output: str | int | None) -> object:
+    """``model`` as an adapter that explains its output ``output`` (None: ``model`` itself).
+
+    Raises
+    ------
+    UnsupportedError
+        For a model whose adapter cannot choose among outputs (an ONNX black box).
+    """
+    if output is None:
+        return model
+    adapter = adapter_for(model)
+    choose = getattr(adapter, "with_output", None)
+    if choose is None:
+        raise UnsupportedError(
+            f"a {type(adapter).__name__} explains its model's first output; output={output!r} "
+            "is for PyTorch and Keras models"
+        )
+    return choose(output)
 
 
 def explain_all(
@@ -83,6 +119,8 @@ def explain_all(
     target: TargetLike = None,
     score: str = "logit",
     class_names: Sequence[str] | None = None,
+    output_kind: str | None = None,
+    output: str | int | None = None,
     **options: Any,
 ) -> dict[str, Explanation]:
     """Explain the batch ``x`` with several methods, sharing passes where possible.
@@ -99,7 +137,7 @@ def explain_all(
         Inputs ``(N, ...)``.
     methods : sequence of str or Explainer
         Method names, or explainers already configured (built on any model).
-    target, score, class_names
+    target, score, class_names, output_kind, output
         As for :func:`explain`; the target is resolved once, for all methods.
     **options
         Options given to every method that accepts them (``layer``, ``n_samples``, ...).
@@ -109,11 +147,9 @@ def explain_all(
     dict of str to Explanation
         Keyed by method name, in the order given.
     """
-    if score not in SCORE_KINDS:
-        raise InvalidInputError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
     named = {method: get(EXPLAINER, method) for method in methods if isinstance(method, str)}
     shares = checked_options(named, options)  # an option no named method takes fails
-    adapter = adapter_for(model)
+    adapter = adapter_for(with_output(model, output))
     explainers = [
         method
         if isinstance(method, Explainer)
@@ -127,6 +163,7 @@ def explain_all(
     shared = [e for e in explainers if isinstance(e, SinglePassExplainer)]
     with one_state_per_call():  # every map is of the model as it was when the call began
         inputs = adapter.prepare_input(x)
+        score = score_to_explain(adapter, inputs, score, output_kind)
         attributions = attribute_shared(shared, inputs, spec, score)
         results = {e.name: a for e, a in zip(shared, attributions, strict=True)}
         for explainer in explainers:

@@ -329,12 +329,20 @@ def method_text(explanation: Explained) -> str:
     return f"{explanation.method} ({', '.join(options)})" if options else explanation.method
 
 
-def title(explanation: Explained, k: int, image: str | None, probability: float | None) -> str:
-    """A figure's title: the image, the class and its probability, then the method's line."""
+def title(
+    explanation: Explained,
+    k: int,
+    image: str | None,
+    probability: float | None = None,
+    *,
+    prediction: str | None = None,
+) -> str:
+    """A figure's title: the image, the class and its probability (or ``prediction``, the
+    prediction already written in its output's terms), then the method's line."""
     index = int(explanation.targets[0, k])
     names = explanation.target_names
     name = names[0][k] if names else (str(index) if index >= 0 else None)
-    head = prediction_text(name, probability)
+    head = prediction if prediction is not None else prediction_text(name, probability)
     head = f"{image}: {head}" if image else head
     return f"{head}\n{method_text(explanation)}"
 

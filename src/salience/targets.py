@@ -19,6 +19,9 @@ from salience.errors import SalienceError
 
 ScoreKind = Literal["logit", "probability"]
 SCORE_KINDS: tuple[str, ...] = ("logit", "probability")
+EXPLAINED_SCORES: tuple[str, ...] = (*SCORE_KINDS, "sigmoid", "value")
+"""What an explanation's ``score_kind`` may say: the logit, the softmax probability, σ(logit)
+(a binary or multi-label output's probability), or a regression's value."""
 
 
 class TargetError(SalienceError, ValueError):
@@ -119,6 +122,83 @@ def segmentation_target(class_index: int, mask: Tensor | Sequence) -> Custom:
         else f"class {class_index} over masks"
     )
     return Custom(score, name, per_sample=True)
+
+
+def box_iou(boxes: Tensor, others: Tensor) -> Tensor:
+    """``(A, B)`` intersection over union of boxes ``(A, 4)`` and ``(B, 4)``, as
+    ``x1, y1, x2, y2`` corners (``torchvision.ops.box_iou``)."""
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    other_area = (others[:, 2] - others[:, 0]).clamp(min=0) * (others[:, 3] - others[:, 1]).clamp(
+        min=0
+    )
+    top_left = torch.maximum(boxes[:, None, :2], others[None, :, :2])
+    bottom_right = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    sides = (bottom_right - top_left).clamp(min=0)
+    intersection = sides[..., 0] * sides[..., 1]
+    union = area[:, None] + other_area[None, :] - intersection
+    return intersection / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+def detection_target(
+    boxes: Tensor | Sequence[Sequence[float]],
+    labels: Sequence[int] | Tensor,
+    *,
+    iou_threshold: float = 0.5,
+) -> Custom:
+    """A detector's score for given objects (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``).
+
+    For each reference box, the detection that overlaps it most counts when their IoU exceeds
+    ``iou_threshold`` and its label is the box's: the score is the sum, over the reference
+    boxes, of that detection's IoU plus its score. A CAM of this score shows what made the
+    detector find these objects.
+
+    Parameters
+    ----------
+    boxes : Tensor or array-like
+        ``(R, 4)`` reference boxes, ``x1, y1, x2, y2`` in the detector's coordinates.
+    labels : sequence of int
+        The ``R`` labels the detections must have.
+    iou_threshold : float
+        The overlap a detection needs.
+
+    Returns
+    -------
+    Custom
+        A target for outputs ``(N, D, 6)``: a detector's boxes, labels and scores as the
+        adapter packs them (:func:`salience.adapters.structured.pack_detections`; a model that
+        returns a dict of ``boxes``, ``labels``, ``scores`` is packed so by default).
+    """
+    references = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    wanted = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if references.shape[0] != wanted.shape[0]:
+        raise TargetError(
+            f"{references.shape[0]} reference boxes but {wanted.shape[0]} labels; give one "
+            "label per box"
+        )
+    if not 0.0 <= iou_threshold < 1.0:
+        raise TargetError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+
+    def score(outputs: Tensor) -> Tensor:
+        if outputs.ndim != 3 or outputs.shape[-1] != 6:
+            raise TargetError(
+                "a detection target needs a detector's boxes, labels and scores (a model that "
+                f"returns a dict of boxes, labels, scores); the model gives {tuple(outputs.shape)}"
+            )
+        rows = []
+        for detections in outputs:
+            total = detections.new_zeros(())
+            if detections.shape[0]:
+                ious = box_iou(references.to(detections), detections[:, :4])
+                best, index = ious.max(dim=1)
+                for r in range(references.shape[0]):
+                    i = int(index[r])
+                    label = round(detections[i, 4].item())
+                    if best[r].item() > iou_threshold and label == int(wanted[r]):
+                        total = total + best[r] + detections[i, 5]
+            rows.append(total)
+        return torch.stack(rows)
+
+    return Custom(score, f"{references.shape[0]} boxes (IoU > {iou_threshold:g})")
 
 
 TargetSpec = Predicted | ClassIndex | TopK | Custom
@@ -343,7 +423,9 @@ def resolve(spec: TargetSpec, outputs: Tensor) -> Selection:
 
 
 def target_scores(outputs: Tensor, selection: Selection, kind: str = "logit") -> Tensor:
-    """The ``(N, K)`` scores to explain: logits, or softmax probabilities, at the selected indices.
+    """The ``(N, K)`` scores to explain at the selected indices: logits (``"logit"``, or a
+    regression's ``"value"``), softmax probabilities (``"probability"``) or σ(logit)
+    (``"sigmoid"``, the probability of binary and multi-label outputs).
 
     Differentiable with respect to ``outputs``.
     """
@@ -373,11 +455,14 @@ def target_scores(outputs: Tensor, selection: Selection, kind: str = "logit") ->
     if kind == "probability":
         if matrix.shape[1] < 2:
             raise TargetError(
-                "score='probability' needs a classifier with two or more outputs; "
-                "this model has one output: explain the logit"
+                "score='probability' is a softmax and needs two or more outputs; this model has "
+                "one: give output_kind='sigmoid' (--output-kind sigmoid) to explain σ(logit), "
+                "or explain the logit"
             )
         matrix = torch.softmax(matrix, dim=1)
-    elif kind != "logit":
+    elif kind == "sigmoid":
+        matrix = torch.sigmoid(matrix)
+    elif kind not in ("logit", "value"):
         raise TargetError(f"unknown score kind {kind!r}; choose one of {', '.join(SCORE_KINDS)}")
     assert selection.indices is not None
     return matrix.gather(1, selection.indices.to(matrix.device))

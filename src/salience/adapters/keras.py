@@ -9,7 +9,9 @@ handled at the boundary, on a private copy of the user's model:
 - Layers are named as in Keras (``block5_conv3``, ``conv2``): each becomes a named submodule of
   :class:`KerasModule`, so CAMs and ``salience layers`` find them; nested models are searched too.
 - A final softmax (``Dense(..., activation="softmax")``, ``Activation("softmax")``, ``Softmax()``)
-  is made linear on the copy, so logits are explained (keras-vis' "softmax to linear" step).
+  is made linear on the copy, so logits are explained (keras-vis' "softmax to linear" step); so
+  is a final sigmoid (``Dense(1, activation="sigmoid")``, ``Activation("sigmoid")``): a binary
+  or multi-label output's logits.
 
 The copy is rebuilt whenever the user's model changes (its layers, their attributes and hooks,
 the contents of its variables: :func:`keras_state`); the user's model is never modified.
@@ -43,11 +45,13 @@ from salience.adapters.randomize import (
     he_truncated_normal,
     unit_generator,
 )
+from salience.adapters.structured import OutputKey
 from salience.adapters.torch import EvalModeProvider, TorchAdapter
 from salience.errors import InvalidInputError, MissingPackageError, UnsupportedError, first_line
 
 KERAS_INSTALL_HINT = "pip install 'salience[keras]'"
 _SOFTMAX_NAMES = frozenset({"softmax", "log_softmax"})
+_SIGMOID_NAMES = frozenset({"sigmoid"})
 #: Per user model and options: its private NCHW module (weakly keyed: dropped with the model).
 _MODULES: weakref.WeakKeyDictionary[Any, dict[tuple, KerasModule]] = weakref.WeakKeyDictionary()
 
@@ -132,27 +136,41 @@ def strip_final_softmax(keras: ModuleType, model: Any) -> bool:
 
     Only for a private copy: the model then returns logits.
     """
+    return strip_final_activation(keras, model, sigmoid=False) == "softmax"
+
+
+def strip_final_activation(
+    keras: ModuleType, model: Any, *, softmax: bool = True, sigmoid: bool = True
+) -> str | None:
+    """Make a final softmax or sigmoid of ``model`` linear, in place; which one it was.
+
+    Only for a private copy: the model then returns logits.
+    """
     layer = _output_layer(keras, model)
-    if layer is None:
-        return False
-    activation = getattr(layer, "activation", None)
-    if getattr(activation, "__name__", None) in _SOFTMAX_NAMES:
-        layer.activation = keras.activations.linear
-        return True
+    kind = _final_activation(keras, layer)
+    if kind is None or not (softmax if kind == "softmax" else sigmoid):
+        return None
     if isinstance(layer, keras.layers.Softmax):
         layer.call = lambda inputs, mask=None: inputs
-        return True
-    return False
+    else:
+        layer.activation = keras.activations.linear
+    return kind
+
+
+def _final_activation(keras: ModuleType, layer: Any) -> str | None:
+    """``"softmax"`` or ``"sigmoid"`` when the output layer applies one, else None."""
+    if layer is None:
+        return None
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    if name in _SOFTMAX_NAMES or isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    return "sigmoid" if name in _SIGMOID_NAMES else None
 
 
 def ends_in_softmax(model: Any) -> bool:
     """Whether a Keras model's output layer applies a softmax."""
     keras = import_keras()
-    layer = _output_layer(keras, model)
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) in _SOFTMAX_NAMES or isinstance(
-        layer, keras.layers.Softmax
-    )
+    return _final_activation(keras, _output_layer(keras, model)) == "softmax"
 
 
 class KerasLayer(nn.Module):
@@ -181,7 +199,7 @@ class KerasModule(nn.Module):
     layout : {"nhwc", "nchw"}
         The layout the Keras model takes.
     strip_softmax : bool
-        Explain the logits of a model whose output layer applies a softmax.
+        Explain the logits of a model whose output layer applies a softmax or a sigmoid.
 
     Notes
     -----
@@ -197,6 +215,8 @@ class KerasModule(nn.Module):
         self.layout = layout
         self.strip_softmax = strip_softmax
         self.stripped_softmax = False
+        #: The final activation cut on the copy ("softmax", "sigmoid"), if any.
+        self.stripped_activation: str | None = None
         self._state: ModelState | None = None
         self._running: list[Any] = []  # the model that runs; a list keeps it out of the tree
         self._layers: dict[str, Any] = {}
@@ -244,10 +264,12 @@ class KerasModule(nn.Module):
             running = copy.deepcopy(source)
         except Exception as error:
             running = source
-            if self.strip_softmax and ends_in_softmax(source):
+            self.stripped_activation, self.stripped_softmax = None, False
+            kind = _final_activation(keras, _output_layer(keras, source))
+            if self.strip_softmax and kind is not None:
                 warnings.warn(
                     f"cannot copy this Keras model ({first_line(error)}); its final "
-                    "softmax is kept, so probabilities are explained, not logits",
+                    f"{kind} is kept, so probabilities are explained, not logits",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -255,7 +277,8 @@ class KerasModule(nn.Module):
             for variable in running.weights:
                 variable.value.requires_grad_(False)
             if self.strip_softmax:
-                self.stripped_softmax = strip_final_softmax(keras, running)
+                self.stripped_activation = strip_final_activation(keras, running)
+                self.stripped_softmax = self.stripped_activation == "softmax"
         layers: dict[str, Any] = {}
         seen: set[str] = set()
         for layer in _keras_layers(keras, running):
@@ -280,7 +303,7 @@ class KerasModule(nn.Module):
         return hook
 
     def forward(self, x: Tensor) -> Any:
-        """The model's (first) output for an NCHW batch ``x``."""
+        """The model's output (all of its outputs) for an NCHW batch ``x``."""
         if self.layout == "nhwc" and x.ndim >= 4:
             x = x.movedim(1, -1)
         with ExitStack() as hooks:
@@ -294,8 +317,6 @@ class KerasModule(nn.Module):
                 if refusal := _input_refusal(error, self.layout):
                     raise InvalidInputError(refusal) from error
                 raise
-        if isinstance(output, list | tuple) and output:
-            return output[0]
         return output
 
 
@@ -377,11 +398,20 @@ class KerasAdapter(TorchAdapter):
         The layout the model takes; by default read from its input shape, else Keras'
         ``image_data_format``.
     strip_softmax : bool
-        Explain the logits when the output layer applies a softmax (on a private copy).
+        Explain the logits when the output layer applies a softmax or a sigmoid (on a private
+        copy).
+    output : str or int, optional
+        Which output of a model with several to explain (an index, or a key of a dict of
+        outputs); by default the first.
     """
 
     def __init__(
-        self, model: Any, *, layout: str | None = None, strip_softmax: bool = True
+        self,
+        model: Any,
+        *,
+        layout: str | None = None,
+        strip_softmax: bool = True,
+        output: OutputKey = None,
     ) -> None:
         keras = import_keras()
         if not isinstance(model, keras.Model):
@@ -393,7 +423,12 @@ class KerasAdapter(TorchAdapter):
         module = keras_module(model, layout=layout, strip_softmax=strip_softmax)
         # The module runs a private copy already: no second copy, no fusion.
         super().__init__(
-            module, fold_batchnorm=False, strip_softmax=False, provider=KerasProvider(module)
+            module,
+            fold_batchnorm=False,
+            strip_softmax=False,
+            strip_sigmoid=False,
+            output=_first_of_a_list(model) if output is None else output,
+            provider=KerasProvider(module),
         )
         self.layout = layout
 
@@ -411,6 +446,11 @@ class KerasAdapter(TorchAdapter):
     def stripped_softmax(self) -> bool:
         """Whether a final softmax is bypassed (logits are explained)."""
         return self.model.stripped_softmax
+
+    def final_activation(self, x: Tensor) -> str | None:
+        """The final activation cut on the private copy (``"softmax"``, ``"sigmoid"``), if any."""
+        self.model.refresh()
+        return self.model.stripped_activation
 
     def layer_names(self) -> list[str]:
         """The Keras names of the layers that can be captured."""
@@ -481,7 +521,21 @@ class KerasAdapter(TorchAdapter):
             generator = unit_generator(seed, unit, torch.device("cpu"))
             for name in unit.modules:
                 _reinitialize_keras_layer(keras, duplicate.get_layer(name), generator)
-        return KerasAdapter(duplicate, layout=self.layout, strip_softmax=self.model.strip_softmax)
+        return KerasAdapter(
+            duplicate,
+            layout=self.layout,
+            strip_softmax=self.model.strip_softmax,
+            output=self.output,
+        )
+
+
+def _first_of_a_list(model: Any) -> int | None:
+    """0 for a model whose outputs are a list (its first is explained by default), else None."""
+    try:
+        structure = model.output
+    except (AttributeError, ValueError):  # a Sequential or subclassed model before it is built
+        return None
+    return 0 if isinstance(structure, list | tuple) else None
 
 
 def _keras_norm_types(keras: ModuleType) -> tuple[type, ...]:

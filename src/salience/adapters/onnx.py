@@ -36,7 +36,7 @@ from salience.errors import (
 
 LAYOUTS = ("nchw", "nhwc")
 INSTALL_HINT = "pip install 'salience[onnx]'"
-_SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+_FINAL_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "softmax", "Sigmoid": "sigmoid"}
 _NUMPY_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -137,8 +137,9 @@ class OnnxAdapter:
         Constant values of the model's other inputs, fed with every batch. An array whose first
         dimension is 1 is repeated along the batch when that input's batch size is dynamic.
     strip_softmax : bool
-        Explain the logits when the model's output is computed by a final ``Softmax`` or
-        ``LogSoftmax`` node (that node is cut off; reading the graph needs the onnx package).
+        Explain the logits when the model's output is computed by a final ``Softmax``,
+        ``LogSoftmax`` or ``Sigmoid`` node (that node is cut off; reading the graph needs the
+        onnx package).
 
     Notes
     -----
@@ -178,6 +179,8 @@ class OnnxAdapter:
         _check_external_data(self.path)
         self.session = self._session(os.fspath(self.path))
         self.stripped_softmax = False
+        #: The final activation cut off the graph ("softmax", "sigmoid"), if any.
+        self.stripped_activation: str | None = None
         if strip_softmax:
             self._strip_softmax()
 
@@ -228,7 +231,8 @@ class OnnxAdapter:
             ) from error
 
     def _strip_softmax(self) -> None:
-        """Cut a final Softmax/LogSoftmax off the first output, so that it gives logits."""
+        """Cut a final Softmax/LogSoftmax/Sigmoid off the first output, so that it gives
+        logits."""
         try:
             import onnx
         except ImportError as error:
@@ -240,7 +244,7 @@ class OnnxAdapter:
         graph = proto.graph
         output = graph.output[0].name
         producer = next((node for node in graph.node if output in node.output), None)
-        if producer is None or producer.op_type not in _SOFTMAX_OPS:
+        if producer is None or producer.op_type not in _FINAL_ACTIVATIONS:
             return
         logits = producer.input[0]
         elem_type = graph.output[0].type.tensor_type.elem_type
@@ -254,7 +258,12 @@ class OnnxAdapter:
             graph.node.remove(producer)
         onnx.load_external_data_for_model(proto, os.fspath(self.path.parent))
         self.session = self._session(proto.SerializeToString())
-        self.stripped_softmax = True
+        self.stripped_activation = _FINAL_ACTIVATIONS[producer.op_type]
+        self.stripped_softmax = self.stripped_activation == "softmax"
+
+    def final_activation(self, x: Tensor) -> str | None:
+        """The final activation cut off the graph (``"softmax"``, ``"sigmoid"``), if any."""
+        return self.stripped_activation
 
     def _constants(self, inputs: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(inputs))

@@ -158,7 +158,9 @@ class ProgramAdapter(TorchAdapter):
             program = ExportedModule(program, name or "the program")
         elif not isinstance(program, CompiledModule):
             program = ScriptedModule(program, name or "the model")
-        super().__init__(program, strip_softmax=False, provider=EvalModeProvider(program))
+        super().__init__(
+            program, strip_softmax=False, strip_sigmoid=False, provider=EvalModeProvider(program)
+        )
         self.name = program.name
         self.kind = program.kind
 

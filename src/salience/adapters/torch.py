@@ -19,6 +19,7 @@ when moving it to the model's device and dtype did not make one already.
 
 from __future__ import annotations
 
+import copy
 import threading
 import warnings
 import weakref
@@ -56,13 +57,19 @@ from salience.adapters.randomize import (
     randomized_copy,
 )
 from salience.adapters.rules import backward_rule_mode
+from salience.adapters.structured import OutputKey, select_output
 from salience.errors import InvalidInputError, SalienceError, UnsupportedError
 
 _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_SIGMOID_MODULES = (nn.Sigmoid,)
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 #: Per model and state: traced layer tables by (input shape, dtype).
 _LAYER_TABLES: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = (
+    weakref.WeakKeyDictionary()
+)
+#: Per model and state, by (input shape, dtype): the final activation a pass cuts, if any.
+_FINAL_ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = (
     weakref.WeakKeyDictionary()
 )
 #: Per model and state, by layer: whether the layers after it broadcast a fanned-out batch.
@@ -72,7 +79,7 @@ _FAN_OUT: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = (
 
 
 class ModelOutputError(SalienceError, TypeError):
-    """The model returned something other than one tensor."""
+    """A layer returned something other than one tensor."""
 
 
 def _lock_for(model: nn.Module) -> threading.RLock:
@@ -96,11 +103,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class _Capture:
-    """Forward hooks of one pass: a layer's output, and the input of a final softmax."""
+    """Forward hooks of one pass: a layer's output, and the input of a final softmax or
+    sigmoid."""
 
     def __init__(self, *, track_grad: bool = False) -> None:
         self.activation: Tensor | None = None
-        self.softmax_calls: list[tuple[Tensor, Tensor]] = []
+        #: The last softmax or sigmoid module called: (its input, its output, which).
+        self.last_activation: tuple[Tensor, Tensor, str] | None = None
+        #: Which final activation :meth:`logits` cut ("softmax", "sigmoid"), if any.
+        self.cut: str | None = None
         self.track_grad = track_grad
 
     def layer_hook(self, _module: nn.Module, _inputs: tuple, output: object) -> Tensor | None:
@@ -119,12 +130,18 @@ class _Capture:
         return None
 
     def softmax_hook(self, _module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        self.softmax_calls.append((inputs[0], output))
+        self.last_activation = (inputs[0], output, "softmax")
+
+    def sigmoid_hook(self, _module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        self.last_activation = (inputs[0], output, "sigmoid")
 
     def logits(self, output: Tensor) -> Tensor:
-        """The pre-softmax input when the model's output is the output of a softmax module."""
-        if self.softmax_calls and self.softmax_calls[-1][1] is output:
-            return self.softmax_calls[-1][0]
+        """The activation's input when the model's output is the output of a softmax or
+        sigmoid module (recorded in :attr:`cut`)."""
+        last, self.last_activation = self.last_activation, None
+        if last is not None and last[1] is output:
+            self.cut = last[2]
+            return last[0]
         return output
 
 
@@ -255,6 +272,14 @@ class TorchAdapter:
         25% faster on CPU for EfficientNet-Lite0 (bench/chunk_size.py).
     strip_softmax : bool
         Explain the logits when the model ends in a ``Softmax``/``LogSoftmax`` module.
+    strip_sigmoid : bool
+        Explain the logits when the model ends in a ``Sigmoid`` module (a binary or multi-label
+        output; see :mod:`salience.outputs`). A sigmoid applied as a function
+        (``torch.sigmoid`` in ``forward``) is not seen: make it an ``nn.Sigmoid`` module.
+    output : str or int, optional
+        Which output to explain when the model returns a tuple, a dict, a dataclass or an
+        object with ``.logits`` (:func:`~salience.adapters.structured.select_output`); by
+        default the only tensor, the ``logits``, or a detector's packed detections.
     fuse : bool
         For long runs of forward passes (occlusion, RISE, Score-CAM), run a TorchScript trace
         of the copy with oneDNN operator fusion: about 1.5× faster on CPU, verified equal to the
@@ -279,6 +304,8 @@ class TorchAdapter:
         fold_batchnorm: bool = True,
         channels_last: bool = True,
         strip_softmax: bool = True,
+        strip_sigmoid: bool = True,
+        output: OutputKey = None,
         fuse: bool = False,
         trusted_trace: bool = False,
         provider: ModuleProvider | None = None,
@@ -303,6 +330,8 @@ class TorchAdapter:
         self.fold_batchnorm = fold_batchnorm
         self.channels_last = channels_last
         self.strip_softmax = strip_softmax
+        self.strip_sigmoid = strip_sigmoid
+        self.output = output
         self.fuse = fuse
         self.trusted_trace = trusted_trace
         self._lock = _lock_for(model)
@@ -378,6 +407,8 @@ class TorchAdapter:
             fold_batchnorm=self.fold_batchnorm,
             channels_last=self.channels_last,
             strip_softmax=self.strip_softmax,
+            strip_sigmoid=self.strip_sigmoid,
+            output=self.output,
         )
 
     def _traced(self, x: Tensor) -> tuple[list[LayerInfo], list[str]]:
@@ -424,10 +455,34 @@ class TorchAdapter:
             parts = []
             with torch.inference_mode():
                 for start in range(0, x.shape[0], size):
-                    capture.softmax_calls.clear()
                     output = model(self._layout(x[start : start + size]))
                     parts.append(capture.logits(self._check_output(output)).clone())
             return torch.cat(parts)
+
+    def final_activation(self, x: Tensor) -> str | None:
+        """The final activation a pass on inputs like ``x`` cuts: ``"softmax"``,
+        ``"sigmoid"`` or None (the model's outputs are explained as they are).
+
+        One forward pass of one sample, cached for the model's state and the input's shape.
+        """
+        sample = self.prepare_input(x)[:1]
+        key = (tuple(sample.shape[1:]), sample.dtype)
+        with self._lock:
+            state = self._state()
+            known = cached_for(_FINAL_ACTIVATIONS, self.model, state)
+            if key not in known:
+                with self._runnable(sample, None, state) as model, ExitStack() as hooks:
+                    capture = self._install(model, None, hooks)
+                    with torch.inference_mode():
+                        capture.logits(self._check_output(model(self._layout(sample))))
+                known[key] = capture.cut
+            return known[key]
+
+    def with_output(self, output: OutputKey) -> TorchAdapter:
+        """This adapter explaining the model's output ``output`` (a key, field or index)."""
+        duplicate = copy.copy(self)
+        duplicate.output = output
+        return duplicate
 
     def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
         """One forward pass, and one backward pass per target when ``need`` asks for gradients."""
@@ -576,6 +631,8 @@ class TorchAdapter:
             not isinstance(provider, InferenceCopyProvider)
             or sample.device.type != "cpu"
             or softmax
+            or self.output is not None
+            or (self.strip_sigmoid and self._sigmoid_cut(sample))
         ):
             return None
         with self._lock:
@@ -593,19 +650,19 @@ class TorchAdapter:
                 trusted_trace=self.trusted_trace,
             )
 
+    def _sigmoid_cut(self, sample: Tensor) -> bool:
+        """Whether passes cut a final sigmoid (the fused trace would keep it)."""
+        has_sigmoid = any(isinstance(m, _SIGMOID_MODULES) for m in self.model.modules())
+        return has_sigmoid and self.final_activation(sample) == "sigmoid"
+
     def _layout(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    @staticmethod
-    def _check_output(output: object) -> Tensor:
-        if isinstance(output, Tensor):
-            return output
-        raise ModelOutputError(
-            f"the model returned a {type(output).__name__}, not a tensor; wrap it in a module "
-            "that returns the logits tensor (N, classes)"
-        )
+    def _check_output(self, output: object) -> Tensor:
+        """The tensor to explain of what the model returned (:func:`select_output`)."""
+        return select_output(output, self.output)
 
     def _install(
         self, model: nn.Module, layer: str | None, stack: ExitStack, *, track_grad: bool = False
@@ -615,10 +672,11 @@ class TorchAdapter:
         if layer is not None:
             module = self._submodule(model, layer)
             stack.callback(module.register_forward_hook(capture.layer_hook).remove)
-        if self.strip_softmax:
-            for module in model.modules():
-                if isinstance(module, _SOFTMAX_MODULES):
-                    stack.callback(module.register_forward_hook(capture.softmax_hook).remove)
+        for module in model.modules():
+            if self.strip_softmax and isinstance(module, _SOFTMAX_MODULES):
+                stack.callback(module.register_forward_hook(capture.softmax_hook).remove)
+            elif self.strip_sigmoid and isinstance(module, _SIGMOID_MODULES):
+                stack.callback(module.register_forward_hook(capture.sigmoid_hook).remove)
         return capture
 
     def _submodule(self, model: nn.Module, layer: str) -> nn.Module:

@@ -304,6 +304,18 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--input-name", metavar="NAME", help="the image input of an ONNX model with several inputs"
     )
+    source.add_argument(
+        "--output-key",
+        metavar="KEY",
+        help="the output to explain of a model that returns several (a dict key, a field, an "
+        "index; default: the only tensor, or logits)",
+    )
+    source.add_argument(
+        "--output-kind",
+        choices=("softmax", "sigmoid", "multilabel", "regression"),
+        help="how the outputs read (default: from the final activation; one output without a "
+        "sigmoid is a regression)",
+    )
     preset = parser.add_argument_group(
         "input preprocessing",
         "override the preset sidecar beside the model file (MODEL.preset.toml or .json), the "
@@ -386,6 +398,8 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
         preset=args.preset,
         factory=args.factory,
         weights=args.weights,
+        output_kind=getattr(args, "output_kind", None),
+        output_key=getattr(args, "output_key", None),
         trust_pickle=args.trust_pickle,
         resize=args.resize,
         interpolation=args.interpolation,

@@ -22,11 +22,10 @@ from salience.errors import InvalidInputError
 from salience.fileio import write_together
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
-    from salience.adapters.torch import TorchAdapter
     from salience.explanation import Explanation
     from salience.images import PreparedImage
+    from salience.models.options import LoadedModel
+    from salience.outputs import Summary
     from salience.render import DisplayOptions, Rendering, View
 
 DEFAULT_METHODS = "gradient,guided_backprop,smoothgrad,integrated_gradients"
@@ -62,7 +61,8 @@ def run_explain(args: argparse.Namespace) -> int:
 
     from salience import viz
     from salience.api import explain_all, make_explainer, method_options
-    from salience.render import method_text, prediction_text
+    from salience.outputs import explained_text
+    from salience.render import method_text
 
     methods = method_names(args.method)
     loaded = open_model_from_args(args)
@@ -74,10 +74,10 @@ def run_explain(args: argparse.Namespace) -> int:
     explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
     display = display_from_args(args)
 
-    probabilities = []
+    summaries = []
     for item, image in prepared:
         with about_image(item.label):
-            probabilities.append(_print_predictions(adapter, item, image, model_name, names))
+            summaries.append(_print_predictions(loaded, item, image))
     sys.stdout.flush()
 
     grid_images, grid_rows, row_titles = [], [], []
@@ -86,7 +86,7 @@ def run_explain(args: argparse.Namespace) -> int:
     bar = tqdm(total=tasks, disable=args.quiet or tasks <= PROGRESS_THRESHOLD, desc="explaining")
     finished = 0
     try:
-        for (item, image), image_probabilities in zip(prepared, probabilities, strict=True):
+        for (item, image), summary in zip(prepared, summaries, strict=True):
             bar.set_postfix_str(item.label)
             with about_image(item.label, finished=finished, output=output):
                 explanations = explain_all(
@@ -96,6 +96,7 @@ def run_explain(args: argparse.Namespace) -> int:
                     target=target,
                     score=args.score,
                     class_names=names,
+                    output_kind=loaded.output_kind,
                 )
                 files: dict[str, bytes] = {}
                 rows: list[list[Rendering]] = []
@@ -104,7 +105,7 @@ def run_explain(args: argparse.Namespace) -> int:
                     explanation = explanation.with_names(names, model=model_name)
                     stem = f"{item.label}_{name}"
                     drawn = _encode_outputs(
-                        explanation, view, (item.label, stem), display, image_probabilities, files
+                        explanation, view, (item.label, stem), display, summary, names, files
                     )
                     for k, rendering in enumerate(drawn):
                         if len(rows) <= k:
@@ -115,10 +116,9 @@ def run_explain(args: argparse.Namespace) -> int:
                 column_titles = [method_text(e) for e in explanations.values()]
             first = next(iter(explanations.values()))
             for k, row in enumerate(rows):
-                index = int(first.targets[0, k])
-                probability = float(image_probabilities[index]) if index >= 0 else None
-                name = names[index] if 0 <= index < len(names) else None
-                row_titles.append(f"{item.label}: {prediction_text(name, probability)}")
+                row_titles.append(
+                    f"{item.label}: {explained_text(summary, int(first.targets[0, k]), names)}"
+                )
                 grid_images.append(view.image)
                 grid_rows.append(row)
             finished += 1
@@ -158,18 +158,14 @@ def table_input(inputs: list[str]) -> str | None:
     return tables[0]
 
 
-def _print_predictions(
-    adapter: TorchAdapter, item: ImageInput, image: PreparedImage, model_name: str, names: list[str]
-) -> Tensor:
-    """Print the top-5 classes of one image; return its class probabilities."""
-    import torch
+def _print_predictions(loaded: LoadedModel, item: ImageInput, image: PreparedImage) -> Summary:
+    """Print one image's prediction in its outputs' terms; return it."""
+    from salience.outputs import prediction_lines
 
-    probabilities = torch.softmax(adapter.forward(image.tensor), dim=1)[0]
-    top = probabilities.topk(min(5, probabilities.numel()))
-    print(f"{item.label}: top-5 predictions of {model_name}")
-    for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
-        print(f"  {rank + 1}. {names[i]:<28} {p:6.1%}  (class {i})")
-    return probabilities
+    summary = loaded.summary(loaded.adapter.forward(image.tensor)[0])
+    for line in prediction_lines(summary, item.label, loaded.name):
+        print(line)
+    return summary
 
 
 def _encode_outputs(
@@ -177,13 +173,16 @@ def _encode_outputs(
     image: View,
     names: tuple[str, str],
     display: DisplayOptions,
-    probabilities: Tensor,
+    summary: Summary,
+    class_names: list[str],
     files: dict[str, bytes],
 ) -> list[Rendering]:
     """Add the raw maps and one titled overlay with its colorbar per target to ``files``.
 
-    ``names`` is the image's label and the files' stem; the renderings are returned.
+    ``names`` is the image's label and the files' stem; ``summary`` the image's prediction,
+    which titles each target's overlay; the renderings are returned.
     """
+    from salience.outputs import explained_text
     from salience.render import render, title
 
     label, stem = names
@@ -193,10 +192,10 @@ def _encode_outputs(
     for k in range(count):
         rendering = render(explanation, k, image, display)
         index = int(explanation.targets[0, k])
-        probability = float(probabilities[index]) if 0 <= index < len(probabilities) else None
+        prediction = explained_text(summary, index, class_names)
         suffix = f"_top{k + 1}" if count > 1 else ""
         files[f"{stem}{suffix}.png"] = rendering.figure_png(
-            title(explanation, k, label, probability)
+            title(explanation, k, label, prediction=prediction)
         )
         drawn.append(rendering)
     return drawn

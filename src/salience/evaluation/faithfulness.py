@@ -39,7 +39,7 @@ from salience.api import make_explainer, method_options
 from salience.errors import InvalidInputError, UnsupportedError
 from salience.evaluation.report import Column, format_rows, write_report
 from salience.explanation import Explanation
-from salience.methods.base import Explainer
+from salience.methods.base import Explainer, score_to_explain
 from salience.methods.masking import BULK_PASSES, masked_scores
 from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
 from salience.methods.sampling import make_generator
@@ -294,6 +294,7 @@ class CausalMetric:
         """
         x = self.adapter.prepare_input(x)
         _check_images(x)
+        score = score_to_explain(self.adapter, x, self.score)  # σ of a cut final sigmoid
         if isinstance(saliency, Explanation):
             target = _explained_classes(saliency) if target is None else target
             saliency = _single_map(saliency)
@@ -320,7 +321,7 @@ class CausalMetric:
                 self._masks(ranks[sample], changed),
                 steps + 1,
                 selection.take(slice(sample, sample + 1)),
-                self.score,
+                score,
                 substrate=None if substrate is None else substrate[sample : sample + 1],
                 chunk_size=self.chunk_size,
                 progress=self.progress,
@@ -333,7 +334,7 @@ class CausalMetric:
             if selection.indices is not None
             else torch.full((n,), -1, dtype=torch.long)
         )
-        return CurveResult(self.mode, changed.double() / pixels, curves, targets, self.score, step)
+        return CurveResult(self.mode, changed.double() / pixels, curves, targets, score, step)
 
     def _masks(self, ranks: Tensor, changed: Tensor) -> Any:
         """Rows of steps → masks ``(B, 1, H, W)`` that are 1 where the input is kept."""

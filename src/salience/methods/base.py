@@ -28,6 +28,7 @@ from salience.errors import InvalidInputError
 from salience.explanation import Explanation
 from salience.methods.options import Option
 from salience.opening import adapter_for
+from salience.outputs import SIGMOID, SOFTMAX, check_output_kind, explained_score
 from salience.registry import available, get, register
 from salience.targets import (
     SCORE_KINDS,
@@ -52,6 +53,31 @@ def register_explainer(name: str) -> Callable[[type], type]:
         return register(EXPLAINER, name)(cls)
 
     return decorator
+
+
+def score_to_explain(adapter: object, x: Tensor, score: str, output_kind: str | None = None) -> str:
+    """The score a request explains (:func:`salience.outputs.explained_score`), recorded as the
+    explanation's ``score_kind``.
+
+    The output kind is ``output_kind`` when given; otherwise, for ``score="probability"`` only,
+    it is read from the final activation the adapter cuts (a sigmoid: σ(logit) is explained).
+
+    Raises
+    ------
+    InvalidInputError
+        For an unknown score.
+    OutputKindError
+        For an unknown output kind, or a probability of a regression.
+    """
+    if score not in SCORE_KINDS:
+        raise InvalidInputError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
+    kind = check_output_kind(output_kind)
+    if kind is None:
+        if score != "probability":
+            return score
+        final = getattr(adapter, "final_activation", None)
+        kind = SIGMOID if callable(final) and final(x) == "sigmoid" else SOFTMAX
+    return explained_score(score, kind)
 
 
 def black_box_methods() -> list[str]:
@@ -122,6 +148,7 @@ class Explainer(ABC):
         *,
         score: str = "logit",
         class_names: Sequence[str] | None = None,
+        output_kind: str | None = None,
     ) -> Explanation:
         """Explain a batch ``x`` of shape ``(N, ...)``.
 
@@ -133,9 +160,13 @@ class Explainer(ABC):
             What to explain: None (the predicted class), a class index (or one per sample), a
             class name, ``"top-K"``, or a callable ``outputs -> (N,) scores``.
         score : {"logit", "probability"}
-            Explain the logit (default) or the softmax probability.
+            Explain the logit (default) or the probability: the softmax of class logits, σ of
+            a binary or multi-label logit.
         class_names : sequence of str, optional
             Names of the outputs, to accept class names as targets and label the result.
+        output_kind : {"softmax", "sigmoid", "multilabel", "regression"}, optional
+            How the outputs read (:mod:`salience.outputs`); by default from the final
+            activation the adapter cuts.
 
         Raises
         ------
@@ -144,13 +175,11 @@ class Explainer(ABC):
         NonFiniteOutputError
             When the model's scores or the maps of the finite ``x`` are not finite.
         """
-        if score not in SCORE_KINDS:
-            raise InvalidInputError(
-                f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}"
-            )
         spec = parse_target(target, class_names)
         with one_state_per_call():
-            result = self.attribute(self.adapter.prepare_input(x), spec, score)
+            inputs = self.adapter.prepare_input(x)
+            score = score_to_explain(self.adapter, inputs, score, output_kind)
+            result = self.attribute(inputs, spec, score)
         return self.explanation(result, score, class_names)
 
     def explanation(

@@ -23,8 +23,9 @@ MaskFn = Callable[[slice], Tensor]
 
 def weight_kind(outputs: Tensor, selection: Selection, score: str, softmax: bool) -> str:
     """The score that weighs masks: the softmax probability for a classifier's class targets
-    when ``softmax`` (as Score-CAM and RISE define it), else the explained ``score``."""
-    classifier = outputs.ndim == 2 and outputs.shape[1] >= 2
+    when ``softmax`` (as Score-CAM and RISE define it), else the explained ``score`` (σ(logit)
+    for the probability of a binary or multi-label output)."""
+    classifier = outputs.ndim == 2 and outputs.shape[1] >= 2 and score not in ("sigmoid", "value")
     if softmax and classifier and selection.indices is not None:
         return "probability"
     return score

@@ -14,6 +14,7 @@ from salience.models.onnx import KIND as ONNX
 from salience.models.options import LoadedModel, LoadOptions
 from salience.models.presets import PresetOverrides, find_sidecar, read_labels, read_sidecar
 from salience.models.safety import check_unpacked_size
+from salience.outputs import SIGMOID, check_fits, detect_output_kind
 
 ONLY_FOR = {
     "weights": "weights go with a factory (package.module:function), not with the",
@@ -85,9 +86,69 @@ def open_model(
         check_unpacked_size(model_file)
     settings = options.overrides().over(_sidecar(options, model_file))
     adapter, name, base, metadata_names = found.open(model, options, settings, fuse=fuse)
+    if options.output_key is not None:
+        if not hasattr(adapter, "with_output"):
+            raise InvalidInputError(
+                f"an output key (--output-key) is for PyTorch and Keras models, not the "
+                f"{found.kind} model {model}, which gives its first output"
+            )
+        adapter = adapter.with_output(options.output_key)
     preset = settings.apply(base) if settings.given() else base
-    names = _class_names(adapter, name, preset, settings, metadata_names, sample)
-    return LoadedModel(adapter, name, preset, names)
+    probe = probe_input(adapter, preset, sample)
+    names = _class_names(adapter, name, probe, settings, metadata_names)
+    return _with_output_kind(LoadedModel(adapter, name, preset, names), settings.output_kind, probe)
+
+
+def _with_output_kind(loaded: LoadedModel, given: str | None, probe: Any) -> LoadedModel:
+    """``loaded`` with its output kind: ``given``, else read from the final activation its
+    adapter cuts; a binary output named by two classes keeps the first as its negative side.
+
+    Raises
+    ------
+    OutputKindError
+        When the kind does not fit the model's number of outputs.
+    """
+    from dataclasses import replace
+
+    names = loaded.class_names
+    final = getattr(loaded.adapter, "final_activation", None)
+    detect = given is None and callable(final)
+    activation = final(probe) if detect else None
+    two_sided = len(names) == 2 and _output_count(loaded, probe) == 1
+    count = 1 if two_sided else len(names)
+    kind = check_fits(given or detect_output_kind(activation, count), count)
+    if two_sided and kind != SIGMOID:
+        raise InvalidInputError(
+            f"two class names for the one output of {loaded.name} name the sides of a binary "
+            'decision: give output_kind = "sigmoid" (--output-kind sigmoid), or one name'
+        )
+    if two_sided:
+        return replace(loaded, class_names=[names[1]], output_kind=kind, negative_class=names[0])
+    return replace(loaded, output_kind=kind)
+
+
+def _output_count(loaded: LoadedModel, probe: Any) -> int:
+    """The model's number of outputs (one forward pass of the probe input)."""
+    outputs = loaded.adapter.forward(probe)
+    return int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
+
+
+def probe_input(
+    adapter: Any, preset: ImagePreset, sample: Callable[[Any], Any] | None = None
+) -> Any:
+    """What the model is probed with: ``sample(adapter)`` when given, a blank input of the
+    shape the model declares for a volume or a signal, else a blank image of the preset's size
+    and channels, normalized."""
+    import torch
+
+    if sample is not None:
+        return sample(adapter)
+    declared = declared_input_shape(adapter)
+    if declared is not None and len(declared) != 4 and all(d is not None for d in declared[1:]):
+        return torch.zeros(1, *declared[1:])  # a volume, a signal: the model says its shape
+    crop = preset.crop if preset.crop is not None else (224, 224)
+    height, width = (crop, crop) if isinstance(crop, int) else crop
+    return preset.normalize(torch.zeros(1, preset.channels, height, width))
 
 
 def _sidecar(options: LoadOptions, model_file: str | None) -> PresetOverrides:
@@ -109,29 +170,17 @@ def declared_input_shape(adapter: Any) -> tuple[int | None, ...] | None:
 def _class_names(
     adapter: Any,
     name: str,
-    preset: ImagePreset,
+    probe: Any,
     settings: PresetOverrides,
     metadata_names: Sequence[str] | None,
-    sample: Callable[[Any], Any] | None = None,
 ) -> list[str]:
     """Names from the labels setting, else the model's metadata, else ``class i``.
 
-    The model runs once on ``sample(adapter)``, by default a blank image of the preset's size:
-    that counts its outputs and checks that the preset fits it.
+    The model runs once on the ``probe`` input (:func:`probe_input`): that counts its outputs
+    and checks that the preset fits it.
     """
-    import torch
-
-    declared = declared_input_shape(adapter)
-    if sample is not None:
-        blank = sample(adapter)
-    elif declared is not None and len(declared) != 4 and all(d is not None for d in declared[1:]):
-        blank = torch.zeros(1, *declared[1:])  # a volume, a signal: the model says its shape
-    else:
-        crop = preset.crop if preset.crop is not None else (224, 224)
-        height, width = (crop, crop) if isinstance(crop, int) else crop
-        blank = preset.normalize(torch.zeros(1, preset.channels, height, width))
     try:
-        outputs = adapter.forward(blank)
+        outputs = adapter.forward(probe)
     except RuntimeError as error:
         if refusal := _channels_refused(error, name):
             raise InvalidInputError(refusal) from error
@@ -146,7 +195,7 @@ def _class_names(
         names, source = list(metadata_names), f"the metadata of {name}"
     else:
         return [f"class {i}" for i in range(count)]
-    if len(names) != count:
+    if len(names) != count and not (count == 1 and len(names) == 2):  # 2: a binary's sides
         raise InvalidInputError(
             f"{source} names {len(names)} classes but {name} has {count} outputs"
         )

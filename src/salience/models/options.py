@@ -10,16 +10,28 @@ from typing import Any
 from salience.errors import InvalidInputError
 from salience.images import ImagePreset
 from salience.models.presets import PresetOverrides
+from salience.outputs import SOFTMAX, Summary, summarize
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to explain: its adapter, name, input preprocessing and class names."""
+    """A model ready to explain: its adapter, name, input preprocessing and class names (one
+    per output), how its outputs read (:mod:`salience.outputs`) and, for a binary output, the
+    name of its negative side."""
 
     adapter: Any = field(repr=False)
     name: str
     preset: ImagePreset
     class_names: list[str] = field(repr=False)
+    output_kind: str = SOFTMAX
+    negative_class: str | None = None
+
+    def summary(self, outputs: Any, k: int = 5) -> Summary:
+        """The prediction of one sample's outputs in their own terms
+        (:func:`salience.outputs.summarize`)."""
+        return summarize(
+            outputs, self.output_kind, self.class_names, k, negative=self.negative_class
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,10 @@ class LoadOptions:
         ``package.module:function`` building the architecture of a state dict file.
     weights : path, optional
         Weights for a model given as a factory.
+    output_kind : {"softmax", "sigmoid", "multilabel", "regression"}, optional
+        How the model's outputs read (default: from its final activation).
+    output_key : str, optional
+        The output to explain of a model that returns several (a dict key, a field, an index).
     trust_pickle : bool
         Run what the file carries: unpickle full models, load Keras Lambda layers, exported
         programs outside the checked subset and TorchScript code that reaches files (see
@@ -74,6 +90,8 @@ class LoadOptions:
     preset: str | None = None
     factory: str | None = None
     weights: str | None = None
+    output_kind: str | None = None
+    output_key: str | None = None
     trust_pickle: bool = False
     resize: str | None = None
     interpolation: str | None = None
@@ -104,6 +122,7 @@ class LoadOptions:
             intensity_window=None
             if self.intensity_window is None
             else tuple(float(v) for v in self.intensity_window),  # type: ignore[arg-type]
+            output_kind=self.output_kind,
         )
 
 

@@ -15,6 +15,7 @@ or ``net.preset.json`` beside it that says how its images are prepared::
     channel_order = "rgb"           # or "bgr" (Caffe-style models)
     layout = "nhwc"                 # the input layout, when the model's shape does not tell
     labels = "labels.txt"           # one class name per line (or a JSON list), or a list here
+    output_kind = "sigmoid"         # softmax | sigmoid | multilabel | regression (see outputs)
 
 Everything is optional. What the sidecar leaves out comes from the model (its static input size,
 its channels, ONNX metadata), else ImageNet's preprocessing; command-line flags override the
@@ -41,6 +42,7 @@ from salience.images import (
     RESIZE_MODES,
     ImagePreset,
 )
+from salience.outputs import OUTPUT_KINDS
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 LAYOUTS = ("nchw", "nhwc")
@@ -97,6 +99,7 @@ class PresetOverrides:
     channel_order: str | None = None
     layout: str | None = None
     labels: tuple[str, ...] | Path | None = None
+    output_kind: str | None = None
 
     def given(self) -> list[str]:
         """The names of the settings that are set."""
@@ -318,6 +321,7 @@ _CHECKS = {
     "channel_order": _choice(CHANNEL_ORDERS),
     "layout": _choice(LAYOUTS),
     "labels": _labels,
+    "output_kind": _choice(OUTPUT_KINDS),
 }
 
 

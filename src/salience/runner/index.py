@@ -100,7 +100,7 @@ def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc
         "index": str(index),
         "path": row["path"],
         "predicted": row["predicted_class"] or "",
-        "probability": _number(row["probability"]),
+        "probability": _number(_confidence(row)),
         "label": row["label_class"] or "",
         "correct": "" if correct is None else str(int(correct)),
         "seconds": _number(row["seconds"]),
@@ -110,7 +110,7 @@ def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc
         f'<td class="path" title="{html.escape(row["path"])}">{html.escape(name)}</td>',
         f'<td class="thumbs">{_thumbnails(folder, methods) if done else ""}</td>',
         f"<td>{html.escape(row['predicted_class'] or '')}</td>",
-        f'<td class="num">{_percent(row["probability"])}</td>',
+        f'<td class="num">{_shown_confidence(row)}</td>',
         f'<td class="label">{html.escape(row["label_class"] or "")}</td>',
         f'<td class="correct">{"" if correct is None else "✓" if correct else "✗"}</td>',
     ]
@@ -143,6 +143,17 @@ def _thumbnails(folder: str, methods: Sequence[str]) -> str:
 def _attribute(column: str) -> str:
     """A column's name as the suffix of a ``data-`` attribute."""
     return re.sub(r"[^a-z0-9_-]", "_", column.lower())
+
+
+def _confidence(row: dict) -> float | None:
+    """The probability of the prediction, or a regression's value."""
+    return row["probability"] if row["probability"] is not None else row.get("value")
+
+
+def _shown_confidence(row: dict) -> str:
+    if row["probability"] is None and row.get("value") is not None:
+        return f"{row['value']:.4g}"
+    return _percent(row["probability"])
 
 
 def _number(value: float | None) -> str:

@@ -2,7 +2,9 @@
 
 Columns: ``path``, ``key`` (the item's folder under ``items/``), ``status`` (``done``,
 ``failed``, or ``pending`` for an item no run has finished), ``predicted`` and
-``predicted_class``, ``probability`` (softmax of the predicted class), ``label`` and
+``predicted_class``, ``probability`` (of the predicted class, label or side of a binary
+output, in the outputs' own terms: :func:`salience.outputs.summarize`; empty for a regression),
+``value`` (a regression's first value), ``label`` and
 ``label_class`` (from the manifest), ``correct``, ``METHOD_deletion_auc`` and
 ``METHOD_insertion_auc`` per method when the job plays those curves, ``seconds`` (the item's
 time in its worker) and ``error``.
@@ -54,6 +56,7 @@ def table_rows(
             "predicted": predicted,
             "predicted_class": record.get("predicted_class") if done else None,
             "probability": record.get("probability") if done else None,
+            "value": record.get("value") if done else None,
             "label": label,
             "label_class": class_names[label] if label is not None else None,
             "correct": (predicted == label) if done and label is not None else None,
@@ -92,6 +95,7 @@ def _schema(pa: Any, rows: list[dict[str, Any]]) -> Any:
         "label": pa.int64(),
         "correct": pa.bool_(),
         "probability": pa.float64(),
+        "value": pa.float64(),
         "seconds": pa.float64(),
     }
     return pa.schema(

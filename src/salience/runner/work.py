@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from salience.api import explain_all, make_explainer, method_options
 from salience.errors import first_line
 from salience.evaluation.faithfulness import MODES, CausalMetric
@@ -125,12 +123,12 @@ class ItemWorker:
             target=self.target,
             score=spec.score,
             class_names=names,
+            output_kind=self.loaded.output_kind,
         )
         outputs = next(iter(explanations.values())).outputs  # the methods' own forward pass
         if outputs is None:
             outputs = adapter.forward(image.tensor)
-        probabilities = torch.softmax(as_score_matrix(outputs), dim=1)[0]
-        predicted = int(probabilities.argmax())
+        prediction = self.loaded.summary(as_score_matrix(outputs)[0], k=1).best
         display = spec.display
         view = display.view(image)
         files = {IMAGE_THUMBNAIL: encode(thumbnail(view.image, display.thumbnail))}
@@ -152,9 +150,10 @@ class ItemWorker:
         record = {
             "status": DONE,
             "error": None,
-            "predicted": predicted,
-            "predicted_class": names[predicted] if predicted < len(names) else str(predicted),
-            "probability": float(probabilities[predicted]),
+            "predicted": prediction.index,
+            "predicted_class": prediction.name,
+            "probability": prediction.probability,
+            "value": prediction.output if prediction.probability is None else None,
             "explained": first.targets[0].tolist(),
             "explained_classes": list(first.target_names[0]) if first.target_names else None,
             "auc": auc,

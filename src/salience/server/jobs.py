@@ -17,10 +17,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from salience.images import PreparedImage
 from salience.loading import LoadedModel
+from salience.outputs import output_probabilities
 from salience.server.errors import ApiError, classify, report
 from salience.server.limits import ImageUpload, RequestRejectedError
 from salience.server.service import DisplayOptions, RenderedMap, render
@@ -117,6 +116,7 @@ class Job:
                     target=self.target,
                     score=self.score,
                     class_names=self.model.class_names,
+                    output_kind=self.model.output_kind,
                 )
                 for name, explanation in results.items():
                     explanation = explanation.with_names(self.model.class_names, self.model.name)
@@ -135,9 +135,10 @@ class Job:
             )
 
     def _probabilities(self, image: PreparedImage) -> dict[int, float]:
+        """Each output's probability (none for a regression: its maps show no percentage)."""
         logits = self.model.adapter.forward(image.tensor)[0].float()
-        probabilities = torch.softmax(logits, dim=0)
-        return {i: float(p) for i, p in enumerate(probabilities.tolist())}
+        probabilities = output_probabilities(logits, self.model.output_kind)
+        return {} if probabilities is None else dict(enumerate(probabilities.tolist()))
 
     def _start_group(self, group: Sequence[Any]) -> None:
         with self._lock:

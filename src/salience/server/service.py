@@ -152,19 +152,20 @@ def layer_catalog(pool: ModelPool, model: LoadedModel) -> dict[str, Any]:
 
 
 def predictions(model: LoadedModel, image: PreparedImage, k: int = PREDICTIONS) -> list[dict]:
-    """The model's ``k`` most probable classes for one prepared image."""
-    logits = model.adapter.forward(image.tensor)[0].float()
-    probabilities = torch.softmax(logits, dim=0)
-    top = probabilities.topk(min(k, probabilities.numel()))
-    names = model.class_names
+    """The model's prediction for one prepared image in its outputs' terms
+    (:meth:`~salience.models.options.LoadedModel.summary`): its ``k`` most probable classes or
+    labels, the two sides of a binary output, or its values (``probability`` None)."""
+    summary = model.summary(model.adapter.forward(image.tensor)[0], k)
     return [
         {
-            "index": int(i),
-            "name": names[i] if 0 <= i < len(names) else str(i),
-            "probability": float(p),
-            "logit": float(logits[i]),
+            "index": line.index,
+            "name": line.name,
+            "probability": line.probability,
+            "logit": line.output,
+            "text": line.text(),
+            "kind": summary.kind,
         }
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        for line in summary.top
     ]
 
 

@@ -190,10 +190,10 @@ async function predict() {
       const item = document.createElement("li");
       item.title = "explain this class";
       item.dataset.index = p.index;
-      item.textContent = `${p.name} ${(100 * p.probability).toFixed(1)}%`;
+      item.textContent = p.text;
       const bar = document.createElement("span");
       bar.className = "bar";
-      bar.style.width = `${Math.max(1, 100 * p.probability)}%`;
+      bar.style.width = `${p.probability == null ? 0 : Math.max(1, 100 * p.probability)}%`;
       item.append(bar);
       item.addEventListener("click", () => {
         $("class-name").value = p.name;
