@@ -158,7 +158,7 @@ def test_an_internal_error_keeps_its_traceback(
 ) -> None:
     import salience.postprocess
 
-    monkeypatch.setattr(salience.postprocess, "to_display", _raising_in_salience(statement))
+    monkeypatch.setattr(salience.postprocess, "display_values", _raising_in_salience(statement))
     with pytest.raises(error) as info:
         cli.main([*_explain(tmp_path), "--size", "32", "--quiet"])
     assert "(while explaining dark)" in getattr(info.value, "__notes__", [])
@@ -173,7 +173,7 @@ def test_a_salience_error_is_one_line(
     broken = _raising_in_salience(
         "raise errors.InvalidInputError('the map is empty; give a map\\nsecond line')"
     )
-    monkeypatch.setattr(salience.postprocess, "to_display", broken)
+    monkeypatch.setattr(salience.postprocess, "display_values", broken)
     status = cli.main([*_explain(tmp_path), "--size", "32", "--quiet"])
     err = capsys.readouterr().err
     assert status == 2

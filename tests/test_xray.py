@@ -87,7 +87,10 @@ def folder(trained: XrayNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     place = tmp_path_factory.mktemp("xray")
     image = xray_images(np.random.default_rng(1), 1, lesion=True, jitter=0)[0]
     Image.fromarray(np.round(image * 255).astype(np.uint8)).save(place / "xray.png")
-    (place / "xray.preset.toml").write_text("mean = [0]\nstd = [1]\n")
+    # the torch and ONNX twins end in the logit: the preset says it is one sigmoid decision
+    (place / "xray.preset.toml").write_text(
+        'mean = [0]\nstd = [1]\noutput_kind = "sigmoid"\nlabels = ["normal", "effusion"]\n'
+    )
     torch.save(trained.state_dict(), place / "xray.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
@@ -130,13 +133,34 @@ def keras_twin(net: XrayNet) -> object:
     return model
 
 
-def explain(folder: Path, output: Path, methods: str, *model: str) -> dict[str, Explanation]:
-    """``salience explain xray.png --model ... --method METHODS``: the maps it wrote, by method."""
+def explain(
+    folder: Path, output: Path, methods: str, *model: str, capsys: pytest.CaptureFixture
+) -> tuple[dict[str, Explanation], str]:
+    """``salience explain xray.png --model ... --method METHODS``: the maps it wrote, by method,
+    and what it printed."""
     image = str(folder / "xray.png")
     options = ["--method", methods, "-o", str(output), "--quiet"]
+    capsys.readouterr()
     code = main(["explain", image, "--model", *model, *options])
     assert code == 0
-    return {m: Explanation.load(output / f"xray_{m}.npz") for m in methods.split(",")}
+    printed = capsys.readouterr().out
+    return {m: Explanation.load(output / f"xray_{m}.npz") for m in methods.split(",")}, printed
+
+
+def logit_of(net: XrayNet, image: Path) -> float:
+    """The network's logit on ``image``, in float64."""
+    pixels = torch.from_numpy(np.asarray(Image.open(image), dtype=np.float64) / 255.0)[None, None]
+    with torch.no_grad():
+        return float(copy.deepcopy(net).double()(pixels)[0, 0])
+
+
+def assert_prints_the_models_probability(printed: str, net: XrayNet, image: Path) -> None:
+    """The printed prediction is the positive side's σ(logit), as the model gives it."""
+    probability = 1 / (1 + np.exp(-logit_of(net, image)))
+    side = "effusion" if probability >= 0.5 else "normal"
+    shown = probability if side == "effusion" else 1 - probability
+    assert f"{side} {shown:.1%}" in " ".join(printed.split()), printed
+    assert "100.0%" not in printed
 
 
 def peak(explanation: Explanation) -> tuple[float, float]:
@@ -185,24 +209,14 @@ def gradcam_plus_plus_eq19(net: XrayNet, image: Path, score_of_logit) -> torch.T
 
 
 def explained_score(explanation: Explanation, net: XrayNet, image: Path):
-    """The function of the logit that salience explained: the logit itself or its sigmoid.
-
-    A final sigmoid is explained as it is unless the model's output is cut before it; the
-    explanation's recorded score says which it was.
-    """
-    pixels = torch.from_numpy(np.asarray(Image.open(image), dtype=np.float64) / 255.0)[None, None]
-    with torch.no_grad():
-        logit = float(copy.deepcopy(net).double()(pixels)[0, 0])
+    """The logit, which salience explains: the final sigmoid (Keras) is cut before it."""
+    logit = logit_of(net, image)
     recorded = float(explanation.scores[0, 0])
-    candidates = {
-        "logit": (logit, lambda z: z),
-        "sigmoid": (1 / (1 + np.exp(-logit)), torch.sigmoid),
-    }
-    name = min(candidates, key=lambda k: abs(candidates[k][0] - recorded))
-    assert abs(candidates[name][0] - recorded) <= 1e-5 * max(1.0, abs(recorded)), (
-        f"the explained score {recorded} is neither the logit {logit} nor its sigmoid"
+    assert explanation.score_kind == "logit"
+    assert abs(logit - recorded) <= 1e-5 * max(1.0, abs(recorded)), (
+        f"the explained score {recorded} is not the logit {logit}"
     )
-    return candidates[name][1]
+    return lambda z: z
 
 
 def assert_equals_eq19(explanation: Explanation, net: XrayNet, image: Path) -> None:
@@ -218,11 +232,18 @@ def assert_equals_eq19(explanation: Explanation, net: XrayNet, image: Path) -> N
 
 @pytest.mark.skipif(keras is None, reason="Keras 3 is not installed (the keras extra)")
 def test_keras_xray_model_explained_from_the_command_line(
-    folder: Path, trained: XrayNet, tmp_path: Path
+    folder: Path, trained: XrayNet, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    maps = explain(
-        folder, tmp_path, "gradcam++,scorecam", str(folder / "xray.keras"), "--layer", "conv3"
+    maps, printed = explain(
+        folder,
+        tmp_path,
+        "gradcam++,scorecam",
+        str(folder / "xray.keras"),
+        "--layer",
+        "conv3",
+        capsys=capsys,
     )
+    assert_prints_the_models_probability(printed, trained, folder / "xray.png")
     assert_in_lesion(maps["gradcam++"])
     assert_in_lesion(maps["scorecam"])
     assert_equals_eq19(maps["gradcam++"], trained, folder / "xray.png")
@@ -237,19 +258,23 @@ def test_keras_layers_of_a_grayscale_model(folder: Path, capsys: pytest.CaptureF
 
 
 def test_torch_xray_model_explained_from_the_command_line(
-    folder: Path, trained: XrayNet, tmp_path: Path
+    folder: Path, trained: XrayNet, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     weights = str(folder / "xray.pt")  # a module has no static input size: --size says it
     model = ["model_factories:xray_net", "--weights", weights, "--size", "64", "--layer", "conv3"]
-    maps = explain(folder, tmp_path, "gradcam++,scorecam", *model)
+    maps, printed = explain(folder, tmp_path, "gradcam++,scorecam", *model, capsys=capsys)
+    assert_prints_the_models_probability(printed, trained, folder / "xray.png")
     assert_in_lesion(maps["gradcam++"])
     assert_in_lesion(maps["scorecam"])
     assert_equals_eq19(maps["gradcam++"], trained, folder / "xray.png")
 
 
-def test_onnx_xray_model_explained_from_the_command_line(folder: Path, tmp_path: Path) -> None:
+def test_onnx_xray_model_explained_from_the_command_line(
+    folder: Path, trained: XrayNet, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     model = [str(folder / "xray.onnx"), "--window", "8", "--stride", "4"]
-    maps = explain(folder, tmp_path, "occlusion", *model)
+    maps, printed = explain(folder, tmp_path, "occlusion", *model, capsys=capsys)
+    assert_prints_the_models_probability(printed, trained, folder / "xray.png")
     assert_in_lesion(maps["occlusion"])
 
 
