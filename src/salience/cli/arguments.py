@@ -223,8 +223,20 @@ def _flag_settings(option: Option, methods: Sequence[str]) -> dict[str, Any]:
 
         kind = "an integer" if option.kind is int else "a number"
         convert = _option_type(kind, check, option.kind)
+        if option.auto:
+            convert = _or_auto(convert)
         return {"default": option.default, "type": convert, "help": text}
     return {"default": option.default, "help": text}
+
+
+def _or_auto(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` that also takes ``auto`` (grow the count until the map converges)."""
+
+    def parse(text: str) -> Any:
+        return "auto" if text == "auto" else convert(text)
+
+    parse.__name__ = f"{convert.__name__} or auto"
+    return parse
 
 
 def method_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -78,6 +78,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 rows: list[list[Any]] = []
                 view = display.view(image)
                 for name, explanation in explanations.items():
+                    _warn_unconverged(bar, item.label, name, explanation.info)
                     explanation = explanation.with_names(names, model=model_name)
                     stem = f"{item.label}_{name}"
                     maps = _encode_outputs(explanation, view, stem, display, files)
@@ -108,6 +109,15 @@ def run_explain(args: argparse.Namespace) -> int:
             )
     print(f"wrote {tasks} explanations and {grid} to {output}/")
     return 0
+
+
+def _warn_unconverged(bar: Any, label: str, method: str, info: dict[str, Any]) -> None:
+    """Print a warning when a sampled map has not converged (:mod:`salience.methods.convergence`)."""
+    from salience.methods.convergence import convergence_warning
+
+    warning = convergence_warning(method, info)
+    if warning is not None:
+        bar.write(f"warning: {label}: {warning}", file=sys.stderr)
 
 
 def write_together(folder: Path, files: dict[str, bytes]) -> None:
