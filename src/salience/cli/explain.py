@@ -112,7 +112,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def _warn_unconverged(bar: Any, label: str, method: str, info: dict[str, Any]) -> None:
-    """Print a warning when a sampled map has not converged (:mod:`salience.methods.convergence`)."""
+    """Print a warning when a map has not converged (see salience.methods.convergence)."""
     from salience.methods.convergence import convergence_warning
 
     warning = convergence_warning(method, info)
