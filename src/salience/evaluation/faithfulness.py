@@ -285,6 +285,10 @@ class CausalMetric:
         Seed of ROAD's noise.
     road_noise : float
         σ of ROAD's noise on the imputed values, in the model's input units.
+    bulk : bool, optional
+        Whether many calls follow (a batch job: the adapter may then run its fused forward-only
+        copy, built once and reused for every image); None: when one call scores at least
+        :data:`~salience.methods.masking.BULK_PASSES` step images.
     """
 
     def __init__(
@@ -301,6 +305,7 @@ class CausalMetric:
         order: str = MORF,
         seed: int | None = 0,
         road_noise: float = 0.01,
+        bulk: bool | None = None,
     ) -> None:
         if order not in ORDERS:
             raise InvalidInputError(f"unknown order {order!r}; choose {' or '.join(ORDERS)}")
@@ -338,6 +343,7 @@ class CausalMetric:
         if not (isinstance(road_noise, int | float) and road_noise >= 0):
             raise InvalidInputError(f"road_noise must be a number >= 0, got {road_noise!r}")
         self.road_noise = float(road_noise)
+        self.bulk = bulk
 
     @property
     def substrate_name(self) -> str:
@@ -417,7 +423,7 @@ class CausalMetric:
                     chunk_size=self.chunk_size,
                     progress=self.progress,
                     description=description,
-                    bulk=n * len(changed) >= BULK_PASSES,
+                    bulk=n * len(changed) >= BULK_PASSES if self.bulk is None else self.bulk,
                 )
             curves[sample] = scores[:, 0].double().cpu()
         targets = (
@@ -452,7 +458,7 @@ class CausalMetric:
                 for keep in kept.astype(bool)
             ]
             batch = torch.as_tensor(np.stack(imputed)).to(device=x.device, dtype=x.dtype)
-            outputs = self.adapter.forward(batch)
+            outputs = self.adapter.forward(batch, bulk=bool(self.bulk))
             return target_scores(outputs, selection.repeat(batch.shape[0]), self.score)
 
         parts = map_in_chunks(

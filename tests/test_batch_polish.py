@@ -1,5 +1,6 @@
 """``kill PID`` (SIGTERM) stops a batch job as Ctrl-C does: its workers end with it, its
-finished images are kept; and the console names each failed file and why."""
+finished images are kept; the console names each failed file and why; the AUCs' passes run as
+a batch job's bulk work."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_batch import MODEL, make_images
+from test_batch import MODEL, OPTIONS, make_images
 from test_batch_kill import interrupt_after, records, running, start_job, temporaries
 
 
@@ -47,3 +48,37 @@ def test_the_console_names_each_failed_file_and_why(
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
     assert [Path(line.split(": ")[1]).name for line in failed] == ["broken.png", "empty.png"]
     assert all(len(line.split(": ", 2)[2]) > 5 for line in failed)  # and why
+
+
+def test_the_auc_curves_of_a_job_run_as_bulk_work(tmp_path: Path) -> None:
+    # a job scores deletion and insertion on every image: its worker tells the adapter that
+    # many passes follow, so a model with a fused forward-only copy builds it once and runs
+    # every curve through it (one image's 2 × 17 step images alone would not ask for it)
+    import torch
+
+    from salience.evaluation.faithfulness import CausalMetric
+    from salience.runner import JobSpec
+    from salience.runner.inputs import collect_inputs
+    from salience.runner.work import ItemWorker, read_task
+
+    spec = JobSpec(
+        model=MODEL, load_options=OPTIONS, methods=("gradient",), auc=True, pixels_per_step=64
+    )
+    worker = ItemWorker(spec)
+    adapter = worker.loaded.adapter
+    asked: list[tuple[int, bool]] = []
+    forward = adapter.forward
+
+    def spy(x: torch.Tensor, **options: object) -> torch.Tensor:
+        asked.append((x.shape[0], bool(options.get("bulk", False))))
+        return forward(x, **options)
+
+    adapter.forward = spy  # type: ignore[method-assign]
+    make_images(tmp_path / "images", 1)
+    (item,) = collect_inputs(tmp_path / "images")
+    result = worker.process(read_task(item))
+    assert result.record["status"] == "done", result.record
+    assert set(result.record["auc"]["gradient"]) == {"deletion", "insertion"}
+    steps = [bulk for count, bulk in asked if count > 1]
+    assert steps and all(steps)
+    assert all(isinstance(metric, CausalMetric) and metric.bulk for metric in worker.metrics)
