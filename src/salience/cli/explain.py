@@ -107,7 +107,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 cmap=args.cmap,
                 alpha=args.alpha,
             )
-    print(f"wrote {tasks} explanations and {grid} to {output}/")
+    print(f"wrote {tasks} explanation{'' if tasks == 1 else 's'} and {grid} to {output}/")
     return 0
 
 
