@@ -82,3 +82,25 @@ def test_the_auc_curves_of_a_job_run_as_bulk_work(tmp_path: Path) -> None:
     steps = [bulk for count, bulk in asked if count > 1]
     assert steps and all(steps)
     assert all(isinstance(metric, CausalMetric) and metric.bulk for metric in worker.metrics)
+
+
+def test_an_error_row_of_the_index_stays_one_short_line() -> None:
+    from salience.runner.index import ERROR_CHARACTERS, render_index
+
+    error = "cannot identify image file: " + "x" * 300
+    row = {
+        "key": "bad.png",
+        "path": "/images/bad.png",
+        "status": "failed",
+        "predicted_class": None,
+        "probability": None,
+        "label_class": None,
+        "correct": None,
+        "seconds": 0.1,
+        "error": error,
+    }
+    page = render_index([row], methods=["gradient"], model="m", auc=False)
+    cell = page[page.index('<td class="error"') :].split("</td>")[0]
+    shown = cell.split(">", 1)[1]
+    assert len(shown) == ERROR_CHARACTERS and shown.endswith("…")
+    assert f'title="{error}"' in cell  # the whole message on hover
