@@ -60,3 +60,19 @@ def test_a_word_suggests_the_class_names_that_contain_it() -> None:
     assert "crate" not in message  # look-alikes only when no name has the word
     with pytest.raises(TargetError, match="'dingo'"):
         parse_target("dgo", imagenet_class_names())
+
+
+def test_progress_on_a_log_has_no_cursor_escapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # four images of one sampled method: the command's bar, and the method's bar under it;
+    # on an output that is not a terminal only the command's is drawn, with no "ESC [A"
+    images = []
+    for i in range(4):
+        images.append(str(tmp_path / f"im{i}.png"))
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(images[-1])
+    argv = ["explain", *images, "--model", FACTORY, "--size", "32", "--method", "smoothgrad"]
+    assert cli.main([*argv, "--samples", "4", "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "explaining" in err and "4/4" in err
+    assert "\x1b[A" not in err
