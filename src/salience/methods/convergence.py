@@ -137,6 +137,16 @@ def grow_until_converged(
         count = min(2 * count, cap)
 
 
+def with_count(run: Callable[[int], Any], count: int | str, cap: int) -> Any:
+    """``run(count)``; for ``count="auto"``, :func:`grow_until_converged` up to ``cap``, with
+    the counts tried and their figures in ``info["convergence"]["history"]``."""
+    if count != AUTO:
+        return run(int(count))
+    result, history = grow_until_converged(run, cap)
+    result.info["convergence"]["history"] = history
+    return result
+
+
 def convergence_warning(method: str, info: dict[str, Any]) -> str | None:
     """One line when a map has not converged (None when it has, or reports nothing)."""
     convergence = info.get("convergence")

@@ -19,9 +19,9 @@ from salience.methods.base import (
 from salience.methods.convergence import (
     AGREEMENT_THRESHOLD,
     AUTO,
-    grow_until_converged,
     half_of,
     split_half_info,
+    with_count,
 )
 from salience.methods.options import (
     CHUNK_SIZE,
@@ -135,13 +135,9 @@ class _NoiseExplainer(Explainer):
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """The statistic over the samples; with ``n_samples="auto"``, over as many as needed."""
-        if self.n_samples != AUTO:
-            return self._attribute(x, spec, score, self.n_samples)
-        result, history = grow_until_converged(
-            lambda count: self._attribute(x, spec, score, count), self.max_samples
+        return with_count(
+            lambda count: self._attribute(x, spec, score, count), self.n_samples, self.max_samples
         )
-        result.info["convergence"]["history"] = history
-        return result
 
     def _attribute(self, x: Tensor, spec: TargetSpec, score: str, count: int) -> Attribution:
         """Accumulate the statistic over ``count`` noisy samples, chunk by chunk.

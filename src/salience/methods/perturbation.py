@@ -21,9 +21,9 @@ from salience.methods.baselines import BASELINE, BaselineLike, baseline_like, ch
 from salience.methods.convergence import (
     AGREEMENT_THRESHOLD,
     AUTO,
-    grow_until_converged,
     half_of,
     split_half_info,
+    with_count,
 )
 from salience.methods.masking import masked_scores, weight_kind
 from salience.methods.options import CHUNK_SIZE, PROGRESS, SEED, SOFTMAX, Option
@@ -308,13 +308,9 @@ class RISE(Explainer):
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """RISE with ``n_masks`` masks; with ``"auto"``, with as many as the map needs."""
-        if self.n_masks != AUTO:
-            return self._attribute(x, spec, score, self.n_masks)
-        result, history = grow_until_converged(
-            lambda count: self._attribute(x, spec, score, count), self.max_masks
+        return with_count(
+            lambda count: self._attribute(x, spec, score, count), self.n_masks, self.max_masks
         )
-        result.info["convergence"]["history"] = history
-        return result
 
     def _attribute(self, x: Tensor, spec: TargetSpec, score: str, count: int) -> Attribution:
         """Score every masked image, then average the masks weighted by their scores.
