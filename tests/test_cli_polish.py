@@ -76,3 +76,28 @@ def test_progress_on_a_log_has_no_cursor_escapes(
     err = capsys.readouterr().err
     assert "explaining" in err and "4/4" in err
     assert "\x1b[A" not in err
+
+
+def test_the_json_sidecar_records_source_probability_and_display(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import torch
+
+    from salience.loading import LoadOptions, open_model
+
+    image = tmp_path / "grey.png"
+    Image.fromarray(np.full((32, 32, 3), 70, np.uint8)).save(image)
+    argv = ["explain", str(image), "--model", FACTORY, "--size", "32", "--quiet"]
+    out = tmp_path / "out"
+    assert cli.main([*argv, "--method", "gradient", "--cmap", "viridis", "-o", str(out)]) == 0
+    sidecar = json.loads((out / "grey_gradient.json").read_text())
+    assert sidecar["source"] == str(image.resolve())
+    assert sidecar["display"]["cmap"] == "viridis" and sidecar["display"]["percentile"] == 99.0
+    loaded = open_model(FACTORY, LoadOptions(size=32))
+    x = loaded.preset.prepare(str(image)).tensor
+    probabilities = torch.softmax(loaded.adapter.forward(x), dim=1)[0]
+    (explained,) = sidecar["targets"][0]
+    # the same float32 forward pass: equal to a few ulps of a probability
+    assert sidecar["probability"] == [pytest.approx(float(probabilities[explained]), abs=1e-6)]

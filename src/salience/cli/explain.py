@@ -82,6 +82,9 @@ def run_explain(args: argparse.Namespace) -> int:
                     explanation = explanation.with_names(names, model=model_name)
                     stem = f"{item.label}_{name}"
                     maps = _encode_outputs(explanation, view, stem, display, files)
+                    files[f"{stem}.json"] = _sidecar(
+                        files[f"{stem}.json"], item, explanation, image_probabilities, display
+                    )
                     for k, full in enumerate(maps):
                         if len(rows) <= k:
                             rows.append([])
@@ -118,6 +121,29 @@ def _warn_unconverged(bar: Any, label: str, method: str, info: dict[str, Any]) -
     warning = convergence_warning(method, info)
     if warning is not None:
         bar.write(f"warning: {label}: {warning}", file=sys.stderr)
+
+
+def _sidecar(
+    metadata: bytes,
+    item: ImageInput,
+    explanation: Explanation,
+    probabilities: Tensor,
+    display: DisplayOptions,
+) -> bytes:
+    """The explanation's JSON with what the command knows besides: the image's source, each
+    explained class's probability, and the display settings its overlay was drawn with."""
+    import dataclasses
+    import json
+
+    values = json.loads(metadata)
+    named = isinstance(item.source, str | Path)
+    values["source"] = str(Path(item.source).resolve()) if named else f"bundled photo {item.label}"
+    classes = explanation.targets[0].tolist()
+    values["probability"] = [
+        float(probabilities[k]) if 0 <= k < len(probabilities) else None for k in classes
+    ]
+    values["display"] = dataclasses.asdict(display)
+    return json.dumps(values, indent=2).encode()
 
 
 def write_together(folder: Path, files: dict[str, bytes]) -> None:
