@@ -144,7 +144,7 @@ def test_rise_weighs_masks_by_the_class_probability_as_in_the_paper() -> None:
         probabilities = torch.softmax(model(x * masks), dim=1)[:, 2]
     expected = (probabilities[:, None, None] * masks[:, 0]).sum(0) / (50 * 0.4)
     assert relative_error(explanation.attributions[0, 0], expected) < 1e-5
-    assert explanation.info == {"weights": "probability"}
+    assert explanation.info["weights"] == "probability"
     assert float(masks.min()) >= 0 and float(masks.max()) <= 1
 
 

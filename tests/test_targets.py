@@ -40,7 +40,7 @@ def test_parse(given: object, expected: object) -> None:
 def test_unknown_class_name_suggests_close_matches() -> None:
     with pytest.raises(TargetError, match=r"unknown class name 'tabbby'.*'tabby'"):
         parse_target("tabbby", NAMES)
-    with pytest.raises(TargetError, match="'egyptian cat'"):
+    with pytest.raises(TargetError, match="'Egyptian cat'"):
         parse_target("cat egyptian", [*NAMES, "cat"])
 
 

@@ -308,9 +308,12 @@ def _parse_target_string(text: str, class_names: Sequence[str] | None) -> Target
     names = [name.lower() for name in class_names]
     if lowered in names:
         return ClassIndex(names.index(lowered))
-    close = difflib.get_close_matches(lowered, names, n=3, cutoff=0.6)
-    partial = [name for name in names if lowered in name][:3]
-    suggestions = list(dict.fromkeys(close + partial))
+    # names that have the word ("cat": Egyptian cat, tiger cat, ...) first, then look-alikes
+    words = [i for i, name in enumerate(names) if lowered in name.replace(",", " ").split()]
+    close = [names.index(n) for n in difflib.get_close_matches(lowered, names, n=3, cutoff=0.6)]
+    partial = [i for i, name in enumerate(names) if lowered in name][:3]
+    chosen = list(dict.fromkeys(words[:6] + ([] if words else close + partial)))
+    suggestions = [class_names[i] for i in chosen]
     hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
     raise TargetError(f"unknown class name {text!r}{hint}")
 

@@ -20,8 +20,26 @@ if TYPE_CHECKING:
     from salience.targets import TargetSpec
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` that states every option's default (where its help does not already)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        shown = not hidden and bool(action.option_strings)
+        if shown and "default" not in text.lower() and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line; the usage is one ``--help`` away."""
+    """An argument parser whose errors are one line; the usage is one ``--help`` away; its help
+    states the defaults (its subcommands' parsers are of this class too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"salience: error: {message} (see {self.prog} --help)\n")
@@ -228,7 +246,12 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         type=_target,
         help="predicted | class INDEX (from 0) | class NAME | top-K (default: predicted)",
     )
-    parser.add_argument("--score", choices=("logit", "probability"), default="logit")
+    parser.add_argument(
+        "--score",
+        choices=("logit", "probability"),
+        default="logit",
+        help="what is explained: the class's logit or its softmax probability",
+    )
     from salience.methods import flagged_options
 
     for option, methods in flagged_options():
@@ -252,8 +275,20 @@ def _flag_settings(option: Option, methods: Sequence[str]) -> dict[str, Any]:
 
         kind = "an integer" if option.kind is int else "a number"
         convert = _option_type(kind, check, option.kind)
+        if option.auto:
+            convert = _or_auto(convert)
         return {"default": option.default, "type": convert, "help": text}
     return {"default": option.default, "help": text}
+
+
+def _or_auto(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` that also takes ``auto`` (grow the count until the map converges)."""
+
+    def parse(text: str) -> Any:
+        return "auto" if text == "auto" else convert(text)
+
+    parse.__name__ = f"{convert.__name__} or auto"
+    return parse
 
 
 def method_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -454,9 +489,12 @@ def check_before_model(args: argparse.Namespace) -> None:
                 continue  # a folder of images, for the commands that take them
             if not Path(name).is_file() and name not in SAMPLE_IMAGES:
                 what = "a folder" if Path(name).is_dir() else "no file"
+                batch = (
+                    f", or explain the folder with: salience batch {name}" if what[0] == "a" else ""
+                )
                 raise MissingFileError(
                     f"{name} is {what}: give image files or bundled photos "
-                    f"({', '.join(SAMPLE_IMAGES)})"
+                    f"({', '.join(SAMPLE_IMAGES)}){batch}"
                 )
     if hasattr(args, "trust_pickle") and not getattr(args, "data", False):
         load_options_from_args(args)

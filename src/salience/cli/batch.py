@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from salience.cli.arguments import (
     display_from_args,
@@ -40,18 +45,44 @@ def run_batch(args: argparse.Namespace) -> int:
         args.engine, args.workers, address=args.ray_address, chunk_size=args.chunk_size
     )
     try:
-        summary = run_job(spec, args.input, args.output, engine=engine, progress=not args.quiet)
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            summary = run_job(spec, args.input, args.output, engine=engine, progress=not args.quiet)
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
         print(
-            f"salience: interrupted; the finished images are kept in {args.output}/: run the "
-            "same command again to resume",
+            f"salience: {'terminated' if terminated else 'interrupted'}; the finished images "
+            f"are kept in {args.output}/: run the same command again to resume",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signal.SIGTERM if terminated else 130
     print(
         f"{summary.total} images: {summary.explained} explained now "
         f"({summary.images_per_second:.2f} images/s), {summary.skipped} finished before, "
         f"{summary.failed} failed"
     )
     print(f"wrote {', '.join(path.name for path in summary.written)} to {summary.output}/")
+    for path, error in summary.failures:
+        print(f"failed: {path}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``), handled as Ctrl-C: the job stops its workers and keeps its work."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C raises
+    ``KeyboardInterrupt``: the engine's ``finally`` ends the workers instead of orphaning them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from salience.cli.arguments import (
     ImageInput,
@@ -102,10 +102,14 @@ def run_explain(args: argparse.Namespace) -> int:
                 rows: list[list[Rendering]] = []
                 view = display.view(image)
                 for name, explanation in explanations.items():
+                    _warn_unconverged(bar, item.label, name, explanation.info)
                     explanation = explanation.with_names(names, model=model_name)
                     stem = f"{item.label}_{name}"
                     drawn = _encode_outputs(
                         explanation, view, (item.label, stem), display, summary, names, files
+                    )
+                    files[f"{stem}.json"] = _sidecar(
+                        files[f"{stem}.json"], item, explanation, summary, display
                     )
                     for k, rendering in enumerate(drawn):
                         if len(rows) <= k:
@@ -134,8 +138,38 @@ def run_explain(args: argparse.Namespace) -> int:
                 alpha=display.alpha,
                 scales=[[rendering.scale for rendering in row] for row in grid_rows],
             )
-    print(f"wrote {tasks} explanations and {grid} to {output}/")
+    print(f"wrote {tasks} explanation{'' if tasks == 1 else 's'} and {grid} to {output}/")
     return 0
+
+
+def _warn_unconverged(bar: Any, label: str, method: str, info: dict[str, Any]) -> None:
+    """Print a warning when a map has not converged (see salience.methods.convergence)."""
+    from salience.methods.convergence import convergence_warning
+
+    warning = convergence_warning(method, info)
+    if warning is not None:
+        bar.write(f"warning: {label}: {warning}", file=sys.stderr)
+
+
+def _sidecar(
+    metadata: bytes,
+    item: ImageInput,
+    explanation: Explanation,
+    summary: Summary,
+    display: DisplayOptions,
+) -> bytes:
+    """The explanation's JSON with what the command knows besides: the image's source, each
+    explained class's probability, and the display settings its overlay was drawn with."""
+    import dataclasses
+    import json
+
+    values = json.loads(metadata)
+    named = isinstance(item.source, str | Path)
+    values["source"] = str(Path(item.source).resolve()) if named else f"bundled photo {item.label}"
+    known = {line.index: line.probability for line in summary.top if line.is_positive}
+    values["probability"] = [known.get(k) for k in explanation.targets[0].tolist()]
+    values["display"] = dataclasses.asdict(display)
+    return json.dumps(values, indent=2).encode()
 
 
 def table_input(inputs: list[str]) -> str | None:

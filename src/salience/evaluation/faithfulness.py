@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from salience.explanation import Explanation
 from salience.methods.base import Explainer, score_to_explain
 from salience.methods.masking import BULK_PASSES, masked_scores
 from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
-from salience.methods.sampling import make_generator
+from salience.methods.sampling import make_generator, map_in_chunks
 from salience.opening import adapter_for
 from salience.postprocess import REDUCTIONS, gaussian_blur, reduce_channels, upsample
 from salience.registry import UnknownNameError
@@ -54,6 +54,7 @@ from salience.targets import (
     TargetSpec,
     parse_target,
     resolve,
+    target_scores,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +63,15 @@ if TYPE_CHECKING:
 DELETION = "deletion"
 INSERTION = "insertion"
 MODES: tuple[str, ...] = (DELETION, INSERTION)
+MORF = "morf"
+"""Most relevant first: the order of RISE's deletion and insertion."""
+LERF = "lerf"
+"""Least relevant first: deleting the least salient pixels first should keep the score up."""
+ORDERS: tuple[str, ...] = (MORF, LERF)
+SUBSTRATES: tuple[str, ...] = ("zeros", "blur", "mean", "road")
+"""What changed pixels become: zeros, RISE's blur, each channel's mean, ROAD's imputation."""
+ROAD_STEPS = 10
+"""ROAD's curve: 0, 10, ..., 90% of the pixels removed (all of them leave nothing to impute)."""
 BLUR_KERNEL_SIZE = 11
 """RISE's insertion substrate: an 11×11 Gaussian kernel of σ 5 pixels."""
 BLUR_SIGMA = 5.0
@@ -69,6 +79,54 @@ RANDOM_METHOD = "random"
 """The name of the random-map baseline in reports."""
 
 SubstrateLike = str | float | Tensor | None
+
+
+@dataclass(frozen=True)
+class Game:
+    """One faithfulness curve: which pixels change first, into what, and which way is better.
+
+    Attributes
+    ----------
+    name : str
+        Its column in reports (``deletion``, ``road_morf``, ...).
+    mode : {"deletion", "insertion"}
+        Remove pixels from the image, or put them back onto the substrate.
+    order : {"morf", "lerf"}
+        Most or least relevant pixels first.
+    substrate : str or None
+        :class:`CausalMetric`'s substrate (None: the mode's default).
+    lower_is_better : bool
+        Whether a smaller area means a more faithful map.
+    """
+
+    name: str
+    mode: str
+    order: str
+    substrate: str | None
+    lower_is_better: bool
+
+    @property
+    def arrow(self) -> str:
+        """↓ or ↑: which way is better."""
+        return "↓" if self.lower_is_better else "↑"
+
+
+GAMES: dict[str, Game] = {
+    game.name: game
+    for game in (
+        Game(DELETION, DELETION, MORF, None, True),
+        Game(INSERTION, INSERTION, MORF, None, False),
+        Game("deletion_lerf", DELETION, LERF, None, False),
+        Game("deletion_blur", DELETION, MORF, "blur", True),
+        Game("deletion_mean", DELETION, MORF, "mean", True),
+        Game("road_morf", DELETION, MORF, "road", True),
+        Game("road_lerf", DELETION, LERF, "road", False),
+    )
+}
+"""Every curve :func:`evaluate_methods` plays, by name. Deletion to zeros rewards scattered
+maps (noise-like holes hurt any image); a blurred or mean substrate and ROAD's imputation
+remove that advantage, and LeRF (least relevant first) checks the other end of the ranking."""
+DEFAULT_GAMES: tuple[str, ...] = (DELETION, INSERTION, "road_morf", "road_lerf")
 
 
 def rise_blur_kernel(size: int = BLUR_KERNEL_SIZE, sigma: float = BLUR_SIGMA) -> Tensor:
@@ -175,6 +233,8 @@ class CurveResult:
     targets: Tensor
     score_kind: str
     pixels_per_step: int
+    order: str = MORF
+    substrate: str = ""
 
     @property
     def auc(self) -> Tensor:
@@ -192,6 +252,8 @@ class CurveResult:
             "mode": self.mode,
             "score": self.score_kind,
             "pixels_per_step": self.pixels_per_step,
+            "order": self.order,
+            "substrate": self.substrate,
             "targets": self.targets.tolist(),
             "fractions": self.fractions.tolist(),
             "scores": self.scores.tolist(),
@@ -216,15 +278,29 @@ class CausalMetric:
         volume, a hundredth of a signal's length.
     score : {"probability", "logit"}
         The softmax probability of the explained class (RISE), or its logit.
-    substrate : {"zeros", "blur"}, float or Tensor, optional
+    substrate : {"zeros", "blur", "mean", "road"}, float or Tensor, optional
         What changed pixels become (deletion) or start as (insertion); default: zeros for
-        deletion, :func:`rise_blur` for insertion. A tensor is broadcast to the batch.
+        deletion, :func:`rise_blur` for insertion. ``"mean"``: each channel's mean over the
+        image; ``"road"``: ROAD's noisy linear imputation from the pixels kept
+        (:mod:`salience.evaluation.road`), whose curve has 10 steps by default and stops before
+        every pixel is removed. A tensor is broadcast to the batch.
+    order : {"morf", "lerf"}
+        Most relevant pixels first (RISE), or least relevant first (LeRF: a deletion's score
+        should then stay up, so a large area is better).
     reduce : str
         Channel reduction of maps with channels (:func:`salience.postprocess.reduce_channels`).
     chunk_size : int
         Step images per forward pass; does not change the curves.
     progress : bool
         Show a progress bar.
+    seed : int or None
+        Seed of ROAD's noise.
+    road_noise : float
+        σ of ROAD's noise on the imputed values, in the model's input units.
+    bulk : bool, optional
+        Whether many calls follow (a batch job: the adapter may then run its fused forward-only
+        copy, built once and reused for every image); None: when one call scores at least
+        :data:`~salience.methods.masking.BULK_PASSES` step images.
     """
 
     def __init__(
@@ -238,7 +314,13 @@ class CausalMetric:
         reduce: str = "abs_max",
         chunk_size: int = PERTURBATION_CHUNK_SIZE,
         progress: bool = False,
+        order: str = MORF,
+        seed: int | None = 0,
+        road_noise: float = 0.01,
+        bulk: bool | None = None,
     ) -> None:
+        if order not in ORDERS:
+            raise InvalidInputError(f"unknown order {order!r}; choose {' or '.join(ORDERS)}")
         if mode not in MODES:
             raise InvalidInputError(f"unknown mode {mode!r}; choose {' or '.join(MODES)}")
         if pixels_per_step is not None and not (
@@ -255,9 +337,10 @@ class CausalMetric:
             )
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
             raise InvalidInputError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-        if isinstance(substrate, str) and substrate not in ("zeros", "blur"):
+        if isinstance(substrate, str) and substrate not in SUBSTRATES:
             raise InvalidInputError(
-                f"unknown substrate {substrate!r}; choose zeros, blur, a number or a tensor"
+                f"unknown substrate {substrate!r}; choose {', '.join(SUBSTRATES)}, a number or "
+                "a tensor"
             )
         self.adapter = adapter_for(model)
         self.mode = mode
@@ -267,6 +350,20 @@ class CausalMetric:
         self.reduce = reduce
         self.chunk_size = chunk_size
         self.progress = progress
+        self.order = order
+        self.seed = seed
+        if not (isinstance(road_noise, int | float) and road_noise >= 0):
+            raise InvalidInputError(f"road_noise must be a number >= 0, got {road_noise!r}")
+        self.road_noise = float(road_noise)
+        self.bulk = bulk
+
+    @property
+    def substrate_name(self) -> str:
+        """The substrate in words: zeros, blur, mean, road, a number or ``tensor``."""
+        choice = self.substrate
+        if choice is None:
+            return "zeros" if self.mode == DELETION else "blur"
+        return "tensor" if isinstance(choice, Tensor) else str(choice)
 
     def __call__(
         self,
@@ -308,33 +405,84 @@ class CausalMetric:
             )
         n, _, *spatial = x.shape
         pixels = math.prod(spatial)
-        step = self.pixels_per_step or default_step(tuple(spatial))
-        steps = math.ceil(pixels / step)
-        changed = (torch.arange(steps + 1) * step).clamp(max=pixels)
-        ranks = saliency_ranks(maps).to(x.device)
-        substrate = self._substrate(x)
-        curves = torch.empty((n, steps + 1), dtype=torch.float64)
-        for sample in range(n):
-            scores = masked_scores(
-                self.adapter,
-                x[sample : sample + 1],
-                self._masks(ranks[sample], changed),
-                steps + 1,
-                selection.take(slice(sample, sample + 1)),
-                score,
-                substrate=None if substrate is None else substrate[sample : sample + 1],
-                chunk_size=self.chunk_size,
-                progress=self.progress,
-                description=f"{self.mode} {sample + 1}/{n}",
-                bulk=n * (steps + 1) >= BULK_PASSES,
+        road = self.substrate_name == "road"
+        if road and len(spatial) != 2:
+            raise UnsupportedError(
+                f"ROAD imputes the pixels of images (N, C, H, W); got inputs of shape "
+                f"{tuple(x.shape)}: use the zeros, blur or mean substrate"
             )
+        if road and self.pixels_per_step is None:
+            changed = torch.round(torch.arange(ROAD_STEPS) * (pixels / ROAD_STEPS)).long()
+            step = int(changed[1]) if ROAD_STEPS > 1 else pixels
+        else:
+            step = self.pixels_per_step or default_step(tuple(spatial))
+            steps = math.ceil(pixels / step)
+            changed = (torch.arange(steps + 1) * step).clamp(max=pixels)
+            if road:  # nothing is left to impute from once every pixel is removed
+                changed = changed[changed < pixels]
+        ranks = saliency_ranks(maps if self.order == MORF else -maps).to(x.device)
+        substrate = None if road else self._substrate(x)
+        curves = torch.empty((n, len(changed)), dtype=torch.float64)
+        for sample in range(n):
+            own = selection.take(slice(sample, sample + 1))
+            masks = self._masks(ranks[sample], changed)
+            description = f"{self.mode} {sample + 1}/{n}"
+            if road:
+                scores = self._road_scores(x[sample : sample + 1], masks, len(changed), own, score)
+            else:
+                scores = masked_scores(
+                    self.adapter,
+                    x[sample : sample + 1],
+                    masks,
+                    len(changed),
+                    own,
+                    score,
+                    substrate=None if substrate is None else substrate[sample : sample + 1],
+                    chunk_size=self.chunk_size,
+                    progress=self.progress,
+                    description=description,
+                    bulk=n * len(changed) >= BULK_PASSES if self.bulk is None else self.bulk,
+                )
             curves[sample] = scores[:, 0].double().cpu()
         targets = (
             selection.indices[:, 0].cpu()
             if selection.indices is not None
             else torch.full((n,), -1, dtype=torch.long)
         )
-        return CurveResult(self.mode, changed.double() / pixels, curves, targets, score, step)
+        return CurveResult(
+            self.mode,
+            changed.double() / pixels,
+            curves,
+            targets,
+            score,
+            step,
+            self.order,
+            self.substrate_name,
+        )
+
+    def _road_scores(self, x: Tensor, masks: Any, count: int, selection: Any, score: str) -> Tensor:
+        """Scores ``(count, 1)`` of one image whose removed pixels are imputed (ROAD)."""
+        import numpy as np
+
+        from salience.evaluation.road import linear_imputation
+
+        generator = np.random.default_rng(self.seed)
+        image = x[0].detach().double().cpu().numpy()
+
+        def scores(rows: slice) -> Tensor:
+            kept = masks(rows)[:, 0].cpu().numpy()
+            imputed = [
+                linear_imputation(image, ~keep, noise=self.road_noise, generator=generator)
+                for keep in kept.astype(bool)
+            ]
+            batch = torch.as_tensor(np.stack(imputed)).to(device=x.device, dtype=x.dtype)
+            outputs = self.adapter.forward(batch, bulk=bool(self.bulk))
+            return target_scores(outputs, selection.repeat(batch.shape[0]), score)
+
+        parts = map_in_chunks(
+            count, scores, self.chunk_size, progress=self.progress, description="road"
+        )
+        return torch.cat([values for _, values in parts])
 
     def _masks(self, ranks: Tensor, changed: Tensor) -> Any:
         """Rows of steps → masks ``(B, 1, H, W)`` that are 1 where the input is kept."""
@@ -351,6 +499,8 @@ class CausalMetric:
         choice = self.substrate
         if choice is None:
             choice = "zeros" if self.mode == DELETION else "blur"
+        if choice == "mean":
+            return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
         if isinstance(choice, str):
             if choice == "zeros":
                 return None
@@ -406,27 +556,28 @@ class MethodFaithfulness:
     deletion: CurveResult
     insertion: CurveResult
     seconds: tuple[float, ...]
+    more: dict[str, CurveResult] = field(default_factory=dict)
+    """The other games' curves, by the game's name (:data:`GAMES`)."""
+
+    @property
+    def curves(self) -> dict[str, CurveResult]:
+        """Every game's curves by name: deletion, insertion, then the others."""
+        return {DELETION: self.deletion, INSERTION: self.insertion, **self.more}
 
     def summary(self) -> dict[str, Any]:
-        """Means over the images: method, deletion AUC, insertion AUC, seconds per map."""
-        return {
-            "method": self.method,
-            "deletion_auc": self.deletion.mean_auc,
-            "insertion_auc": self.insertion.mean_auc,
-            "seconds": sum(self.seconds) / len(self.seconds),
-        }
+        """Means over the images: method, each game's AUC, seconds per map."""
+        areas = {f"{name}_auc": curve.mean_auc for name, curve in self.curves.items()}
+        return {"method": self.method, **areas, "seconds": sum(self.seconds) / len(self.seconds)}
 
     def to_dict(self) -> dict[str, Any]:
         """The summary, per-image values and the curves, JSON-ready."""
         return {
             **self.summary(),
             "per_image": {
-                "deletion_auc": self.deletion.auc.tolist(),
-                "insertion_auc": self.insertion.auc.tolist(),
+                **{f"{name}_auc": curve.auc.tolist() for name, curve in self.curves.items()},
                 "seconds": list(self.seconds),
             },
-            "deletion": self.deletion.to_dict(),
-            "insertion": self.insertion.to_dict(),
+            **{name: curve.to_dict() for name, curve in self.curves.items()},
         }
 
 
@@ -436,7 +587,15 @@ MEAN_COLUMNS = (
     Column("insertion_auc", "insertion AUC ↑", ".4f"),
     Column("seconds", "time (s)", ".3f"),
 )
-"""The columns of :meth:`FaithfulnessReport.format_table`: each method's means."""
+"""The columns of :meth:`FaithfulnessReport.format_table` for RISE's two games."""
+NOT_BETTER = "not better than random"
+"""The table's last column: the games in which a method's mean area does not beat the random
+map's (ties count as not better)."""
+
+
+def beats(game: Game, area: float, random_area: float) -> bool:
+    """Whether ``area`` is better than the random map's in ``game`` (strictly)."""
+    return area < random_area if game.lower_is_better else area > random_area
 
 
 @dataclass(frozen=True)
@@ -467,10 +626,42 @@ class FaithfulnessReport:
         """The methods' names, in order."""
         return [entry.method for entry in self.methods]
 
+    @property
+    def games(self) -> list[Game]:
+        """The games played, in order."""
+        return [GAMES[name] for name in self.methods[0].curves] if self.methods else []
+
+    def not_better_than_random(self, method: str) -> list[str]:
+        """The games in which ``method``'s mean area does not beat the random map's."""
+        names = self.names
+        if RANDOM_METHOD not in names or method == RANDOM_METHOD:
+            return []
+        mine, chance = self[method].summary(), self[RANDOM_METHOD].summary()
+        return [
+            game.name
+            for game in self.games
+            if not beats(game, mine[f"{game.name}_auc"], chance[f"{game.name}_auc"])
+        ]
+
     def format_table(self) -> str:
-        """The means as a text table: method, deletion AUC ↓, insertion AUC ↑, time."""
+        """The means as a text table: method, each game's AUC (↓ or ↑), time, and the games in
+        which the method does not beat the random map."""
+        columns = [
+            Column("method"),
+            *(
+                Column(f"{g.name}_auc", f"{g.name.replace('_', ' ')} AUC {g.arrow}", ".4f")
+                for g in self.games
+            ),
+            Column("seconds", "time (s)", ".3f"),
+        ]
         means = [entry.summary() for entry in self.methods]
-        return format_rows(means, MEAN_COLUMNS, gap="  ")
+        if RANDOM_METHOD in self.names:
+            columns.append(Column("not_better", NOT_BETTER))
+            for mean in means:
+                lost = self.not_better_than_random(mean["method"])
+                baseline = mean["method"] == RANDOM_METHOD
+                mean["not_better"] = "(baseline)" if baseline else ", ".join(lost) or "-"
+        return format_rows(means, tuple(columns), gap="  ")
 
     def rows(self) -> list[dict[str, Any]]:
         """The table: one row per method and image, then one ``mean`` row per method."""
@@ -483,18 +674,19 @@ class FaithfulnessReport:
                 entry.seconds,
                 strict=True,
             )
-            for image, deleted, inserted, seconds in per_image:
-                rows.append(_row(entry.method, image, deleted, inserted, seconds))
+            others = {name: curve.auc.tolist() for name, curve in entry.more.items()}
+            for i, (image, deleted, inserted, seconds) in enumerate(per_image):
+                row = _row(entry.method, image, deleted, inserted, seconds)
+                rows.append(_with_more(row, {name: areas[i] for name, areas in others.items()}))
             mean = entry.summary()
-            rows.append(
-                _row(
-                    entry.method,
-                    "mean",
-                    mean["deletion_auc"],
-                    mean["insertion_auc"],
-                    mean["seconds"],
-                )
+            row = _row(
+                entry.method,
+                "mean",
+                mean["deletion_auc"],
+                mean["insertion_auc"],
+                mean["seconds"],
             )
+            rows.append(_with_more(row, {name: mean[f"{name}_auc"] for name in entry.more}))
         return rows
 
     def save(self, folder: str | os.PathLike[str], *, model: str | None = None) -> list[Path]:
@@ -525,6 +717,7 @@ def evaluate_methods(
     chunk_size: int = PERTURBATION_CHUNK_SIZE,
     seed: int | None = 0,
     random_baseline: bool = True,
+    games: Sequence[str] = DEFAULT_GAMES,
     progress: bool = False,
     **options: Any,
 ) -> FaithfulnessReport:
@@ -554,7 +747,11 @@ def evaluate_methods(
     seed : int, optional
         Seed of the random baseline and of the random methods (SmoothGrad, RISE, ...).
     random_baseline : bool
-        Add the ``random`` row: maps of uniform noise.
+        Add the ``random`` row: maps of uniform noise, and say in the table where a method
+        does not beat it.
+    games : sequence of str
+        The curves played (:data:`GAMES`); deletion and insertion always are. Default:
+        RISE's deletion and insertion, and ROAD's MoRF and LeRF.
     progress : bool
         Show progress bars.
     **options
@@ -581,7 +778,24 @@ def evaluate_methods(
         raise InvalidInputError(f"each method may be asked for once; got {', '.join(names)}")
     spec = parse_target(target, class_names)
     curve_options = {"pixels_per_step": pixels_per_step, "score": score, "chunk_size": chunk_size}
-    metrics = [CausalMetric(adapter, mode, progress=progress, **curve_options) for mode in MODES]
+    unknown = [name for name in games if name not in GAMES]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown faithfulness game {unknown[0]!r}; choose from {', '.join(GAMES)}"
+        )
+    played = [DELETION, INSERTION, *(g for g in dict.fromkeys(games) if g not in MODES)]
+    metrics = {
+        name: CausalMetric(
+            adapter,
+            GAMES[name].mode,
+            order=GAMES[name].order,
+            substrate=GAMES[name].substrate,
+            seed=seed,
+            progress=progress,
+            **curve_options,
+        )
+        for name in played
+    }
     runs: list[Explainer | None] = [*explainers, *([None] if random_baseline else [])]
     results: list[MethodFaithfulness] = []
     bar = tqdm(total=len(runs), desc="faithfulness", unit="method", disable=not progress)
@@ -594,9 +808,10 @@ def evaluate_methods(
             else:
                 maps, explained, seconds = _explain_each(explainer, x, spec, score)
             followed = spec if explained is None or isinstance(spec, Custom) else explained
-            curves = [metric(x, maps, followed) for metric in metrics]
+            curves = {game: metric(x, maps, followed) for game, metric in metrics.items()}
             name = explainer.name if explainer else RANDOM_METHOD
-            results.append(MethodFaithfulness(name, *curves, seconds))
+            deleted, inserted = curves.pop(DELETION), curves.pop(INSERTION)
+            results.append(MethodFaithfulness(name, deleted, inserted, seconds, curves))
             bar.update()
     finally:
         bar.close()
@@ -622,6 +837,16 @@ def _random_maps(x: Tensor, seed: int | None) -> tuple[Tensor, tuple[float, ...]
     start = time.perf_counter()
     maps = random_saliency(x, seed=seed)
     return maps, ((time.perf_counter() - start) / len(x),) * len(x)
+
+
+def _with_more(row: dict[str, Any], areas: dict[str, float]) -> dict[str, Any]:
+    """``row`` with the other games' areas, before its time."""
+    seconds = row.pop("seconds")
+    return {
+        **row,
+        **{f"{name}_auc": round(area, 6) for name, area in areas.items()},
+        "seconds": seconds,
+    }
 
 
 def _row(method: str, image: str, deleted: float, inserted: float, seconds: float) -> dict:

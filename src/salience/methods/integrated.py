@@ -25,6 +25,7 @@ from salience.methods.base import (
     register_explainer,
 )
 from salience.methods.baselines import BASELINE, baseline_like, check_baseline
+from salience.methods.convergence import COMPLETENESS_THRESHOLD, completeness_info
 from salience.methods.gradient import Gradient
 from salience.methods.options import CHUNK_SIZE, PROGRESS, Option
 from salience.methods.sampling import map_in_chunks
@@ -219,6 +220,11 @@ class IntegratedGradients(Explainer):
             "baseline_scores": baseline_scores.tolist(),
             "error_history": history,
             "converged": None if self.tolerance is None else history[-1][1] <= self.tolerance,
+            "convergence": completeness_info(
+                history[-1][1],
+                nodes.steps,
+                COMPLETENESS_THRESHOLD if self.tolerance is None else self.tolerance,
+            ),
         }
         return Attribution(attributions, selection, scores, info, outputs[:n])
 

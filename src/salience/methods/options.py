@@ -55,6 +55,8 @@ class Option:
         The most one web request may ask for: the server's cost limit, not a bound of the method.
     menu : str, optional
         Where the page finds the choices that depend on the model (``"layers"``).
+    auto : bool
+        The value ``"auto"`` is accepted too (a sample count grown until the map converges).
     """
 
     name: str
@@ -70,6 +72,7 @@ class Option:
     more: str = ""
     request_max: float | None = None
     menu: str | None = None
+    auto: bool = False
 
     @property
     def field(self) -> str | None:
@@ -91,6 +94,8 @@ class Option:
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` (``"must be an integer >= 1, got 0"``), or None."""
         if value is None and self.optional:
+            return None
+        if self.auto and value == "auto":
             return None
         if not _is_kind(value, self.kind):
             if self.more:
@@ -136,6 +141,7 @@ class Option:
             "choices": list(self.choices),
             "request_max": self.request_max,
             "menu": self.menu,
+            "auto": self.auto,
             "help": self.help,
         }
 

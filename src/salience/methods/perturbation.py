@@ -22,6 +22,13 @@ from salience.adapters.base import BlackBoxAdapter
 from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, Explainer, register_explainer
 from salience.methods.baselines import BASELINE, BaselineLike, baseline_like, check_baseline
+from salience.methods.convergence import (
+    AGREEMENT_THRESHOLD,
+    AUTO,
+    half_of,
+    split_half_info,
+    with_count,
+)
 from salience.methods.masking import masked_scores, weight_kind
 from salience.methods.options import CHUNK_SIZE, PROGRESS, SEED, SOFTMAX, Option
 from salience.methods.sampling import chunks, make_generator
@@ -53,7 +60,17 @@ STRIDE = Option(
     more="one per spatial axis",
     request_max=256,
 )
-N_MASKS = Option("n_masks", int, 4000, "RISE masks", flag="masks", low=1, request_max=20_000)
+N_MASKS = Option(
+    "n_masks",
+    int,
+    4000,
+    "RISE masks, or auto (doubled until the map converges, up to max_masks)",
+    flag="masks",
+    low=1,
+    request_max=20_000,
+    auto=True,
+)
+MAX_MASKS = Option("max_masks", int, 16_000, "the most masks n_masks='auto' may grow to", low=2)
 MASK_GRID = Option("grid", int, 7, "cells per side of RISE's small binary grid", low=1)
 KEEP = Option(
     "keep",
@@ -239,8 +256,12 @@ class RISE(Explainer):
     ----------
     model : torch.nn.Module, adapter or path of an ONNX file
         The model to explain.
-    n_masks : int
-        Number of masks (the paper uses 4000 for ImageNet models).
+    n_masks : int or "auto"
+        Number of masks (the paper uses 4000 for ImageNet models); ``"auto"`` doubles it from
+        32 until the split-half agreement (``info["convergence"]``) is at least 0.75, up to
+        ``max_masks``.
+    max_masks : int
+        The cap of ``"auto"``.
     grid : int
         Cells per side of the small binary grid (the paper's ``s``).
     keep : float
@@ -258,13 +279,14 @@ class RISE(Explainer):
     paper = "Petsiuk et al. 2018"
     needs_gradients = False
     adapter: BlackBoxAdapter
-    options = (N_MASKS, MASK_GRID, KEEP, SEED, SOFTMAX, CHUNK_SIZE, PROGRESS)
+    options = (N_MASKS, MAX_MASKS, MASK_GRID, KEEP, SEED, SOFTMAX, CHUNK_SIZE, PROGRESS)
 
     def __init__(
         self,
         model: object,
         *,
-        n_masks: int = N_MASKS.default,
+        n_masks: int | str = N_MASKS.default,
+        max_masks: int = MAX_MASKS.default,
         grid: int = MASK_GRID.default,
         keep: float = KEEP.default,
         seed: int | None = SEED.default,
@@ -274,6 +296,7 @@ class RISE(Explainer):
     ) -> None:
         super().__init__(model)
         self.n_masks = N_MASKS.check(n_masks)
+        self.max_masks = MAX_MASKS.check(max_masks)
         self.grid = MASK_GRID.check(grid)
         self.keep = KEEP.check(keep)
         self.seed = SEED.check(seed)
@@ -285,20 +308,27 @@ class RISE(Explainer):
         """Configuration."""
         return {
             "n_masks": self.n_masks,
+            **({"max_masks": self.max_masks} if self.n_masks == AUTO else {}),
             "grid": self.grid,
             "keep": self.keep,
             "seed": self.seed,
             "softmax": self.softmax,
         }
 
-    def mask_maker(self, size: tuple[int, ...], device: torch.device) -> Any:
-        """``masks(rows)`` for inputs of spatial ``size``: the same masks for every chunking."""
+    def mask_maker(
+        self, size: tuple[int, ...], device: torch.device, count: int | None = None
+    ) -> Any:
+        """``masks(rows)`` for inputs of spatial ``size``: the same masks for every chunking.
+
+        ``count`` masks are drawn (default: ``n_masks``).
+        """
+        count = self.n_masks if count is None else count
         cell = tuple(math.ceil(side / self.grid) for side in size)
         generator = make_generator(self.seed, torch.device("cpu"))
-        shape = (self.n_masks, 1, *([self.grid] * len(size)))
+        shape = (count, 1, *([self.grid] * len(size)))
         cells = (torch.rand(shape, generator=generator) < self.keep).float()
         shifts = torch.stack(
-            [torch.randint(0, c, (self.n_masks,), generator=generator) for c in cell], dim=1
+            [torch.randint(0, c, (count,), generator=generator) for c in cell], dim=1
         )
         upsampled = tuple((self.grid + 1) * c for c in cell)
 
@@ -313,32 +343,52 @@ class RISE(Explainer):
         return masks
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
-        """Score every masked image, then average the masks weighted by their scores."""
+        """RISE with ``n_masks`` masks; with ``"auto"``, with as many as the map needs."""
+        return with_count(
+            lambda count: self._attribute(x, spec, score, count), self.n_masks, self.max_masks
+        )
+
+    def _attribute(self, x: Tensor, spec: TargetSpec, score: str, count: int) -> Attribution:
+        """Score every masked input, then average the masks weighted by their scores.
+
+        The weighted sum is kept in two halves of the masks, whose maps give the split-half
+        agreement in ``info["convergence"]`` (:mod:`salience.methods.convergence`).
+        """
         _check_spatial(x, self.name)
         outputs = self.adapter.forward(x, chunk_size=PERTURBATION_CHUNK_SIZE)
         selection = resolve(spec, outputs)
         scores = target_scores(outputs, selection, score)
         kind = weight_kind(outputs, selection, score, self.softmax)
         spatial = tuple(x.shape[2:])
-        masks = self.mask_maker(spatial, x.device)
-        maps = []
+        masks = self.mask_maker(spatial, x.device, count)
+        maps, halves = [], []
+        split = half_of(count)
         for n in range(x.shape[0]):
             own = selection.take(slice(n, n + 1))
             weights = masked_scores(
                 self.adapter,
                 x[n : n + 1],
                 masks,
-                self.n_masks,
+                count,
                 own,
                 kind,
                 chunk_size=self.chunk_size,
                 progress=self.progress,
                 description=self.name,
             )
-            total = torch.zeros(selection.k, math.prod(spatial), dtype=torch.float64)
-            for rows in chunks(self.n_masks, WEIGHTING_CHUNK_SIZE):
-                chunk = masks(rows).flatten(1).cpu().to(weights.dtype)  # a float64 model too
-                total += (weights[rows].T.cpu() @ chunk).double()
-            saliency = total / (self.n_masks * self.keep)
+            total = torch.zeros(2, selection.k, math.prod(spatial), dtype=torch.float64)
+            for part, (start, stop) in enumerate(((0, split), (split, count))):
+                for rows in chunks(stop - start, WEIGHTING_CHUNK_SIZE):
+                    rows = slice(rows.start + start, rows.stop + start)
+                    chunk = masks(rows).flatten(1).cpu().to(weights.dtype)  # a float64 model too
+                    total[part] += (weights[rows].T.cpu() @ chunk).double()
+            saliency = total.sum(dim=0) / (count * self.keep)
             maps.append(saliency.reshape(selection.k, *spatial).to(x))
-        return Attribution(torch.stack(maps), selection, scores, {"weights": kind}, outputs)
+            halves.append(total.reshape(2, selection.k, *spatial))
+        first, second = (None, None) if split == 0 else torch.stack(halves, dim=1).unbind(0)
+        info = {
+            "weights": kind,
+            "masks": count,
+            "convergence": split_half_info(first, second, count, AGREEMENT_THRESHOLD),
+        }
+        return Attribution(torch.stack(maps), selection, scores, info, outputs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,11 +39,21 @@ def map_in_chunks(
     progress: bool = False,
     description: str = "",
 ) -> Iterator[tuple[slice, Tensor]]:
-    """Yield ``(rows, fn(rows))`` for consecutive chunks of ``range(total)``; show progress."""
-    bar = tqdm(total=total, desc=description, disable=not progress, leave=False)
+    """Yield ``(rows, fn(rows))`` for consecutive chunks of ``range(total)``; show progress.
+
+    Under another bar, on an output that is not a terminal (a log, a pipe), the bar is not shown:
+    a nested bar moves the cursor up with escape codes that such an output prints as they are.
+    """
+    nested = bool(getattr(tqdm, "_instances", ())) and not _is_terminal(sys.stderr)
+    bar = tqdm(total=total, desc=description, disable=not progress or nested, leave=False)
     try:
         for rows in chunks(total, chunk_size):
             yield rows, fn(rows)
             bar.update(rows.stop - rows.start)
     finally:
         bar.close()
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

@@ -44,6 +44,10 @@ def write_index(
     return write_bytes_atomic(Path(folder) / INDEX_NAME, page.encode("utf-8"))
 
 
+ERROR_CHARACTERS = 80
+"""An error cell shows this many characters at most (one line); its tooltip has the rest."""
+
+
 def render_index(
     rows: Sequence[dict[str, Any]], *, methods: Sequence[str], model: str, auc: bool
 ) -> str:
@@ -119,7 +123,9 @@ def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc
             data[_attribute(column)] = _number(row.get(column))
             cells.append(f'<td class="num">{_fixed(row.get(column), 3)}</td>')
     cells.append(f'<td class="num">{_fixed(row["seconds"], 2)}</td>')
-    cells.append(f'<td class="error">{html.escape(row["error"] or "")}</td>')
+    error = row["error"] or ""
+    shown = error if len(error) <= ERROR_CHARACTERS else error[: ERROR_CHARACTERS - 1] + "…"
+    cells.append(f'<td class="error" title="{html.escape(error)}">{html.escape(shown)}</td>')
     attributes = " ".join(
         f'data-{name}="{html.escape(value, quote=True)}"' for name, value in data.items()
     )

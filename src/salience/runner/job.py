@@ -89,6 +89,8 @@ class JobSummary:
         The output folder.
     written : list of Path
         The table and the index page.
+    failures : list of (str, str)
+        Each failed item's path and why it failed, in input order.
     """
 
     total: int
@@ -98,6 +100,7 @@ class JobSummary:
     seconds: float
     output: Path
     written: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -161,9 +164,16 @@ def run_job(
                 folder.root, rows, methods=spec.methods, model=checked.loaded.name, auc=spec.auc
             )
         )
-    failed = sum(row["status"] == FAILED for row in rows)
+    failures = [(row["path"], row["error"] or "") for row in rows if row["status"] == FAILED]
     return JobSummary(
-        len(items), len(items) - len(todo), len(todo), failed, seconds, folder.root, written
+        len(items),
+        len(items) - len(todo),
+        len(todo),
+        len(failures),
+        seconds,
+        folder.root,
+        written,
+        failures,
     )
 
 

@@ -139,4 +139,7 @@ def _serve(spec: JobSpec, inbox: Any, outbox: Any) -> None:
             continue
         if task is None:
             return
+        if parent is not None and not parent.is_alive():
+            outbox.cancel_join_thread()
+            return  # the job is gone: its tasks are not worth finishing
         outbox.put(worker.process(task))

@@ -94,7 +94,11 @@ class ItemWorker:
             parse_target(spec.target, names), len(names), model=self.loaded.name
         )
         self.metrics = (
-            [CausalMetric(adapter, mode, pixels_per_step=spec.pixels_per_step) for mode in MODES]
+            [
+                # every image plays the curves: the fused copy is built once and pays back
+                CausalMetric(adapter, mode, pixels_per_step=spec.pixels_per_step, bulk=True)
+                for mode in MODES
+            ]
             if spec.auc
             else []
         )

@@ -186,6 +186,8 @@ def create_app(
         summary="Saliency maps of neural networks: upload an image, choose methods, get maps.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI comes from a CDN: /docs is the offline page below
+        redoc_url=None,
     )
     app.state.pool, app.state.jobs, app.state.limits = pool, jobs, limits
     app.state.budget = budget
@@ -194,6 +196,12 @@ def create_app(
     _add_error_handlers(app)
 
     # -- page -----------------------------------------------------------------------------------
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        from salience.server.api_page import api_page
+
+        return Response(api_page(app.openapi()), media_type="text/html; charset=utf-8")
+
     @app.get("/", include_in_schema=False)
     def page() -> Response:
         body, kind = static["index.html"]
@@ -265,7 +273,7 @@ def create_app(
 
     @app.post("/api/predict", summary="The top-5 classes of an image")
     async def predict(
-        image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP or GIF")],
+        image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP, GIF or TIFF")],
         model: Annotated[str | None, Form(max_length=200)] = None,
     ) -> dict[str, Any]:
         loaded = pool.get(model)

@@ -48,7 +48,7 @@ class ExplainForm:
 
 def _fixed_form(
     *,
-    image: Annotated[UploadFile, File(description="the image: PNG, JPEG, WebP, BMP or GIF")],
+    image: Annotated[UploadFile, File(description="the image: PNG, JPEG, WebP, BMP, GIF or TIFF")],
     methods: Annotated[
         list[str],
         Form(

@@ -22,9 +22,11 @@ IMAGE_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
     ("BMP", ((0, b"BM"),)),
     ("GIF", ((0, b"GIF87a"),)),
     ("GIF", ((0, b"GIF89a"),)),
+    ("TIFF", ((0, b"II*\x00"),)),
+    ("TIFF", ((0, b"MM\x00*"),)),
 )
 """Each accepted format's magic bytes: (offset, bytes) pairs that must all match."""
-ALLOWED_IMAGE_TYPES = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+ALLOWED_IMAGE_TYPES = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 DECODED_BYTES_PER_PIXEL = 14
 """Estimated peak bytes per pixel of a photo while its request runs: Pillow's decoded image, the
 RGB array the maps are drawn on and the copy shrunk for the page (``bench/server_queue.py``
@@ -149,7 +151,7 @@ def check_image_upload(data: bytes, limits: Limits) -> ImageUpload:
             415,
             "not_an_image",
             f"the upload is not an image of an accepted type ({', '.join(ALLOWED_IMAGE_TYPES)}); "
-            "send a PNG, JPEG, WebP, BMP or GIF file",
+            "send a PNG, JPEG, WebP, BMP, GIF or TIFF file",
         )
     width, height = _header_size(data, kind)
     if width * height > limits.max_pixels:

@@ -26,7 +26,9 @@ class SanityForm:
 
     def __init__(
         self,
-        image: Annotated[UploadFile, File(description="the image: PNG, JPEG, WebP, BMP or GIF")],
+        image: Annotated[
+            UploadFile, File(description="the image: PNG, JPEG, WebP, BMP, GIF or TIFF")
+        ],
         methods: Annotated[
             list[str],
             Form(description="single-pass methods (gradients, CAMs), repeated or comma-separated"),
