@@ -26,6 +26,7 @@ and input gradients, no layer access. TensorFlow is the ``tensorflow`` extra:
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import warnings
@@ -65,7 +66,16 @@ _DIGESTS: weakref.WeakKeyDictionary[Any, _WeightDigests] = weakref.WeakKeyDictio
 
 
 def import_tensorflow() -> ModuleType:
-    """Import TensorFlow, or say how to install it."""
+    """Import TensorFlow, or say how to install it.
+
+    TensorFlow imports Keras 3 as it starts (``tf.keras``), and Keras then chooses its backend
+    for the whole process. Unless the user chose one (``KERAS_BACKEND``, or ``tf_keras`` with
+    ``TF_USE_LEGACY_KERAS=1``), ``KERAS_BACKEND`` is set to ``torch`` first: salience's default
+    for Keras files, kept when a TensorFlow model is explained before one.
+    """
+    chosen = "KERAS_BACKEND" in os.environ or "TF_USE_LEGACY_KERAS" in os.environ
+    if "tensorflow" not in sys.modules and "keras" not in sys.modules and not chosen:
+        os.environ["KERAS_BACKEND"] = "torch"
     try:
         import tensorflow
     except ImportError as error:
@@ -403,7 +413,7 @@ class TensorFlowAdapter:
             net = clone.capture(need.layer) if need.layer is not None else clone.model
             inputs = self._to_tf(x)
             with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-                if need.input_grad:
+                if need.any_grad:  # the tape records only what depends on a watched tensor
                     tape.watch(inputs)
                 result = net(inputs, training=False)
                 if need.layer is not None:

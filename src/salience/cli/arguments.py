@@ -275,6 +275,11 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--input-name", metavar="NAME", help="the image input of an ONNX model with several inputs"
     )
+    source.add_argument(
+        "--backend",
+        choices=("torch", "tensorflow"),
+        help="what runs a Keras file (.keras, .h5): Keras' torch backend (default) or TensorFlow",
+    )
     preset = parser.add_argument_group(
         "input preprocessing",
         "override the preset sidecar beside the model file (MODEL.preset.toml or .json), the "
@@ -316,6 +321,10 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     """
     from salience.loading import BUNDLED, LoadOptions, model_kind
 
+    if getattr(args, "backend", None):
+        from salience.models.tensorflow import use_backend
+
+        use_backend(args.backend)
     options = LoadOptions(
         input_name=args.input_name,
         layout=args.layout,
