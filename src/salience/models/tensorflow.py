@@ -107,51 +107,48 @@ restore ops are the loader's, outside the signature), run Python or reach other 
 
 
 def requested_backend() -> str:
-    """The backend the user asked Keras files to run on: ``tensorflow`` when Keras already runs
-    on it in this process, or ``KERAS_BACKEND=tensorflow`` or ``TF_USE_LEGACY_KERAS=1`` is set
-    (``--backend tensorflow`` sets the first), else ``torch``."""
+    """The backend Keras files are to run on: ``KERAS_BACKEND`` when set (``--backend`` sets
+    it), else ``tensorflow`` with ``TF_USE_LEGACY_KERAS=1``, else the backend Keras already runs
+    on in this process, else ``torch``."""
     import sys
 
+    chosen = os.environ.get("KERAS_BACKEND", "").lower()
+    if chosen:
+        return chosen
+    if _legacy_requested():
+        return "tensorflow"
     keras = sys.modules.get("keras")
-    if keras is not None:
-        return str(keras.backend.backend())
-    if os.environ.get("KERAS_BACKEND", "").lower() == "tensorflow":
-        return "tensorflow"
-    if os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes"):
-        return "tensorflow"
-    return "torch"
+    return str(keras.backend.backend()) if keras is not None else "torch"
+
+
+def _legacy_requested() -> bool:
+    """``TF_USE_LEGACY_KERAS=1``: Keras 2 (``tf_keras``) is TensorFlow's Keras."""
+    return os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
 
 
 def use_backend(backend: str) -> None:
-    """Run Keras files on ``backend`` (``torch`` or ``tensorflow``) in this process.
+    """Run Keras files on ``backend`` (``torch`` or ``tensorflow``) from now on.
 
-    Sets ``KERAS_BACKEND`` (Keras reads it once, when it is first imported).
+    Sets ``KERAS_BACKEND``, which Keras reads once, when it is first imported: a ``.keras``
+    file asked for on another backend than the one Keras already runs on in this process is
+    refused when opened, with the reason (``tf_keras`` files are not concerned).
 
     Raises
     ------
     InvalidInputError
-        For another backend, or when Keras already runs on another one in this process.
+        For another backend.
     MissingPackageError
         For ``tensorflow`` when TensorFlow is not installed.
     """
     import importlib.util
-    import sys
 
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    keras = sys.modules.get("keras")
-    if keras is not None and keras.backend.backend() != backend:
-        raise InvalidInputError(
-            f"Keras already runs on its {keras.backend.backend()} backend in this process; "
-            f"start a new one for --backend {backend} (Keras chooses its backend once)"
-        )
     if backend == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
         raise MissingPackageError(
             "--backend tensorflow needs TensorFlow: pip install 'salience[tensorflow]'"
         )
     os.environ["KERAS_BACKEND"] = backend
-    if backend == "torch":
-        os.environ.pop("TF_USE_LEGACY_KERAS", None)
 
 
 def is_saved_model(path: str | os.PathLike[str]) -> bool:
@@ -164,7 +161,10 @@ def _claims(model: str, options: LoadOptions, exists: bool) -> bool:
         return False
     if is_saved_model(model):
         return True
-    return Path(model).suffix.lower() in KERAS_SUFFIXES and requested_backend() == "tensorflow"
+    suffix = Path(model).suffix.lower()
+    if suffix in (".h5", ".hdf5") and _legacy_requested():
+        return True
+    return suffix in KERAS_SUFFIXES and requested_backend() == "tensorflow"
 
 
 def open_tensorflow(
@@ -214,7 +214,7 @@ def _legacy_configs(path: Path) -> Iterator[object]:
     """The model configs a ``tf_keras`` file holds: an HDF5 file's ``model_config``, each node
     of a SavedModel's Keras metadata."""
     if path.is_dir():
-        from tensorflow.core.protobuf import saved_metadata_pb2  # type: ignore[attr-defined]
+        from tf_keras.protobuf import saved_metadata_pb2
 
         metadata = saved_metadata_pb2.SavedMetadata()
         metadata.ParseFromString(Path(path, "keras_metadata.pb").read_bytes())
