@@ -176,6 +176,7 @@ def open_tensorflow(
     trust = options.trust_pickle
     if is_saved_model(path):
         if Path(path, "keras_metadata.pb").is_file() and _tf_keras() is not None:
+            check_saved_model(path)
             model = load_legacy_keras(path, trust_code=trust)
         else:
             adapter = open_signature(path, layout=settings.layout)
