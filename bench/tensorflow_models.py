@@ -100,7 +100,8 @@ def main() -> None:
         ours_map = explainer(photo, target).attributions[:, 0]
         if name != "gradcam":
             ours_map = ours_map.abs().amax(dim=1)
-        difference = np.abs(normalized(ours_map.numpy()) - normalized(np.asarray(peers[name]()))).max()
+        peer_map = np.asarray(peers[name]())
+        difference = np.abs(normalized(ours_map.numpy()) - normalized(peer_map)).max()
         print(
             f"{name:>11}: salience {common.median(times['salience']):.3f} s, tf-keras-vis "
             f"{common.median(times['tf-keras-vis']):.3f} s, ratio {ratio:.2f} (goal <= 1); "

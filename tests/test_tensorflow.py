@@ -305,6 +305,8 @@ def test_a_signature_gives_gradients_and_refuses_cams(
     folder = save_signature(module, tmp_path / "affine")
     adapter = open_model(str(folder)).adapter
     assert isinstance(adapter, SignatureAdapter)
+    found = tuple(isinstance(adapter, capability) for capability in CAPABILITIES)
+    assert found == (True, True, False, False)  # gradients, no layers, no randomization
     explanation = salience.explain(adapter, batch, method="gradient", target=1)
     weights = torch.from_numpy(module.w.numpy()[:, 1]).reshape(8, 8, 3).permute(2, 0, 1)
     assert relative_error(explanation.attributions[:, 0], weights.expand(2, 3, 8, 8)) < 1e-6

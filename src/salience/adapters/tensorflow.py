@@ -117,28 +117,39 @@ class _WeightDigests:
     """A node of a TensorFlow model's state: the digest of every variable's bytes."""
 
     def __init__(self) -> None:
-        self.digests: tuple[tuple[str, tuple[int, ...], int], ...] = ()
+        self.digests: tuple = ()
 
 
 def tensorflow_state(keras: ModuleType, model: Any) -> ModelState:
     """The state of a TensorFlow Keras model: the same object as long as nothing of it changed.
 
-    Its layers (identity, type, attributes) and a digest of each variable's contents; checked
-    once per explanation, as a torch model's state is.
+    Its layers (name, type, identity, activation, a replaced ``call``) and a digest of each
+    variable's contents; checked once per explanation, as a torch model's state is. (A Keras
+    layer's other attributes are not compared: walking them costs more than the pass.)
     """
     holder = _DIGESTS.get(model)
     if holder is None:
         holder = _DIGESTS[model] = _WeightDigests()
 
     def nodes() -> Iterator[tuple[str, object]]:  # read only when the state is checked
-        yield ("", model)
-        yield from ((layer.name, layer) for layer in _keras_layers(keras, model))
-        values = [(variable, np.asarray(variable.numpy())) for variable in model.weights]
-        holder.digests = tuple(
-            (str(v.dtype), v.shape, xxhash.xxh3_128_intdigest(np.ascontiguousarray(v).data))
-            for _, v in values
+        layers = tuple(
+            (
+                layer.name,
+                type(layer).__qualname__,
+                id(layer),
+                id(getattr(layer, "activation", None)),
+                id(vars(layer).get("call")),
+                bool(getattr(layer, "trainable", True)),
+            )
+            for layer in _keras_layers(keras, model)
         )
-        yield ("weights", holder)
+        values = [np.asarray(variable.numpy()) for variable in model.weights]
+        weights = tuple(
+            (str(v.dtype), v.shape, xxhash.xxh3_128_intdigest(np.ascontiguousarray(v).data))
+            for v in values
+        )
+        holder.digests = (id(model), layers, weights)
+        yield ("model", holder)
 
     return current_state(model, nodes())
 
@@ -169,6 +180,7 @@ class _Clone:
         self.scales: Any = None  # set during a scaled pass (scaled_layer_outputs)
         self._captures: dict[str, Any] = {}
         self._compiled: Any = None
+        self._functions: dict[tuple, Any] = {}
         try:
             model = keras.models.clone_model(source)
             model.set_weights(source.get_weights())
@@ -202,6 +214,44 @@ class _Clone:
                 lambda inputs: model(inputs, training=False), reduce_retracing=True
             )
         return self._compiled
+
+    def pass_functions(self, tf: ModuleType, layer: str | None, sources: tuple[bool, bool]) -> Any:
+        """``(forward, pull_back)`` as two ``tf.function`` (traced once per input shape) for a
+        pass that captures ``layer`` and pulls back to the ``(input, layer)`` ``sources``.
+
+        ``forward(inputs)`` gives the (activations and) outputs; ``pull_back(inputs,
+        cotangent)`` runs the pass again under a tape and pulls ``cotangent`` back from the
+        outputs: a second forward pass in a graph costs less than one run op by op.
+        """
+        key = (layer, sources)
+        if key not in self._functions:
+            net = self.capture(layer) if layer is not None else self.model
+
+            def forward(inputs: Any) -> Any:
+                result = net(inputs, training=False)
+                return (result[0], _first(result[1])) if layer is not None else _first(result)
+
+            def pull_back(inputs: Any, cotangent: Any) -> Any:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(inputs)
+                    result = net(inputs, training=False)
+                    if layer is not None:
+                        activation, output = result[0], _first(result[1])
+                    else:
+                        activation, output = None, _first(result)
+                wanted = ([inputs] if sources[0] else []) + ([activation] if sources[1] else [])
+                return tape.gradient(
+                    output,
+                    wanted,
+                    output_gradients=cotangent,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
+
+            self._functions[key] = (
+                tf.function(forward, reduce_retracing=True),
+                tf.function(pull_back, reduce_retracing=True),
+            )
+        return self._functions[key]
 
     def layer(self, name: str) -> Any:
         """The clone's layer named ``name``."""
@@ -240,6 +290,17 @@ class _Clone:
 
         layer.call = scaled_call
         layer._salience_scaled = True
+
+
+def _first(result: Any) -> Any:
+    """A model's first output (a dict's first value)."""
+    if isinstance(result, dict):
+        result = list(result.values())
+    if isinstance(result, list | tuple):
+        if not result:
+            raise InvalidInputError("the model returned no output")
+        return result[0]
+    return result
 
 
 def _cut_final_activation(keras: ModuleType, model: Any) -> str | None:
@@ -375,13 +436,7 @@ class TensorFlowAdapter:
 
     @staticmethod
     def _first(result: Any) -> Any:
-        if isinstance(result, dict):
-            result = list(result.values())
-        if isinstance(result, list | tuple):
-            if not result:
-                raise InvalidInputError("the model returned no output")
-            return result[0]
-        return result
+        return _first(result)
 
     # -- the pass contract ---------------------------------------------------------------------
     def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
@@ -405,21 +460,20 @@ class TensorFlowAdapter:
         return torch.cat(parts)
 
     def run(self, x: Tensor, score: ScoreFn, need: Need) -> Outputs:
-        """One forward pass and, when ``need`` asks for gradients, one pull-back per target."""
+        """One forward pass and, when ``need`` asks for gradients, one pull-back per target.
+
+        Both run as graphs (:meth:`_Clone.pass_functions`); the pull-back's cotangent is the
+        gradient of the torch score with respect to the outputs.
+        """
         tf = self.tf
         x = self.prepare_input(x)
+        sources = (need.input_grad, need.layer_grad)
         with self._lock:
             clone = self._clone(need.backward_rule)
-            net = clone.capture(need.layer) if need.layer is not None else clone.model
+            forward, pull_back = clone.pass_functions(tf, need.layer, sources)
             inputs = self._to_tf(x)
-            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-                if need.any_grad:  # the tape records only what depends on a watched tensor
-                    tape.watch(inputs)
-                result = net(inputs, training=False)
-                if need.layer is not None:
-                    activation, output = result[0], self._first(result[1])
-                else:
-                    activation, output = None, self._first(result)
+            result = forward(inputs)
+        activation, output = result if need.layer is not None else (None, result)
         logits = torch.from_numpy(np.array(output))
         with torch.enable_grad() if need.any_grad else torch.inference_mode():
             logits = logits.requires_grad_(need.any_grad)
@@ -431,28 +485,19 @@ class TensorFlowAdapter:
                 )
             input_grads: list[Tensor] = []
             layer_grads: list[Tensor] = []
-            if need.any_grad:
-                sources = ([inputs] if need.input_grad else []) + (
-                    [activation] if need.layer_grad else []
+            count = scores.shape[1] if need.any_grad else 0
+            for k in range(count):
+                (cotangent,) = torch.autograd.grad(
+                    scores[:, k].sum(), logits, retain_graph=k < count - 1, allow_unused=True
                 )
-                count = scores.shape[1]
-                for k in range(count):
-                    (cotangent,) = torch.autograd.grad(
-                        scores[:, k].sum(), logits, retain_graph=k < count - 1, allow_unused=True
-                    )
-                    if cotangent is None:
-                        cotangent = torch.zeros_like(logits)
-                    grads = tape.gradient(
-                        output,
-                        sources,
-                        output_gradients=tf.constant(cotangent.numpy()),
-                        unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                    )
-                    if need.input_grad:
-                        input_grads.append(self._to_torch(grads[0]))
-                    if need.layer_grad:
-                        layer_grads.append(self._to_torch(grads[-1]))
-        del tape
+                if cotangent is None:
+                    cotangent = torch.zeros_like(logits)
+                with self._lock:
+                    grads = pull_back(inputs, tf.constant(cotangent.numpy()))
+                if need.input_grad:
+                    input_grads.append(self._to_torch(grads[0]))
+                if need.layer_grad:
+                    layer_grads.append(self._to_torch(grads[-1]))
         return Outputs(
             outputs=logits.detach(),
             scores=scores.detach(),
