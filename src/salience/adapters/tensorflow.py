@@ -118,6 +118,17 @@ class _WeightDigests:
 
     def __init__(self) -> None:
         self.digests: tuple = ()
+        self._reader: tuple[tuple[int, ...], Any] | None = None
+
+    def read(self, variables: Sequence[Any]) -> list[Any]:
+        """The values of ``variables``, read by one ``tf.function`` (one call, not one a
+        variable: 0.4 s → a few ms for MobileNetV2's 262)."""
+        key = tuple(id(variable) for variable in variables)
+        if self._reader is None or self._reader[0] != key:
+            tf = import_tensorflow()
+            listed = list(variables)
+            self._reader = (key, tf.function(lambda: [tf.identity(v) for v in listed]))
+        return [value.numpy() for value in self._reader[1]()] if variables else []
 
 
 def tensorflow_state(keras: ModuleType, model: Any) -> ModelState:
@@ -143,7 +154,7 @@ def tensorflow_state(keras: ModuleType, model: Any) -> ModelState:
             )
             for layer in _keras_layers(keras, model)
         )
-        values = [np.asarray(variable.numpy()) for variable in model.weights]
+        values = [np.asarray(value) for value in holder.read(model.weights)]
         weights = tuple(
             (str(v.dtype), v.shape, xxhash.xxh3_128_intdigest(np.ascontiguousarray(v).data))
             for v in values
