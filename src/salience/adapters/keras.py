@@ -320,6 +320,14 @@ def keras_input_shape(model: Any) -> tuple[int | None, ...] | None:
     return tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
 
 
+def image_size(shape: Sequence[int | None] | None, layout: str) -> tuple[int, int] | None:
+    """(height, width) of a static 4-D input shape (batch included) in ``layout``, else None."""
+    if shape is None or len(shape) != 4:
+        return None
+    height, width = (shape[1], shape[2]) if layout == "nhwc" else (shape[2], shape[3])
+    return (height, width) if height and width else None
+
+
 class KerasProvider(EvalModeProvider):
     """What a :class:`KerasAdapter` runs: its :class:`KerasModule`, whose private Keras copy is
     brought up to the user's model before each pass (its state is the Keras model's)."""
@@ -398,11 +406,7 @@ class KerasAdapter(TorchAdapter):
 
     def input_size(self) -> tuple[int, int] | None:
         """(height, width) of the model's static input shape, if it has one."""
-        shape = keras_input_shape(self.keras_model)
-        if shape is None or len(shape) != 4:
-            return None
-        height, width = (shape[1], shape[2]) if self.layout == "nhwc" else (shape[2], shape[3])
-        return (height, width) if height and width else None
+        return image_size(keras_input_shape(self.keras_model), self.layout)
 
     def randomization_units(
         self, x: Tensor, layers: Sequence[str] | None = None
@@ -498,7 +502,7 @@ def _default_layout(keras: ModuleType, model: Any) -> str:
         layout, certain = infer_layout(shape)
         if certain:
             return layout
-    return "nhwc" if keras.config.image_data_format() == "channels_last" else "nchw"
+    return "nhwc" if keras.backend.image_data_format() == "channels_last" else "nchw"
 
 
 __all__ = [

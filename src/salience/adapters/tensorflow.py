@@ -43,9 +43,12 @@ from torch import Tensor, nn
 from salience.adapters.base import Need, Outputs, ScoreFn, check_batch, check_finite_input
 from salience.adapters.inference_copy import ModelState, cached_for, current_state
 from salience.adapters.keras import (
+    _default_layout,
     _keras_layers,
     _output_layer,
     _tap_class,
+    image_size,
+    keras_input_shape,
     keras_randomization_units,
     reinitialize_keras_layer,
 )
@@ -429,9 +432,7 @@ class TensorFlowAdapter:
         NonFiniteInputError
             When ``x`` holds NaN or infinite values (a ``ValueError``).
         """
-        check_batch(x)
-        prepared = check_finite_input(x.detach().to(device="cpu", dtype=self.dtype))
-        return prepared.clone() if prepared.data_ptr() == x.data_ptr() else prepared
+        return _cpu_batch(x, self.dtype)
 
     def _to_tf(self, x: Tensor) -> Any:
         if self.layout == "nhwc" and x.ndim >= 4:
@@ -598,11 +599,7 @@ class TensorFlowAdapter:
 
     def input_size(self) -> tuple[int, int] | None:
         """(height, width) of the model's static input shape, if it has one."""
-        shape = _input_shape(self.keras_model)
-        if shape is None or len(shape) != 4:
-            return None
-        height, width = (shape[1], shape[2]) if self.layout == "nhwc" else (shape[2], shape[3])
-        return (height, width) if height and width else None
+        return image_size(keras_input_shape(self.keras_model), self.layout)
 
     # -- randomization -------------------------------------------------------------------------
     def randomization_units(
@@ -645,22 +642,11 @@ class LayerNames(nn.Module):
                 self.add_module(name, _tap_class(type(layer).__name__)())
 
 
-def _input_shape(model: Any) -> tuple[int | None, ...] | None:
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        return None
-    return tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
-
-
-def _default_layout(keras: ModuleType, model: Any) -> str:
-    from salience.adapters.onnx import infer_layout
-
-    shape = _input_shape(model)
-    if shape is not None and len(shape) == 4:
-        layout, certain = infer_layout(shape)
-        if certain:
-            return layout
-    return "nhwc" if keras.backend.image_data_format() == "channels_last" else "nchw"
+def _cpu_batch(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` as a CPU batch in ``dtype``, in storage of its own (a finite batch, checked)."""
+    check_batch(x)
+    prepared = check_finite_input(x.detach().to(device="cpu", dtype=dtype))
+    return prepared.clone() if prepared.data_ptr() == x.data_ptr() else prepared
 
 
 class SignatureAdapter:
@@ -718,17 +704,11 @@ class SignatureAdapter:
 
     def input_size(self) -> tuple[int, int] | None:
         """(height, width) of the signature's static input shape, if it has one."""
-        shape = self.input_shape
-        if len(shape) != 4:
-            return None
-        height, width = (shape[1], shape[2]) if self.layout == "nhwc" else (shape[2], shape[3])
-        return (height, width) if height and width else None
+        return image_size(self.input_shape, self.layout)
 
     def prepare_input(self, x: Tensor) -> Tensor:
         """``x`` as a CPU batch in the signature's dtype, in storage of its own."""
-        check_batch(x)
-        prepared = check_finite_input(x.detach().to(device="cpu", dtype=self.dtype))
-        return prepared.clone() if prepared.data_ptr() == x.data_ptr() else prepared
+        return _cpu_batch(x, self.dtype)
 
     def _call(self, inputs: Any) -> Any:
         try:
