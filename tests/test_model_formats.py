@@ -51,6 +51,7 @@ def test_the_built_in_formats_register_themselves_one_module_each() -> None:
         "torchscript": "salience.models.torchscript",
         "torch file": "salience.models.state_dict",
         "onnx": "salience.models.onnx",
+        "tensorflow": "salience.models.tensorflow",
     }
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from salience.adapters.base import BlackBoxAdapter
 from salience.adapters.keras import KerasAdapter, is_keras_model
 from salience.adapters.program import ProgramAdapter
+from salience.adapters.tensorflow import TensorFlowAdapter, is_tensorflow_model
 from salience.adapters.torch import TorchAdapter
 from salience.errors import UnsupportedError
 
@@ -24,7 +25,9 @@ def as_adapter(model: object) -> Any:
     """Wrap a model object in the right adapter; an adapter (any
     :class:`~salience.adapters.base.BlackBoxAdapter`) is returned as it is.
 
-    A Keras model gets a :class:`~salience.adapters.keras.KerasAdapter`, a TorchScript module
+    A Keras model on TensorFlow (``tf_keras``, or Keras 3 imported on the TensorFlow backend)
+    gets a :class:`~salience.adapters.tensorflow.TensorFlowAdapter`, another Keras model a
+    :class:`~salience.adapters.keras.KerasAdapter`, a TorchScript module
     or ``torch.export`` program a :class:`~salience.adapters.program.ProgramAdapter`, any other
     ``torch.nn.Module`` a :class:`~salience.adapters.torch.TorchAdapter`.
 
@@ -36,6 +39,8 @@ def as_adapter(model: object) -> Any:
     """
     if isinstance(model, BlackBoxAdapter):
         return model
+    if is_tensorflow_model(model):
+        return TensorFlowAdapter(model)
     if is_keras_model(model):
         return KerasAdapter(model)
     if isinstance(model, torch.jit.ScriptModule | torch.export.ExportedProgram):
@@ -48,6 +53,6 @@ def as_adapter(model: object) -> Any:
             "with salience.opening.adapter_for (salience.explain and the explainers take paths)"
         )
     raise UnsupportedError(
-        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module, a Keras model or the "
-        "path of a model file"
+        f"cannot explain a {type(model).__name__}: pass a torch.nn.Module, a Keras or tf.keras "
+        "model or the path of a model file"
     )

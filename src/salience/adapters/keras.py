@@ -56,18 +56,22 @@ _SIGMOID_NAMES = frozenset({"sigmoid"})
 _MODULES: weakref.WeakKeyDictionary[Any, dict[tuple, KerasModule]] = weakref.WeakKeyDictionary()
 
 
-def import_keras() -> ModuleType:
-    """Import Keras 3 on its torch backend.
+def import_keras(backend: str = "torch") -> ModuleType:
+    """Import Keras 3 on ``backend`` (``torch``, or ``tensorflow`` for the TensorFlow adapter).
 
-    ``KERAS_BACKEND`` is set to ``torch`` when Keras has not been imported yet.
+    Keras chooses its backend once, when it is first imported, from ``KERAS_BACKEND``: that
+    variable is set to ``backend`` only when Keras is not imported yet and the user set none. A
+    ``KERAS_BACKEND`` the user set is never overwritten; when it names another backend, the
+    error says so.
 
     Raises
     ------
     ImportError
-        When Keras 3 is not installed, or was already imported with another backend.
+        When Keras 3 is not installed, or runs (or is set to run) on another backend.
     """
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "torch"
+    requested = os.environ.get("KERAS_BACKEND")
+    if "keras" not in sys.modules and requested is None:
+        os.environ["KERAS_BACKEND"] = backend
     try:
         import keras
     except ImportError as error:
@@ -79,11 +83,17 @@ def import_keras() -> ModuleType:
         raise MissingPackageError(
             f"salience needs Keras 3, found Keras {version}: {KERAS_INSTALL_HINT}"
         )
-    backend = keras.backend.backend()
-    if backend != "torch":
+    found = keras.backend.backend()
+    if found != backend:
+        fix = (
+            "open the model with --backend tensorflow (salience.explain runs a model object on "
+            "its own backend), or set KERAS_BACKEND=torch before anything imports keras"
+            if found == "tensorflow"
+            else f"set KERAS_BACKEND={backend} before anything imports keras"
+        )
         raise MissingPackageError(
-            f"Keras was already imported with the {backend} backend; salience runs Keras models "
-            "on the torch backend: set KERAS_BACKEND=torch before anything imports keras"
+            f"Keras was already imported with the {found} backend (KERAS_BACKEND="
+            f"{requested or found}); this needs its {backend} backend: {fix}"
         )
     return keras
 
@@ -361,6 +371,14 @@ def keras_input_shape(model: Any) -> tuple[int | None, ...] | None:
     return tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
 
 
+def image_size(shape: Sequence[int | None] | None, layout: str) -> tuple[int, int] | None:
+    """(height, width) of a static 4-D input shape (batch included) in ``layout``, else None."""
+    if shape is None or len(shape) != 4:
+        return None
+    height, width = (shape[1], shape[2]) if layout == "nhwc" else (shape[2], shape[3])
+    return (height, width) if height and width else None
+
+
 class KerasProvider(EvalModeProvider):
     """What a :class:`KerasAdapter` runs: its :class:`KerasModule`, whose private Keras copy is
     brought up to the user's model before each pass (its state is the Keras model's)."""
@@ -458,11 +476,7 @@ class KerasAdapter(TorchAdapter):
 
     def input_size(self) -> tuple[int, int] | None:
         """(height, width) of the model's static input shape, if it has one."""
-        shape = keras_input_shape(self.keras_model)
-        if shape is None or len(shape) != 4:
-            return None
-        height, width = (shape[1], shape[2]) if self.layout == "nhwc" else (shape[2], shape[3])
-        return (height, width) if height and width else None
+        return image_size(keras_input_shape(self.keras_model), self.layout)
 
     def input_channels(self) -> int | None:
         """The channels of the model's static input shape, if it has them."""
@@ -479,30 +493,7 @@ class KerasAdapter(TorchAdapter):
         Layers with weights, in model order, a normalization layer joined to the layer before
         it; or the layers named in ``layers``, in that order.
         """
-        keras = import_keras()
-        model = self.keras_model
-        if layers is not None:
-            units = []
-            for name in layers:
-                try:
-                    layer = model.get_layer(name)
-                except ValueError as error:
-                    raise LayerError(f"the Keras model has no layer {name!r}") from error
-                if not layer.weights:
-                    raise LayerError(f"layer {name!r} has no parameters to randomize")
-                units.append(RandomizationUnit(name, (name,)))
-            return units
-        groups: list[list[str]] = []
-        for layer in _keras_layers(keras, model):
-            if not layer.weights or isinstance(layer, keras.Model):
-                continue
-            if groups and isinstance(layer, _keras_norm_types(keras)):
-                groups[-1].append(layer.name)
-            else:
-                groups.append([layer.name])
-        if not groups:
-            raise LayerError("the Keras model has no parameters to randomize")
-        return [RandomizationUnit(group[0], tuple(group)) for group in reversed(groups)]
+        return keras_randomization_units(import_keras(), self.keras_model, layers)
 
     def randomized(self, units: Sequence[RandomizationUnit], *, seed: int) -> KerasAdapter:
         """An adapter of a copy of the Keras model with ``units`` re-initialized (seeded).
@@ -520,7 +511,7 @@ class KerasAdapter(TorchAdapter):
         for unit in units:
             generator = unit_generator(seed, unit, torch.device("cpu"))
             for name in unit.modules:
-                _reinitialize_keras_layer(keras, duplicate.get_layer(name), generator)
+                reinitialize_keras_layer(keras, duplicate.get_layer(name), generator)
         return KerasAdapter(
             duplicate,
             layout=self.layout,
@@ -538,6 +529,35 @@ def _first_of_a_list(model: Any) -> int | None:
     return 0 if isinstance(structure, list | tuple) else None
 
 
+def keras_randomization_units(
+    keras: ModuleType, model: Any, layers: Sequence[str] | None = None
+) -> list[RandomizationUnit]:
+    """The layers of a Keras model (any flavour: ``keras`` or ``tf_keras``) a randomization test
+    re-initializes, from the output down (see :meth:`KerasAdapter.randomization_units`)."""
+    if layers is not None:
+        units = []
+        for name in layers:
+            try:
+                layer = model.get_layer(name)
+            except ValueError as error:
+                raise LayerError(f"the Keras model has no layer {name!r}") from error
+            if not layer.weights:
+                raise LayerError(f"layer {name!r} has no parameters to randomize")
+            units.append(RandomizationUnit(name, (name,)))
+        return units
+    groups: list[list[str]] = []
+    for layer in _keras_layers(keras, model):
+        if not layer.weights or isinstance(layer, keras.Model):
+            continue
+        if groups and isinstance(layer, _keras_norm_types(keras)):
+            groups[-1].append(layer.name)
+        else:
+            groups.append([layer.name])
+    if not groups:
+        raise LayerError("the Keras model has no parameters to randomize")
+    return [RandomizationUnit(group[0], tuple(group)) for group in reversed(groups)]
+
+
 def _keras_norm_types(keras: ModuleType) -> tuple[type, ...]:
     layers = keras.layers
     return (layers.BatchNormalization, layers.LayerNormalization, layers.GroupNormalization)
@@ -546,11 +566,12 @@ def _keras_norm_types(keras: ModuleType) -> tuple[type, ...]:
 _NORM_VALUES = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}
 
 
-def _reinitialize_keras_layer(keras: ModuleType, layer: Any, generator: torch.Generator) -> None:
-    """New weights for one Keras layer, drawn from ``generator`` (see ``randomized``)."""
+def reinitialize_keras_layer(keras: ModuleType, layer: Any, generator: torch.Generator) -> None:
+    """New weights for one Keras layer (``keras`` or ``tf_keras``), drawn from ``generator``
+    (see :meth:`KerasAdapter.randomized`)."""
     norm = isinstance(layer, _keras_norm_types(keras))
     for variable in layer.weights:
-        name = variable.path.rsplit("/", 1)[-1]
+        name = str(getattr(variable, "path", variable.name)).rsplit("/", 1)[-1].split(":")[0]
         shape = tuple(variable.shape)
         if norm:
             values = torch.full(shape, _NORM_VALUES.get(name, 0.0))
@@ -560,7 +581,8 @@ def _reinitialize_keras_layer(keras: ModuleType, layer: Any, generator: torch.Ge
             values = torch.zeros(shape)
         else:
             values = he_truncated_normal(shape, 1, generator, std=OTHER_STD)
-        variable.assign(values.to(variable.value.dtype).numpy())
+        dtype = variable.dtype
+        variable.assign(values.numpy().astype(getattr(dtype, "as_numpy_dtype", dtype)))
 
 
 def _default_layout(keras: ModuleType, model: Any) -> str:
@@ -571,7 +593,7 @@ def _default_layout(keras: ModuleType, model: Any) -> str:
         layout, certain = infer_layout(shape)
         if certain:
             return layout
-    return "nhwc" if keras.config.image_data_format() == "channels_last" else "nchw"
+    return "nhwc" if keras.backend.image_data_format() == "channels_last" else "nchw"
 
 
 __all__ = [

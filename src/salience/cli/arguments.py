@@ -351,6 +351,11 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         help="how the outputs read (default: from the final activation; one output without a "
         "sigmoid is a regression)",
     )
+    source.add_argument(
+        "--backend",
+        choices=("torch", "tensorflow"),
+        help="what runs a Keras file (.keras, .h5): Keras' torch backend (default) or TensorFlow",
+    )
     preset = parser.add_argument_group(
         "input preprocessing",
         "override the preset sidecar beside the model file (MODEL.preset.toml or .json), the "
@@ -421,6 +426,10 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     """
     from salience.loading import BUNDLED, LoadOptions, model_kind
 
+    if getattr(args, "backend", None):
+        from salience.models.tensorflow import use_backend
+
+        use_backend(args.backend)
     options = LoadOptions(
         input_name=args.input_name,
         layout=args.layout,

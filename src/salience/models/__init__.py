@@ -25,6 +25,7 @@ override it.
 from __future__ import annotations
 
 from salience.models import bundled, export, factory, keras, onnx, state_dict, torchscript
+from salience.models import tensorflow as tensorflow_format  # noqa: F401 (registers it)
 from salience.models.factory import call_factory, load_weights
 from salience.models.formats import (
     FORMAT,

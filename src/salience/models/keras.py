@@ -40,7 +40,9 @@ def open_keras(
     return Opened(adapter, Path(path).name, preset)
 
 
-def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) -> Any:
+def load_keras_model(
+    path: str | os.PathLike[str], *, trust_code: bool = False, backend: str = "torch"
+) -> Any:
     """Load a ``.keras`` file (or a legacy ``.h5`` that Keras 3 reads) without compiling it.
 
     Parameters
@@ -49,10 +51,12 @@ def load_keras_model(path: str | os.PathLike[str], *, trust_code: bool = False) 
         The model file.
     trust_code : bool
         Allow Lambda layers, whose Python code the file carries (Keras' ``safe_mode=False``).
+    backend : {"torch", "tensorflow"}
+        The Keras backend the model runs on.
     """
     from salience.adapters.keras import import_keras
 
-    keras = import_keras()
+    keras = import_keras(backend)
     name = Path(path).name
     version = tuple(int(part) for part in re.findall(r"\d+", keras.__version__)[:3])
     if not trust_code and version < SAFE_KERAS:
