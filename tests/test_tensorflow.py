@@ -201,6 +201,8 @@ def test_a_final_sigmoid_is_cut_on_the_clone_only(batch: Tensor) -> None:
     assert adapter.stripped_softmax
     np.testing.assert_allclose(adapter.forward(batch).numpy(), expected, rtol=1e-6, atol=1e-6)
     assert model.layers[-1].activation is tf_keras.activations.sigmoid
+    assert adapter.final_activation(batch) == "sigmoid"  # read as one binary decision
+    assert as_adapter(build("linear", classes=1)).final_activation(batch) is None
 
 
 def test_a_changed_model_is_explained_as_it_is_now(batch: Tensor) -> None:
