@@ -66,7 +66,7 @@ def open_factory(
         adapter = KerasAdapter(built, layout=settings.layout)
         return Opened(adapter, name, fallback_preset(adapter.input_size()))
     no_layout(settings, name)
-    return Opened(TorchAdapter(built), name, fallback_preset(None))
+    return Opened(TorchAdapter(built, fuse=fuse), name, fallback_preset(None))
 
 
 def call_factory(spec: str) -> Any:

@@ -53,8 +53,8 @@ def open_model(model: str, options: LoadOptions | None = None, *, fuse: bool = T
     options : LoadOptions, optional
         How to open it, and overrides of its preset sidecar and metadata.
     fuse : bool
-        Run long perturbation passes of models their format knows to be traceable (the bundled
-        ones) on a fused copy.
+        Run long perturbation passes of PyTorch models on a safely captured program where one
+        can be built (``salience.adapters.fused``).
     """
     options = options or LoadOptions()
     found = model_format(model, options)

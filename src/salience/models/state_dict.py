@@ -50,7 +50,7 @@ def open_torch_file(
             f"{name} holds weights only (a state dict); name the code that builds the model: "
             "--factory package.module:function (factory= in Python)"
         )
-    return Opened(TorchAdapter(loaded), name, fallback_preset(None))
+    return Opened(TorchAdapter(loaded, fuse=fuse), name, fallback_preset(None))
 
 
 def read_torch_file(path: str, *, trust_pickle: bool) -> Any:
