@@ -9,6 +9,7 @@ inference copy for torch models, any black box otherwise).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -111,8 +112,10 @@ def masked_scores(
     # One result tensor up front: small per-chunk tensors kept between the large mask buffers
     # fragmented the heap and made memory grow with the number of masks (bench/perturbation.py).
     result = torch.zeros((count, selection.k), dtype=x.dtype, device=x.device)
-    for rows, values in map_in_chunks(
-        count, scores, chunk_size, progress=progress, description=description
-    ):
-        result[rows] = values
+    # An adapter may set the stage for a long run (onnxruntime: torch keeps one thread).
+    with getattr(adapter, "long_run", nullcontext)():
+        for rows, values in map_in_chunks(
+            count, scores, chunk_size, progress=progress, description=description
+        ):
+            result[rows] = values
     return result
