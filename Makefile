@@ -32,6 +32,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+ifndef RECORD
+RECORD := bench/results/$(shell date -u +%Y%m%dT%H%M%SZ)-$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown).json
+endif
+
 bench: $(STAMP)
 	# pytorch-grad-cam, the CAM peer; without --no-deps it would pull torchvision and another torch
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt \
@@ -39,6 +43,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/methods.py
 	$(BIN)/python bench/cams.py
 	$(BIN)/python bench/perturbation.py
+	# the ratios of this run, one JSON record per run (RECORD=path to choose another)
+	$(BIN)/python bench/capture.py --json $(RECORD)
+	$(BIN)/python bench/score_cam.py --json $(RECORD)
+	$(BIN)/python bench/onnx_runtime.py --json $(RECORD)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -81,30 +81,31 @@ def test_a_model_that_branches_on_tensor_values_is_not_fused() -> None:
     model = BranchesOnValues().eval().double()  # float64: the bound is the path, not rounding
     adapter = TorchAdapter(model, fuse=True)
     bright, dark = torch.rand(2, 3, 8, 8).double(), -torch.rand(2, 3, 8, 8).double()
-    assert adapter._fused(bright) is None  # the trace drew a tracer warning
+    assert adapter._fused(bright) is None  # export refuses the branch
     with torch.no_grad():
         assert relative_error(adapter.forward(dark, bulk=True), model(dark)) < 1e-12
 
 
-def test_a_trace_is_trusted_only_when_the_adapter_is_told_so() -> None:
-    """Whoever opens the model says it is traceable (the bundled models' spec does), not the
-    file a tracer warning comes from; the verdict is cached apart for each setting."""
-    model = BranchesOnValues().eval().double()
-    bright = torch.rand(2, 3, 8, 8).double()
-    trusted = TorchAdapter(model, fuse=True, trusted_trace=True)
-    assert trusted._fused(bright) is not None  # the warnings were the caller's to weigh
-    with torch.no_grad():
-        assert relative_error(trusted.forward(bright, bulk=True), model(bright)) < 1e-12
-    assert TorchAdapter(model, fuse=True)._fused(bright) is None  # not served the trusted copy
-
-
-def test_the_bundled_model_is_opened_as_traceable() -> None:
+def test_the_bundled_model_has_no_special_case() -> None:
+    """The bundled model is captured as any user's module is: no flag says it is traceable."""
     from salience.loading import open_model
-    from salience.zoo import load_model, model_spec
+    from salience.zoo import model_spec
 
-    assert model_spec().traceable
-    assert open_model(model_spec().name).adapter.trusted_trace
-    assert not TorchAdapter(load_model()).trusted_trace  # the user's own adapter: not told
+    assert not hasattr(model_spec(), "traceable")
+    assert not hasattr(open_model(model_spec().name).adapter, "trusted_trace")
+
+
+def test_a_model_with_forward_hooks_runs_eagerly_and_its_hooks_run() -> None:
+    model, x = convnet(), torch.randn(4, 3, 16, 16)
+    calls = []
+    handle = model[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        verdict = TorchAdapter(model)._capture(x)
+        assert verdict is not None and verdict.program is None and "hooks" in verdict.note
+        TorchAdapter(model).forward(x, bulk=True)
+    finally:
+        handle.remove()
+    assert calls  # the copy ran with the hook
 
 
 def test_models_ending_in_softmax_run_eagerly_and_give_logits() -> None:

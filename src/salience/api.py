@@ -168,7 +168,7 @@ def explain_all(
         results = {e.name: a for e, a in zip(shared, attributions, strict=True)}
         for explainer in explainers:
             if explainer.name not in results:
-                results[explainer.name] = explainer.attribute(inputs, spec, score)
+                results[explainer.name] = explainer.attribute_reported(inputs, spec, score)
     return {
         explainer.name: explainer.explanation(results[explainer.name], score, class_names)
         for explainer in explainers

@@ -23,6 +23,7 @@ from salience.adapters.base import (
     Outputs,
     check_finite_output,
 )
+from salience.adapters.fused import recording_execution
 from salience.adapters.inference_copy import one_state_per_call
 from salience.errors import InvalidInputError
 from salience.explanation import Explanation
@@ -179,8 +180,17 @@ class Explainer(ABC):
         with one_state_per_call():
             inputs = self.adapter.prepare_input(x)
             score = score_to_explain(self.adapter, inputs, score, output_kind)
-            result = self.attribute(inputs, spec, score)
+            result = self.attribute_reported(inputs, spec, score)
         return self.explanation(result, score, class_names)
+
+    def attribute_reported(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+        """:meth:`attribute`, its info saying how its long runs of passes ran (``execution``:
+        a captured program, or eager and why), when it had any."""
+        with recording_execution() as execution:
+            result = self.attribute(x, spec, score)
+        if execution:
+            result.info["execution"] = "; ".join(execution)
+        return result
 
     def explanation(
         self, result: Attribution, score: str, class_names: Sequence[str] | None = None

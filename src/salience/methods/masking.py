@@ -9,6 +9,7 @@ inference copy for torch models, any black box otherwise).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -32,7 +33,9 @@ def weight_kind(outputs: Tensor, selection: Selection, score: str, softmax: bool
 
 
 BULK_PASSES = 256
-"""From this many masked inputs on, a fused copy pays back its tracing and warm-up (~2 s)."""
+"""From this many masked inputs on, a run asks for the captured program: on EfficientNet-Lite0 at
+224×224 its capture (export, freezing, warm-up) costs what about 125 eager passes cost, and it
+saves half of every pass after (``bench/capture.py``), so a first run of 256 passes gains."""
 
 
 class ChunkMemoryError(SalienceError, MemoryError):
@@ -112,8 +115,10 @@ def masked_scores(
     # One result tensor up front: small per-chunk tensors kept between the large mask buffers
     # fragmented the heap and made memory grow with the number of masks (bench/perturbation.py).
     result = torch.zeros((count, selection.k), dtype=x.dtype, device=x.device)
-    for rows, values in map_in_chunks(
-        count, scores, chunk_size, progress=progress, description=description
-    ):
-        result[rows] = values
+    # An adapter may set the stage for a long run (onnxruntime: torch keeps one thread).
+    with getattr(adapter, "long_run", nullcontext)():
+        for rows, values in map_in_chunks(
+            count, scores, chunk_size, progress=progress, description=description
+        ):
+            result[rows] = values
     return result

@@ -17,7 +17,7 @@ from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, register_explainer
 from salience.methods.cam import CAMExplainer
 from salience.methods.masking import masked_scores, weight_kind
-from salience.methods.options import CHUNK_SIZE, PROGRESS, SOFTMAX
+from salience.methods.options import CHUNK_SIZE, PROGRESS, SOFTMAX, Option
 from salience.methods.sampling import map_in_chunks
 from salience.postprocess import upsample
 from salience.targets import Selection, TargetSpec, resolve, target_scores
@@ -29,6 +29,24 @@ ABLATION_CHUNK_SIZE = 256
 """Ablated channels per pass of Ablation-CAM: each pass also reruns the layers before the ablated
 one, so bigger is faster (256: 1.08× one pass over all 320 channels of ``_blocks.15``; 64: 1.4×);
 memory grows with it (+183 MiB at 256, +83 MiB at 64 on that layer)."""
+
+TOP_CHANNELS = Option(
+    "top_channels",
+    int,
+    None,
+    "approximate Score-CAM (Faster-Score-CAM, tf-keras-vis max_N): mask with only the N "
+    "channels of largest spatial variance, the others weigh 0; default: every channel (exact)",
+    low=1,
+    optional=True,
+)
+WEIGHTING = Option(
+    "weighting",
+    str,
+    "paper",
+    "Score-CAM channel weights: the paper's score increase, or pytorch-grad-cam's softmax over "
+    "the channels of the masked inputs' scores (approximate: its maps, not the paper's)",
+    choices=("paper", "channel_softmax"),
+)
 
 
 class _PerturbationCAM(CAMExplainer):
@@ -82,11 +100,21 @@ class ScoreCAM(_PerturbationCAM):
     pytorch-grad-cam instead applies a softmax over the channels to the masked inputs' target
     logits, so its maps differ from the paper's.
 
+    Two known approximations are options, never defaults, and an explanation made with one says
+    so in ``info["approximation"]``: ``top_channels=N`` (Faster-Score-CAM, Wang et al. 2020b,
+    tf-keras-vis' ``max_N``) masks with the ``N`` channels of largest spatial variance only;
+    ``weighting="channel_softmax"`` gives pytorch-grad-cam's maps (weights ``softmax_c`` of the
+    masked inputs' explained scores, a constant channel's masked input being zeros).
+
     Parameters
     ----------
     softmax : bool
         Weigh by the softmax probability (paper); False weighs by the explained score itself.
         Regression outputs and custom targets always use the explained score.
+    top_channels : int, optional
+        Mask with only this many channels, those of largest spatial variance (approximate).
+    weighting : {"paper", "channel_softmax"}
+        The paper's weights, or pytorch-grad-cam's softmax over channels (approximate).
     chunk_size : int, optional
         Masked inputs per forward pass; does not change the map.
     progress : bool
@@ -96,15 +124,41 @@ class ScoreCAM(_PerturbationCAM):
     """
 
     paper = "Wang et al. 2020"
-    options = (SOFTMAX,)
+    options = (SOFTMAX, TOP_CHANNELS, WEIGHTING)
 
-    def __init__(self, model: object, *, softmax: bool = SOFTMAX.default, **options: Any) -> None:
+    def __init__(
+        self,
+        model: object,
+        *,
+        softmax: bool = SOFTMAX.default,
+        top_channels: int | None = TOP_CHANNELS.default,
+        weighting: str = WEIGHTING.default,
+        **options: Any,
+    ) -> None:
         super().__init__(model, **options)
         self.softmax = SOFTMAX.check(softmax)
+        self.top_channels = TOP_CHANNELS.check(top_channels)
+        self.weighting = WEIGHTING.check(weighting)
 
     def params(self) -> dict[str, Any]:
         """Configuration."""
-        return {**super().params(), "softmax": self.softmax}
+        return {
+            **super().params(),
+            "softmax": self.softmax,
+            "top_channels": self.top_channels,
+            "weighting": self.weighting,
+        }
+
+    def approximation(self) -> str | None:
+        """How the maps depart from the paper's, in words; None for the exact method."""
+        parts = []
+        if self.top_channels is not None:
+            parts.append(
+                f"top {self.top_channels} channels by variance (Faster-Score-CAM), others weigh 0"
+            )
+        if self.weighting == "channel_softmax":
+            parts.append("pytorch-grad-cam's softmax over channels of the masked scores")
+        return "; ".join(parts) or None
 
     def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
         """Score every non-constant channel's masked input, chunk by chunk."""
@@ -119,7 +173,10 @@ class ScoreCAM(_PerturbationCAM):
                 f"scorecam needs a {x.ndim - 2}-D feature map like its input's; the layer gives "
                 f"{tuple(features.shape)} (choose a layer of that rank)"
             )
-        kind = weight_kind(out.outputs, selection, score, self.softmax)
+        grad_cam_weights = self.weighting == "channel_softmax"
+        kind = (
+            score if grad_cam_weights else weight_kind(out.outputs, selection, score, self.softmax)
+        )
         baseline = self.adapter.forward(torch.zeros_like(x[:1]))
         maps, skipped = [], 0
         for n in range(x.shape[0]):
@@ -128,6 +185,9 @@ class ScoreCAM(_PerturbationCAM):
             flat = features[n].flatten(1)
             keep = torch.nonzero(flat.amax(dim=1) > flat.amin(dim=1)).flatten()
             skipped += features.shape[1] - len(keep)
+            if self.top_channels is not None and self.top_channels < len(keep):
+                variance = flat[keep].double().var(dim=1, correction=0)
+                keep = keep[variance.topk(self.top_channels).indices].sort().values
             weights = torch.zeros(selection.k, features.shape[1], dtype=torch.float64)
 
             def channel_masks(rows: slice, n: int = n, keep: Tensor = keep) -> Tensor:
@@ -148,9 +208,19 @@ class ScoreCAM(_PerturbationCAM):
                 progress=self.progress,
                 description=f"{self.name} {n + 1}/{x.shape[0]}" if x.shape[0] > 1 else self.name,
             )
-            weights[:, keep] = (values - start).T.double()
+            if grad_cam_weights:  # a channel not masked with scores as the zeros input does
+                weights[:] = start.double().reshape(-1, 1)
+                weights[:, keep] = values.T.double()
+                weights = weights.softmax(dim=1)
+            else:
+                weights[:, keep] = (values - start).T.double()
             maps.append(self.weighted_sum(weights, features[n]))
         info = {**self.layer_info(x, out.activations), "weights": kind, "skipped_channels": skipped}
+        if grad_cam_weights:
+            info["weights"] = f"softmax over channels of the {kind}"
+        approximation = self.approximation()
+        if approximation is not None:
+            info["approximation"] = approximation
         return Attribution(torch.stack(maps), selection, out.scores, info, out.outputs)
 
 

@@ -1,8 +1,7 @@
 """The models bundled with salience (:mod:`salience.zoo`), opened by name.
 
-Their preprocessing and class names are known, so no option applies to them. A bundled model
-whose spec says it is ``traceable`` (its only Python logic depends on the input's size, not its
-values) may run long perturbation passes on a fused, traced copy.
+Their preprocessing and class names are known, so no option applies to them. They run like any
+user's module: long perturbation runs on a safely captured program where it can be built.
 """
 
 from __future__ import annotations
@@ -38,12 +37,12 @@ def _claims_name(model: str, options: LoadOptions, exists: bool) -> bool:
 def open_bundled(
     model: str, options: LoadOptions, settings: PresetOverrides, *, fuse: bool = True
 ) -> Opened:
-    """The bundled model ``model``: fused for long runs when its spec says it is traceable."""
+    """The bundled model ``model``, its long runs captured unless ``fuse`` is False."""
     from salience.adapters.torch import TorchAdapter
     from salience.zoo import load_model, model_spec
 
     spec = model_spec(model)
-    adapter = TorchAdapter(load_model(spec.name), fuse=fuse, trusted_trace=spec.traceable)
+    adapter = TorchAdapter(load_model(spec.name), fuse=fuse)
     return Opened(adapter, spec.name, spec.preset, spec.class_names())
 
 

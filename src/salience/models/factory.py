@@ -69,7 +69,9 @@ def open_factory(
             adapter, name, fallback_preset(adapter.input_size(), adapter.input_channels())
         )
     no_layout(settings, name)
-    return Opened(TorchAdapter(built), name, fallback_preset(None, conv_input_channels(built)))
+    return Opened(
+        TorchAdapter(built, fuse=fuse), name, fallback_preset(None, conv_input_channels(built))
+    )
 
 
 def call_factory(spec: str) -> Any:

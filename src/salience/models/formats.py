@@ -75,8 +75,8 @@ class FileHead:
 
 Opener = Callable[..., Opened]
 """``opener(model, options, settings, *, fuse) -> Opened``: ``settings`` are the preset
-overrides (sidecar and options) the opener may need (the layout); ``fuse`` asks for a fused
-copy of a model its format knows to be traceable."""
+overrides (sidecar and options) the opener may need (the layout); ``fuse`` allows a captured
+program for long runs of passes (``salience.adapters.fused``)."""
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ def open_model(
     options : LoadOptions, optional
         How to open it, and overrides of its preset sidecar and metadata.
     fuse : bool
-        Run long perturbation passes of models their format knows to be traceable (the bundled
-        ones) on a fused copy.
+        Run long perturbation passes of PyTorch models on a safely captured program where one
+        can be built (``salience.adapters.fused``).
     sample : callable, optional
         ``sample(adapter)`` gives the input the opened model is probed with once (to count its
         outputs), e.g. a row of features for a tabular model; default a blank image of the

@@ -51,7 +51,9 @@ def open_torch_file(
             f"{name} holds weights only (a state dict); name the code that builds the model: "
             "--factory package.module:function (factory= in Python)"
         )
-    return Opened(TorchAdapter(loaded), name, fallback_preset(None, conv_input_channels(loaded)))
+    return Opened(
+        TorchAdapter(loaded, fuse=fuse), name, fallback_preset(None, conv_input_channels(loaded))
+    )
 
 
 def read_torch_file(path: str, *, trust_pickle: bool) -> Any:

@@ -48,19 +48,13 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ZooModel:
-    """A bundled model: how to build it, its class names and its input preprocessing.
-
-    ``traceable`` says that its ``forward`` has no Python logic that depends on tensor values
-    (only on the input's size), so a TorchScript trace of it holds for every input of that size
-    despite the tracer's warnings: long perturbation runs may use a fused copy.
-    """
+    """A bundled model: how to build it, its class names and its input preprocessing."""
 
     name: str
     description: str
     build: Callable[[], nn.Module] = field(repr=False)
     class_names: Callable[[], tuple[str, ...]] = field(repr=False)
     preset: ImagePreset
-    traceable: bool = False
 
 
 def _efficientnet_lite0() -> nn.Module:
@@ -83,7 +77,6 @@ register(MODEL, "efficientnet_lite0")(
         build=_efficientnet_lite0,
         class_names=imagenet_class_names,
         preset=EFFICIENTNET_LITE0_PRESET,
-        traceable=True,  # "same" padding computed from the input's size, nothing else
     )
 )
 
