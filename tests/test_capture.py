@@ -125,6 +125,28 @@ def test_explanations_of_a_branching_model_are_right_on_both_sides(sign: float) 
     assert relative_error(found.map(0, 0).double(), expected) < 1e-6  # map stored in float32
 
 
+@pytest.fixture(autouse=True)
+def every_long_run_is_worth_capturing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the capture itself: let runs of tiny models ask for it."""
+    from salience.methods import masking
+
+    monkeypatch.setattr(masking, "CAPTURE_WORTH_SECONDS", 0.0)
+
+
+def test_a_run_too_short_to_pay_for_a_capture_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from salience.methods import masking
+
+    monkeypatch.setattr(masking, "CAPTURE_WORTH_SECONDS", 3600.0)  # longer than any run here
+    model = SmallCNN().eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    options = {"method": "occlusion", "window": 1, "stride": 1, "target": 0}  # 256 windows
+    found = salience.explain(TorchAdapter(model), x, **options, chunk_size=48)
+    assert found.info["execution"].startswith("eager: the 256 passes take about")
+    assert found.info["execution"].endswith("less than a capture would save")
+    monkeypatch.setattr(masking, "CAPTURE_WORTH_SECONDS", 5.0)
+    assert masking.worth_capturing(1.0, 8, 80) and not masking.worth_capturing(0.1, 8, 80)
+
+
 def test_the_info_of_a_captured_run_says_so_and_the_last_short_chunk_runs_eagerly() -> None:
     model = SmallCNN().eval()
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))

@@ -20,7 +20,11 @@ from salience.server.errors import classify
 FACTORY = "model_factories:seeded_digits_net"
 PACKAGE = Path(salience.__file__).parent
 
-INTERNAL = {"salience.adapters.inference_copy.CopyError", "salience.cli.rows.TakesSignalsError"}
+INTERNAL = {
+    "salience.adapters.inference_copy.CopyError",
+    "salience.cli.batch.Terminated",
+    "salience.cli.rows.TakesSignalsError",
+}
 """Exception classes that never reach the user: their callers catch them and fall back."""
 
 BUILTINS = {

@@ -40,7 +40,7 @@ from salience.errors import InvalidInputError, UnsupportedError
 from salience.evaluation.report import Column, format_rows, write_report
 from salience.explanation import Explanation
 from salience.methods.base import Explainer, score_to_explain
-from salience.methods.masking import BULK_PASSES, masked_scores
+from salience.methods.masking import masked_scores
 from salience.methods.perturbation import PERTURBATION_CHUNK_SIZE
 from salience.methods.sampling import make_generator, map_in_chunks
 from salience.opening import adapter_for
@@ -441,7 +441,8 @@ class CausalMetric:
                     chunk_size=self.chunk_size,
                     progress=self.progress,
                     description=description,
-                    bulk=n * len(changed) >= BULK_PASSES if self.bulk is None else self.bulk,
+                    bulk=self.bulk,
+                    run_passes=n * len(changed),
                 )
             curves[sample] = scores[:, 0].double().cpu()
         targets = (

@@ -18,7 +18,7 @@ from salience.adapters.base import BlackBoxAdapter
 from salience.errors import InvalidInputError
 from salience.methods.base import Attribution, Explainer, register_explainer
 from salience.methods.baselines import BASELINE, BaselineLike, baseline_like, check_baseline
-from salience.methods.masking import BULK_PASSES, masked_scores
+from salience.methods.masking import masked_scores
 from salience.methods.options import CHUNK_SIZE, PROGRESS, Option
 from salience.methods.sampling import map_in_chunks
 from salience.targets import TargetSpec
@@ -135,7 +135,7 @@ class FeatureAblation(Explainer):
             )
         selection, scores, outputs = self.unperturbed_pass(x, spec, score)
         substrate = baseline_like(x, self.baseline)
-        bulk = sum(len(ids) for ids in every_ids) >= BULK_PASSES
+        passes = sum(len(ids) for ids in every_ids)
         maps = torch.empty(x.shape[0], selection.k, *x.shape[1:], dtype=x.dtype, device=x.device)
 
         def ablated_sample(rows: slice) -> Tensor:
@@ -154,7 +154,7 @@ class FeatureAblation(Explainer):
                 score,
                 substrate=substrate[rows],
                 chunk_size=self.chunk_size,
-                bulk=bulk,
+                run_passes=passes,
             )
             drops = scores[n].double() - ablated.double()  # (groups, K)
             position = torch.searchsorted(ids, own.reshape(-1))  # each scalar's group

@@ -8,12 +8,14 @@ inference copy for torch models, any black box otherwise).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
+from salience.adapters.fused import record_execution
 from salience.errors import SalienceError
 from salience.methods.sampling import map_in_chunks
 from salience.targets import Selection, target_scores
@@ -38,6 +40,19 @@ BULK_PASSES = 256
 saves half of every pass after (``bench/capture.py``), so a first run of 256 passes gains."""
 
 
+CAPTURE_WORTH_SECONDS = 5.0
+"""A run of at least :data:`BULK_PASSES` asks for the captured program only when its second
+chunk, run eagerly, says the whole run would take this long: a capture costs a few seconds (torch's
+export machinery, then about 125 passes' worth of work), which a small model's run of cheap
+passes never earns back (a digits CNN's 729 occlusion passes take under a second eagerly)."""
+
+
+def worth_capturing(first_chunk_seconds: float, chunk: int, count: int) -> bool:
+    """Whether a run of ``count`` passes, whose first ``chunk`` took ``first_chunk_seconds``
+    eagerly, is long enough to pay for a capture (:data:`CAPTURE_WORTH_SECONDS`)."""
+    return first_chunk_seconds * count / max(chunk, 1) >= CAPTURE_WORTH_SECONDS
+
+
 class ChunkMemoryError(SalienceError, MemoryError):
     """A chunk of perturbed inputs does not fit in memory."""
 
@@ -55,6 +70,7 @@ def masked_scores(
     progress: bool = False,
     description: str = "",
     bulk: bool | None = None,
+    run_passes: int | None = None,
 ) -> Tensor:
     """Scores of one sample under ``count`` masks: ``x · m + substrate · (1 − m)``.
 
@@ -81,7 +97,12 @@ def masked_scores(
     description : str
         The progress bar's label.
     bulk : bool, optional
-        Whether many passes follow (the adapter may run a fused copy); None: from ``count``.
+        Whether many passes follow (the adapter may run a captured program); None: when
+        ``count`` is at least :data:`BULK_PASSES` and the second chunk's time says the run is
+        long enough to pay for a capture (:func:`worth_capturing`).
+    run_passes : int, optional
+        The passes of the whole run this call is part of (a caller scoring several samples one
+        after another), which decide ``bulk=None``; default ``count``.
         Callers that score several samples one after another pass True for the whole run.
 
     Returns
@@ -95,13 +116,19 @@ def masked_scores(
         When the first chunk does not fit in memory; the message gives a chunk size to try.
     """
 
-    bulk = count >= BULK_PASSES if bulk is None else bulk
+    # None: decided after the second chunk, run eagerly and timed (worth_capturing); the first
+    # may include one-off work (the private inference copy)
+    passes = count if run_passes is None else run_passes
+    long_run: bool | None = bulk if bulk is not None else (None if passes >= BULK_PASSES else False)
+    chunks_run = 0
 
     def scores(rows: slice) -> Tensor:
+        nonlocal long_run, chunks_run
         chosen = masks(rows).to(x)
         inputs = x * chosen if substrate is None else substrate + (x - substrate) * chosen
+        started = time.perf_counter()
         try:
-            outputs = adapter.forward(inputs, bulk=bulk)
+            outputs = adapter.forward(inputs, bulk=bool(long_run))
         except (MemoryError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
                 raise
@@ -110,6 +137,15 @@ def masked_scores(
                 f"a chunk of {size} perturbed inputs of shape {tuple(x.shape[1:])} does not fit "
                 f"in memory; pass a smaller chunk_size (e.g. {max(1, size // 4)})"
             ) from error
+        chunks_run += 1
+        if long_run is None and chunks_run == 2:
+            seconds = time.perf_counter() - started
+            long_run = worth_capturing(seconds, inputs.shape[0], passes)
+            if not long_run:
+                record_execution(
+                    f"eager: the {passes} passes take about "
+                    f"{seconds * passes / inputs.shape[0]:.1f} s, less than a capture would save"
+                )
         return target_scores(outputs, selection.repeat(inputs.shape[0]), kind)
 
     # One result tensor up front: small per-chunk tensors kept between the large mask buffers
