@@ -120,7 +120,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     with_methods(explain, "explain")
     add_display_arguments(explain)
     add_overlay_arguments(explain)
-    add_output_arguments(explain)
+    add_output_arguments(explain, figure=True)
     add_model_arguments(explain)
     add_table_arguments(explain)
     explain.set_defaults(handler=run_explain)

@@ -129,6 +129,19 @@ def _output_folder(text: str) -> str:
     return _option_type("a folder", check, str)(text)
 
 
+FIGURE_SUFFIX = ".png"
+"""``-o NAME.png`` of ``salience explain``: the one figure's file, not a folder."""
+
+
+def _output_folder_or_figure(text: str) -> str:
+    """``-o`` of ``salience explain``: a folder, or a ``.png`` file in a folder that can be made."""
+    path = Path(text)
+    if path.suffix.lower() == FIGURE_SUFFIX and not path.is_dir():
+        _output_folder(str(path.parent))
+        return text
+    return _output_folder(text)
+
+
 def _scale_number(text: str) -> float:
     """A number, or a fraction such as ``1/255``."""
     numerator, slash, denominator = text.partition("/")
@@ -207,10 +220,21 @@ def display_from_args(args: argparse.Namespace) -> DisplayOptions:
     )
 
 
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-o", "--output", default="salience-out", type=_output_folder, help="output folder"
-    )
+def add_output_arguments(parser: argparse.ArgumentParser, *, figure: bool = False) -> None:
+    """``-o`` and ``--quiet``; with ``figure``, ``-o`` may name the one figure (``cat.png``)."""
+    if figure:
+        parser.add_argument(
+            "-o",
+            "--output",
+            default="salience-out",
+            type=_output_folder_or_figure,
+            help="output folder, or NAME.png for one image and one method: that figure, with "
+            "NAME.npz and NAME.json beside it",
+        )
+    else:
+        parser.add_argument(
+            "-o", "--output", default="salience-out", type=_output_folder, help="output folder"
+        )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

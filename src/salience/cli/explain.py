@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salience.cli.arguments import (
+    FIGURE_SUFFIX,
     ImageInput,
     checked_target,
     display_from_args,
@@ -65,11 +66,12 @@ def run_explain(args: argparse.Namespace) -> int:
     from salience.render import method_text
 
     methods = method_names(args.method)
+    items = image_inputs(args.images)
+    output, figure = output_place(args.output, len(items), len(methods))
     loaded = open_model_from_args(args)
     adapter, model_name, names = loaded.adapter, loaded.name, loaded.class_names
     target = checked_target(args.target, loaded)
-    prepared = [(item, prepared_image(loaded, item)) for item in image_inputs(args.images)]
-    output = Path(args.output)
+    prepared = [(item, prepared_image(loaded, item)) for item in items]
     values = method_values(args)
     explainers = [make_explainer(adapter, m, **method_options(m, values)) for m in methods]
     display = display_from_args(args)
@@ -104,7 +106,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 for name, explanation in explanations.items():
                     _warn_unconverged(bar, item.label, name, explanation.info)
                     explanation = explanation.with_names(names, model=model_name)
-                    stem = f"{item.label}_{name}"
+                    stem = figure or f"{item.label}_{name}"
                     drawn = _encode_outputs(
                         explanation, view, (item.label, stem), display, summary, names, files
                     )
@@ -128,7 +130,7 @@ def run_explain(args: argparse.Namespace) -> int:
             finished += 1
     finally:
         bar.close()
-        if grid_rows:  # the images explained so far, also when a later one failed
+        if grid_rows and figure is None:  # the images explained so far, also after a failure
             grid = viz.save_grid(
                 output / "grid.png",
                 grid_images,
@@ -138,8 +140,32 @@ def run_explain(args: argparse.Namespace) -> int:
                 alpha=display.alpha,
                 scales=[[rendering.scale for rendering in row] for row in grid_rows],
             )
-    print(f"wrote {tasks} explanation{'' if tasks == 1 else 's'} and {grid} to {output}/")
+    if figure is not None:
+        print(f"wrote 1 explanation to {args.output}")
+    else:
+        print(f"wrote {tasks} explanation{'' if tasks == 1 else 's'} and {grid} to {output}/")
     return 0
+
+
+def output_place(value: str, images: int, methods: int) -> tuple[Path, str | None]:
+    """Where ``-o`` puts the files: the folder, and the stem of the one figure's files when
+    ``-o`` names a ``.png`` (``cat.png``: ``cat.png``, ``cat.npz``, ``cat.json``), else None.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``-o NAME.png`` with more than one image or method: they make several figures.
+    """
+    path = Path(value)
+    if path.suffix.lower() != FIGURE_SUFFIX or path.is_dir():
+        return path, None
+    if images * methods != 1:
+        raise InvalidInputError(
+            f"-o {value} names one figure, but {images} image(s) and {methods} method(s) make "
+            f"{images * methods}; give -o a folder (-o {path.with_suffix('')}) or one image and "
+            "one method"
+        )
+    return path.parent, path.stem
 
 
 def _warn_unconverged(bar: Any, label: str, method: str, info: dict[str, Any]) -> None:

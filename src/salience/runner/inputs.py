@@ -189,6 +189,9 @@ def _read_manifest(path: Path) -> list[tuple[str, str | None]]:
 def label_index(label: str | None, class_names: list[str], item: BatchItem) -> int | None:
     """The class index of a manifest label: a class name (any case) or an index; None if none.
 
+    An index may be written as an integral float (``3.0``): what pandas writes for an integer
+    column with a missing value.
+
     Raises
     ------
     ValueError
@@ -199,9 +202,21 @@ def label_index(label: str | None, class_names: list[str], item: BatchItem) -> i
     lowered = [name.lower() for name in class_names]
     if label.lower() in lowered:
         return lowered.index(label.lower())
-    if label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
-        return int(label)
+    index = _integral(label)
+    if index is not None and 0 <= index < len(class_names):
+        return index
     raise InvalidInputError(
         f"the label {label!r} of {item.path} is neither a class name nor a class index "
         f"(0..{len(class_names) - 1}) of the model; fix the manifest's label column"
     )
+
+
+def _integral(label: str) -> int | None:
+    """The integer a label spells (``3``, ``-1``, ``3.0``), or None."""
+    if label.lstrip("-").isdigit():
+        return int(label)
+    try:
+        number = float(label)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
