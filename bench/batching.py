@@ -11,7 +11,7 @@ class. With ``--full``, ``salience.explain_all`` with the three methods is timed
 All candidates run interleaved (A B C … then … C B A, so load drifts hit all alike); the table
 gives the median seconds per image of each, and the median over rounds of the same-round ratio
 batched / single per-image time (< 1: the batch is cheaper per image). ``--quick`` (the default)
-runs 3 rounds with 4 SmoothGrad samples, ``--full`` 5 rounds with 10 and explain_all. A loaded
+runs 3 rounds with 2 SmoothGrad samples, ``--full`` 5 rounds with 10 and explain_all. A loaded
 machine inflates both sides alike, but the ratios are only as steady as the spread printed with
 them.
 
@@ -51,7 +51,7 @@ from salience.zoo import EFFICIENTNET_LITE0_PRESET, SAMPLE_IMAGES
 SEED = 0
 METHODS = ("gradient", "gradcam", "smoothgrad")
 ALL = "explain_all"
-QUICK = {"repeats": 3, "samples": 4}
+QUICK = {"repeats": 3, "samples": 2}
 """Under 3 minutes on a loaded 2-core machine."""
 FULL = {"repeats": 5, "samples": 10}
 
@@ -155,8 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     print(thp_state())
     methods = (*METHODS, ALL) if args.full else METHODS
     timed = candidates(model, x, sizes, args.samples, methods)
-    # untimed warm-up: each method once per input shape (the inference copy, oneDNN kernels)
-    warmup = {name: fn for name, fn in timed.items() if name.endswith("batched")}
+    # untimed warm-up: each method once, and the gradient once per batch shape (oneDNN kernels)
+    warmup = {
+        name: fn
+        for name, fn in timed.items()
+        if name.endswith(f"N={sizes[0]} batched") or name.startswith("gradient N=")
+    }
     start = cpu_snapshot()
     times = interleaved(timed, args.repeats, warmup=warmup)
     lines, ratios = table(times, sizes, methods)
