@@ -236,3 +236,17 @@ CAPABILITIES: tuple[type, ...] = (
     RandomizableAdapter,
 )
 """Every capability an adapter may have, the most basic first."""
+
+
+def check_scaling_arguments(x: Tensor, scales: Tensor) -> None:
+    """The arguments of ``scaled_layer_outputs``: one sample ``(1, ...)`` and ``(B, C)`` scales.
+
+    Raises
+    ------
+    InvalidInputError
+        For a batch of several samples, or scales of another rank.
+    """
+    if x.shape[0] != 1:
+        raise InvalidInputError(f"expected one sample (1, ...), got a batch of {x.shape[0]}")
+    if scales.ndim != 2:
+        raise InvalidInputError(f"scales must be (B, C), got shape {tuple(scales.shape)}")

@@ -40,7 +40,14 @@ import torch
 import xxhash
 from torch import Tensor, nn
 
-from salience.adapters.base import Need, Outputs, ScoreFn, check_batch, check_finite_input
+from salience.adapters.base import (
+    Need,
+    Outputs,
+    ScoreFn,
+    check_batch,
+    check_finite_input,
+    check_scaling_arguments,
+)
 from salience.adapters.inference_copy import ModelState, cached_for, current_state
 from salience.adapters.keras import (
     _default_layout,
@@ -531,10 +538,7 @@ class TensorFlowAdapter:
         """One sample's outputs with ``layer``'s channels scaled by each row of ``scales``
         (``channel_dim`` counted in salience's channels-first view of the layer's output)."""
         x = self.prepare_input(x)
-        if x.shape[0] != 1:
-            raise InvalidInputError(f"expected one sample (1, ...), got a batch of {x.shape[0]}")
-        if scales.ndim != 2:
-            raise InvalidInputError(f"scales must be (B, C), got shape {tuple(scales.shape)}")
+        check_scaling_arguments(x, scales)
         with self._lock:
             clone = self._clone()
             clone.scalable(layer)

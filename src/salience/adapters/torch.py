@@ -30,7 +30,14 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from salience.adapters.base import Need, Outputs, ScoreFn, check_batch, check_finite_input
+from salience.adapters.base import (
+    Need,
+    Outputs,
+    ScoreFn,
+    check_batch,
+    check_finite_input,
+    check_scaling_arguments,
+)
 from salience.adapters.fused import Capture, cached_capture, record_execution, run_fused
 from salience.adapters.inference_copy import (
     CopyError,
@@ -571,10 +578,7 @@ class TorchAdapter:
             ``(N, T, D)``.
         """
         x = self.prepare_input(x)
-        if x.shape[0] != 1:
-            raise InvalidInputError(f"expected one sample (1, ...), got a batch of {x.shape[0]}")
-        if scales.ndim != 2:
-            raise InvalidInputError(f"scales must be (B, C), got shape {tuple(scales.shape)}")
+        check_scaling_arguments(x, scales)
         with self._lock:
             state = self._state()
             with self._runnable(x, layer, state) as model, torch.inference_mode():

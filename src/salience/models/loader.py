@@ -95,13 +95,18 @@ def open_model(
         adapter = adapter.with_output(options.output_key)
     preset = settings.apply(base) if settings.given() else base
     probe = probe_input(adapter, preset, sample)
-    names = _class_names(adapter, name, probe, settings, metadata_names)
-    return _with_output_kind(LoadedModel(adapter, name, preset, names), settings.output_kind, probe)
+    count = _output_count(adapter, name, probe)
+    names = _class_names(count, name, settings, metadata_names)
+    loaded = LoadedModel(adapter, name, preset, names)
+    return _with_output_kind(loaded, settings.output_kind, probe, count)
 
 
-def _with_output_kind(loaded: LoadedModel, given: str | None, probe: Any) -> LoadedModel:
-    """``loaded`` with its output kind: ``given``, else read from the final activation its
-    adapter cuts; a binary output named by two classes keeps the first as its negative side.
+def _with_output_kind(
+    loaded: LoadedModel, given: str | None, probe: Any, outputs: int
+) -> LoadedModel:
+    """``loaded`` (a model of ``outputs`` outputs) with its output kind: ``given``, else read
+    from the final activation its adapter cuts; a binary output named by two classes keeps the
+    first as its negative side.
 
     Raises
     ------
@@ -114,7 +119,7 @@ def _with_output_kind(loaded: LoadedModel, given: str | None, probe: Any) -> Loa
     final = getattr(loaded.adapter, "final_activation", None)
     detect = given is None and callable(final)
     activation = final(probe) if detect else None
-    two_sided = len(names) == 2 and _output_count(loaded, probe) == 1
+    two_sided = len(names) == 2 and outputs == 1
     count = 1 if two_sided else len(names)
     kind = check_fits(given or detect_output_kind(activation, count), count)
     if two_sided and kind != SIGMOID:
@@ -127,9 +132,15 @@ def _with_output_kind(loaded: LoadedModel, given: str | None, probe: Any) -> Loa
     return replace(loaded, output_kind=kind)
 
 
-def _output_count(loaded: LoadedModel, probe: Any) -> int:
-    """The model's number of outputs (one forward pass of the probe input)."""
-    outputs = loaded.adapter.forward(probe)
+def _output_count(adapter: Any, name: str, probe: Any) -> int:
+    """The model's number of outputs, from one forward pass of the ``probe`` input
+    (:func:`probe_input`), which also checks that the preset fits the model."""
+    try:
+        outputs = adapter.forward(probe)
+    except RuntimeError as error:
+        if refusal := _channels_refused(error, name):
+            raise InvalidInputError(refusal) from error
+        raise
     return int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
 
 
@@ -168,24 +179,13 @@ def declared_input_shape(adapter: Any) -> tuple[int | None, ...] | None:
 
 
 def _class_names(
-    adapter: Any,
+    count: int,
     name: str,
-    probe: Any,
     settings: PresetOverrides,
     metadata_names: Sequence[str] | None,
 ) -> list[str]:
-    """Names from the labels setting, else the model's metadata, else ``class i``.
-
-    The model runs once on the ``probe`` input (:func:`probe_input`): that counts its outputs
-    and checks that the preset fits it.
-    """
-    try:
-        outputs = adapter.forward(probe)
-    except RuntimeError as error:
-        if refusal := _channels_refused(error, name):
-            raise InvalidInputError(refusal) from error
-        raise
-    count = int(outputs.shape[-1]) if outputs.ndim >= 2 else 1
+    """Names of the ``count`` outputs of the model ``name``: from the labels setting, else the
+    model's metadata, else ``class i``."""
     labels = settings.labels
     if isinstance(labels, Path):
         names, source = list(read_labels(labels)), str(labels)
