@@ -82,14 +82,18 @@ def test_explain_the_bundled_cat(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert first_class in CAT_CLASSES
     written = sorted(p.name for p in tmp_path.iterdir())
     for method in ("gradient", "gradient_x_input"):
-        assert f"chelsea_{method}_top1.png" in written and f"chelsea_{method}_top2.png" in written
         meta = json.loads((tmp_path / f"chelsea_{method}.json").read_text())
+        # the figures are named by rank and class: "Egyptian cat" gives "egyptian-cat"
+        first_name = meta["target_names"][0][0].lower().replace(" ", "-")
+        assert meta["figures"][0] == f"chelsea_{method}_top1_{first_name}.png"
+        assert meta["figures"][1].startswith(f"chelsea_{method}_top2_")
+        assert set(meta["figures"]) <= set(written)
         assert meta["model"] == "efficientnet_lite0" and meta["method"] == method
         assert meta["shape"] == [1, 2, 3, 224, 224]
         assert meta["targets"][0][0] == first_class
         assert meta["target_names"][0][0] in lines[1]
     assert "grid.png" in written
-    figure = np.asarray(Image.open(tmp_path / "chelsea_gradient_top1.png"))
+    figure = np.asarray(Image.open(tmp_path / f"chelsea_gradient_top1_{first_name}.png"))
     # the original photo's geometry, not the 224 crop, under a title and beside a colorbar
     assert figure.shape[1] == 451 + viz.COLORBAR_PIXELS and figure.shape[0] >= 300
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,25 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded.target_names == explanation.target_names
     assert loaded.info["steps"] == 4
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ig.json", "ig.npz"]
+
+
+def test_figures_of_several_targets_are_named_by_rank_and_class() -> None:
+    names = ["Egyptian cat", "crème brûlée", "../a:b*?", "", "x" * 60]
+    top = salience.explain(
+        SoftplusNet(classes=5), torch.randn(1, 10), method="gradient", target="top-5"
+    )
+    explanation = replace(top, targets=torch.arange(5)[None])  # the ranks in class order
+    named = explanation.with_names(names)
+    assert [named.figure_suffix(k) for k in range(5)] == [
+        "_top1_egyptian-cat",
+        "_top2_creme-brulee",
+        "_top3_a-b",
+        "_top4_class3",  # nothing of the name is left: the class index instead
+        "_top5_" + "x" * 40,
+    ]
+    assert explanation.figure_suffix(2) == "_top3_class2"  # no names at all
+    single = salience.explain(SoftplusNet(), torch.randn(1, 10), method="gradient", target=1)
+    assert single.with_names(names).figure_suffix(0) == ""  # one target's names are unchanged
 
 
 def test_failed_save_leaves_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -427,11 +427,12 @@ def test_cli_explains_an_onnx_model(
     assert lines[0] == "photo: top-5 predictions of tiny.onnx"
     assert len(lines) >= 6 and all(n in stdout for n in ("cat", "dog", "bird", "fish", "frog"))
     written = sorted(p.name for p in out.iterdir())
-    assert {f"photo_{method}_top1.png", f"photo_{method}_top2.png", "grid.png"} <= set(written)
     meta = json.loads((out / f"photo_{method}.json").read_text())
+    figures = [f"photo_{method}_top{k + 1}_{meta['target_names'][0][k]}.png" for k in (0, 1)]
+    assert meta["figures"] == figures and {*figures, "grid.png"} <= set(written)
     assert meta["model"] == "tiny.onnx" and meta["method"] == method
     assert meta["shape"][:2] == [1, 2] and meta["shape"][-2:] == [32, 32]
-    figure = np.asarray(Image.open(out / f"photo_{method}_top1.png"))
+    figure = np.asarray(Image.open(out / figures[0]))
     # the photo's geometry under a title and beside a colorbar
     assert figure.shape[1] == 48 + viz.COLORBAR_PIXELS and figure.shape[0] >= 40
 

@@ -63,6 +63,12 @@ def _overlay_of_figure(png: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return _pixels(png)[top : top + shape[0], : shape[1]]
 
 
+def _figure(folder: Path, stem: str, rank: int) -> Path:
+    """The one figure of the target of this rank (its file name ends with the class name)."""
+    (found,) = folder.glob(f"{stem}_top{rank}_*.png")
+    return found
+
+
 def _explain(
     photo: Path, out: Path, *extra: str, shape: tuple[int, ...]
 ) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
@@ -73,7 +79,7 @@ def _explain(
         method: (
             Explanation.load(out / f"photo_{method}").attributions.numpy(),
             [
-                _overlay_of_figure((out / f"photo_{method}_top{k}.png").read_bytes(), shape)
+                _overlay_of_figure(_figure(out, f"photo_{method}", k).read_bytes(), shape)
                 for k in (1, 2)
             ],
         )
@@ -90,7 +96,7 @@ def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, l
     return {
         method: (
             Explanation.load(item / method).attributions.numpy(),
-            [_pixels((item / f"{method}_top{k}.png").read_bytes()) for k in (1, 2)],
+            [_pixels(_figure(item, method, k).read_bytes()) for k in (1, 2)],
         )
         for method in METHODS
     }
@@ -158,7 +164,7 @@ def test_explain_and_batch_draw_the_same_bytes_on_the_whole_photo(
     extra = [*_flags(METHOD_FLAGS), *_flags(DISPLAY_FLAGS)]
     explained = _explain(photo, tmp_path / "explain", *extra, shape=(700, 820))
     _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra))
-    figure = Image.open(tmp_path / "explain" / "photo_gradient_top2.png")
+    figure = Image.open(_figure(tmp_path / "explain", "photo_gradient", 2))
     assert figure.size[0] == 820 + viz.COLORBAR_PIXELS  # the whole photo, its colorbar beside
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -174,6 +176,16 @@ class Explanation:
             )
         return replace(self, target_names=names, model=model if model is not None else self.model)
 
+    def figure_suffix(self, target: int, sample: int = 0) -> str:
+        """What tells one target's files from the others': nothing for a single target, else
+        its rank and its class name made safe for a file name (``_top1_egyptian-cat``), or its
+        class index when the explanation carries no names (``_top1_class285``)."""
+        if self.targets.shape[1] == 1:
+            return ""
+        index = int(self.targets[sample, target])
+        name = self.target_names[sample][target] if self.target_names else ""
+        return f"_top{target + 1}_{_file_safe(name) or f'class{index}'}"
+
     def with_features(self, feature_names: list[str] | tuple[str, ...]) -> Explanation:
         """A copy that names the input features of its ``(N, K, F)`` maps.
 
@@ -277,3 +289,16 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)
+
+
+FILE_NAME_PART_LENGTH = 40
+"""The most characters a class name gives a file name."""
+
+
+def _file_safe(text: str) -> str:
+    """``text`` lowercased, accents dropped, each run of other characters than letters and
+    digits one ``-`` (``"Egyptian cat"``: ``egyptian-cat``), at most
+    :data:`FILE_NAME_PART_LENGTH` long."""
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    safe = re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-")
+    return safe[:FILE_NAME_PART_LENGTH].rstrip("-")

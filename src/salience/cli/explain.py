@@ -111,7 +111,7 @@ def run_explain(args: argparse.Namespace) -> int:
                         explanation, view, (item.label, stem), display, summary, names, files
                     )
                     files[f"{stem}.json"] = _sidecar(
-                        files[f"{stem}.json"], item, explanation, summary, display
+                        files[f"{stem}.json"], (item, stem), explanation, summary, display
                     )
                     for k, rendering in enumerate(drawn):
                         if len(rows) <= k:
@@ -179,21 +179,25 @@ def _warn_unconverged(bar: Any, label: str, method: str, info: dict[str, Any]) -
 
 def _sidecar(
     metadata: bytes,
-    item: ImageInput,
+    written: tuple[ImageInput, str],
     explanation: Explanation,
     summary: Summary,
     display: DisplayOptions,
 ) -> bytes:
     """The explanation's JSON with what the command knows besides: the image's source, each
-    explained class's probability, and the display settings its overlay was drawn with."""
+    explained class's probability and figure file, and the display settings its overlay was
+    drawn with. ``written`` is the image and the stem of its files."""
     import dataclasses
     import json
 
+    item, stem = written
     values = json.loads(metadata)
     named = isinstance(item.source, str | Path)
     values["source"] = str(Path(item.source).resolve()) if named else f"bundled photo {item.label}"
     known = {line.index: line.probability for line in summary.top if line.is_positive}
     values["probability"] = [known.get(k) for k in explanation.targets[0].tolist()]
+    count = explanation.targets.shape[1]
+    values["figures"] = [f"{stem}{explanation.figure_suffix(k)}.png" for k in range(count)]
     values["display"] = dataclasses.asdict(display)
     return json.dumps(values, indent=2).encode()
 
@@ -253,8 +257,7 @@ def _encode_outputs(
         rendering = render(explanation, k, image, display)
         index = int(explanation.targets[0, k])
         prediction = explained_text(summary, index, class_names)
-        suffix = f"_top{k + 1}" if count > 1 else ""
-        files[f"{stem}{suffix}.png"] = rendering.figure_png(
+        files[f"{stem}{explanation.figure_suffix(k)}.png"] = rendering.figure_png(
             title(explanation, k, label, prediction=prediction)
         )
         drawn.append(rendering)

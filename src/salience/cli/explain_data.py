@@ -130,7 +130,7 @@ def _encode(
     files[f"{stem}.npz"], files[f"{stem}.json"] = explanation.to_bytes()
     count = explanation.targets.shape[1]
     for k in range(count):
-        suffix = f"_top{k + 1}" if count > 1 else ""
+        suffix = explanation.figure_suffix(k)
         names = explanation.target_names
         title = f"{explanation.method}: {names[0][k] if names else explanation.targets[0, k]}"
         if kind == VOLUME:

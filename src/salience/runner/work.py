@@ -143,8 +143,7 @@ class ItemWorker:
             count = explanation.targets.shape[1]
             for k in range(count):
                 rendering = render(explanation, k, view, display)
-                suffix = f"_top{k + 1}" if count > 1 else ""
-                files[f"{method}{suffix}.png"] = rendering.png
+                files[f"{method}{explanation.figure_suffix(k)}.png"] = rendering.png
                 if k == 0:
                     files[method_thumbnail(method)] = rendering.thumbnail_png
             if self.metrics:
