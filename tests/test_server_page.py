@@ -46,7 +46,10 @@ def test_cat_photo_two_methods_and_the_opacity_slider(browser, tmp_path):
     with serving(create_app([model])) as url:
         page = ViewerPage(browser, url)
         page.open()
+        assert not page.progress_shown()  # nothing runs yet: no progress bar
         shown = page.upload(cat)
+        assert not page.progress_shown()
+        page.screenshot(artifacts / "viewer-no-progress-before-explain.png")
         assert len(shown) == len(expected) == 5
         assert all(
             line.startswith(f"{p['name']} ") for line, p in zip(shown, expected, strict=True)

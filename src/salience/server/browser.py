@@ -157,6 +157,10 @@ class ViewerPage:
 
         self.wait(ready, f"{count} maps", timeout)
 
+    def progress_shown(self) -> bool:
+        """Whether the progress line is rendered at all."""
+        return self._find("#progress").is_displayed()
+
     def progress_text(self) -> str:
         """The progress line."""
         return self._find("#progress-text").text
