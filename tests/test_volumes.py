@@ -428,3 +428,22 @@ def test_batch_over_a_folder_of_scans_writes_each_map_back_and_resumes(tmp_path)
     assert "items/a.nii.gz/occlusion.thumb.png" in index
     again = run_job(spec, scans, out, workers=1, progress=False)
     assert (again.explained, again.skipped) == (1, 2)  # only the failed scan is tried again
+
+
+def test_layers_of_a_volume_model_are_probed_with_a_volume(tmp_path, capsys) -> None:
+    from salience.cli import main
+    from salience.models.loader import FREE_SIZE
+
+    def table(arguments: list[str]) -> tuple[str, dict[str, tuple[str, str]]]:
+        assert main(["layers", "model_factories:volume_net", *arguments]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return lines[0], {line[2:].split()[0]: (line[0], line.split()[-1]) for line in lines[1:]}
+
+    side = FREE_SIZE  # no file given: the first Conv3d's channels, free axes of FREE_SIZE
+    title, shapes = table([])
+    assert f"on a 1×2×{side}×{side}×{side} input" in title
+    assert shapes["0"] == (" ", f"4×{side}×{side}×{side}")
+    assert shapes["3"] == ("*", f"3×{side // 2}×{side // 2}×{side // 2}")  # stride 2, last 5-D
+    np.save(tmp_path / "scan.npy", np.zeros((2, 6, 10, 12), np.float32))
+    title, shapes = table(["--input", str(tmp_path / "scan.npy")])
+    assert "on a 1×2×6×10×12 input" in title and shapes["3"] == ("*", "3×3×5×6")
