@@ -132,3 +132,16 @@ class XrayNet(nn.Module):
 def xray_net() -> nn.Module:
     """A freshly initialized :class:`XrayNet` (weights come from a file)."""
     return XrayNet()
+
+
+def volume_net() -> nn.Module:
+    """A small 3-D CNN: Conv3d(2→4) → ReLU → Conv3d(4→3, stride 2) → ReLU → pooled → 5 classes."""
+    return nn.Sequential(
+        nn.Conv3d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv3d(4, 3, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(3, 5),
+    ).eval()

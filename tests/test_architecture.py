@@ -36,6 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "images": (
         "salience.arrays",
         "salience.images",
+        "salience.modalities",
         "salience.render",
         "salience.signals",
         "salience.tabular",

@@ -153,3 +153,27 @@ def test_the_onnx_adapter_refuses_non_finite_inputs(tmp_path: object) -> None:
     x[1, 0, 0, 0] = float("inf")
     with pytest.raises(NonFiniteInputError, match="holds 1 non-finite value "):
         salience.explain(OnnxAdapter(path), x, method="occlusion", window=4, stride=4)
+
+
+def test_a_prepared_input_is_checked_once_until_it_is_written_to(monkeypatch) -> None:
+    import salience.adapters.torch as torch_adapter
+
+    checked: list[tuple[int, ...]] = []
+    check = torch_adapter.check_finite_input
+
+    def counting(x: Tensor) -> Tensor:
+        checked.append(tuple(x.shape))
+        return check(x)
+
+    monkeypatch.setattr(torch_adapter, "check_finite_input", counting)
+    adapter = TorchAdapter(conv_bn())
+    x = images()
+    prepared = adapter.prepare_input(x)
+    again = adapter.prepare_input(prepared)
+    assert checked == [tuple(x.shape)]  # the second call trusts the first one's check
+    assert again.data_ptr() != prepared.data_ptr() and torch.equal(again, prepared)
+    salience.make_explainer(adapter, "gradcam")(x, target=0)
+    assert len(checked) == 2  # a method's call checks its input once, not again in its run
+    prepared[0, 0, 0, 0] = float("nan")  # written to since: checked again, and refused
+    with pytest.raises(NonFiniteInputError):
+        adapter.prepare_input(prepared)

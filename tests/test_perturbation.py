@@ -143,8 +143,10 @@ def test_occlusion_top_k_and_bad_options() -> None:
     explanation = salience.explain(model, x, method="occlusion", window=2, stride=2, target="top-3")
     assert explanation.attributions.shape == (1, 3, 8, 8)
     assert explanation.info == {"windows": 16}
-    with pytest.raises(ValueError, match="perturbs images"):
+    with pytest.raises(ValueError, match=r"rows of features .* use feature_ablation"):
         salience.explain(nn.Linear(4, 2), torch.randn(1, 4), method="occlusion")
+    with pytest.raises(ValueError, match="perturbs images"):
+        salience.explain(nn.Linear(4, 2), torch.randn(4), method="occlusion")
     with pytest.raises(ValueError, match="unknown baseline 'gray'"):
         salience.make_explainer(model, "occlusion", baseline="gray")
     with pytest.raises(ValueError, match="window must be a positive int"):

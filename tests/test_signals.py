@@ -258,3 +258,23 @@ def test_explain_a_csv_signal_from_the_command_line(tmp_path, signal: Tensor) ->
     assert meta["geometry"]["modality"] == "signal" and meta["geometry"]["channels"] == ["I", "II"]
     maps = salience.Explanation.load(out / "ecg_occlusion").attributions[0, 0]
     assert maps[WINDOW].min() > 0 and maps[: WINDOW.start].abs().max() < 1e-5
+
+
+def test_batch_over_a_folder_of_signals(tmp_path, signal: Tensor) -> None:
+    from salience.runner import JobSpec, run_job
+
+    program = torch.export.export(WindowNet().eval(), (signal,))
+    torch.export.save(program, tmp_path / "window.pt2")
+    (tmp_path / "ecgs").mkdir()
+    np.save(tmp_path / "ecgs" / "one.npy", signal[0].numpy())
+    spec = JobSpec(model=str(tmp_path / "window.pt2"), methods=("gradient",), target="0")
+    summary = run_job(spec, tmp_path / "ecgs", tmp_path / "out", workers=1, progress=False)
+    assert (summary.explained, summary.failed) == (1, 0)
+    item = tmp_path / "out" / "items" / "one.npy"
+    gradient = salience.Explanation.load(item / "gradient").attributions[0, 0]
+    expected = torch.stack([time_mask(WINDOW), torch.zeros(LENGTH)])  # d(class 0)/d(signal)
+    torch.testing.assert_close(gradient.double(), expected.double(), rtol=0, atol=1e-6)
+    meta = json.loads((item / "gradient.json").read_text())
+    geometry = {"modality": "signal", "length": LENGTH, "channels": ["0", "1"], "source": "one.npy"}
+    assert meta["geometry"] == geometry
+    assert (item / "gradient.thumb.png").read_bytes().startswith(b"\x89PNG")

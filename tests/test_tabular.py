@@ -201,6 +201,21 @@ def test_too_many_groups_are_refused_before_any_pass() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("method", "options"), [("occlusion", {}), ("occlusion", {"window": 2}), ("rise", {})]
+)
+def test_windows_and_masks_on_rows_point_to_feature_ablation(
+    rows: Tensor, method: str, options: dict
+) -> None:
+    model = Linear([1.0] * rows.shape[1])
+    with pytest.raises(InvalidInputError) as refused:
+        salience.explain(model, rows, method=method, **options)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1
+    assert f"rows of features {tuple(rows.shape)} have none" in message
+    assert "feature_ablation" in message and "--groups" in message
+
+
 # --- tables ----------------------------------------------------------------------------------
 
 

@@ -382,3 +382,68 @@ def test_sanity_checks_compare_volume_maps_voxel_by_voxel(scan: Tensor) -> None:
     assert result.maps.shape[-2:] == comparison_size((6 * 3, 6 * 2))
     with pytest.raises(ValueError, match=r"images .* or volumes"):
         sanity_check(model, torch.rand(1, 2, 6), ["gradient"], progress=False)
+
+
+def test_batch_over_a_folder_of_scans_writes_each_map_back_and_resumes(tmp_path) -> None:
+    from salience.runner import JobSpec, run_job
+    from salience.runner.manifest import RECORD
+
+    program = torch.export.export(BoxNet().eval(), (torch.rand(1, 1, SIDE, SIDE, SIDE),))
+    torch.export.save(program, tmp_path / "box.pt2")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    rng = np.random.default_rng(4)
+    data = rng.random((SIDE, SIDE, SIDE)).astype(np.float32) + 0.5
+    write_scan(scans / "a.nii.gz", data, oblique_affine())
+    np.save(scans / "b.npy", data[None])
+    write_scan(scans / "small.nii.gz", data[:8, :8, :8], oblique_affine())
+    spec = JobSpec(
+        model=str(tmp_path / "box.pt2"),
+        methods=("occlusion",),
+        options={"window": 4, "stride": 4},
+        target="0",
+    )
+    out = tmp_path / "out"
+    first = run_job(spec, scans, out, workers=1, progress=False)
+    assert (first.explained, first.failed) == (3, 1)
+    written = nibabel.load(str(out / "items" / "a.nii.gz" / "occlusion.nii.gz"))
+    np.testing.assert_array_equal(written.affine, nibabel.load(scans / "a.nii.gz").affine)
+    # occlusion of BoxNet's class 0: a 4³ window (stride 4) counts exactly when it overlaps the
+    # box's voxels, and gives all its voxels the same score drop
+    saliency = np.asarray(written.dataobj)
+    windows = tuple(slice(b.start // 4 * 4, -(-b.stop // 4) * 4) for b in input_box(BOX))
+    counted = np.zeros(saliency.shape, bool)
+    counted[windows] = True
+    assert saliency[counted].min() > 0 and np.abs(saliency[~counted]).max() == 0
+    npy_map = np.load(out / "items" / "b.npy" / "occlusion.npz")
+    meta = json.loads((out / "items" / "a.nii.gz" / "occlusion.json").read_text())
+    assert meta["geometry"]["modality"] == "volume"
+    np.testing.assert_allclose(meta["geometry"]["affine"], oblique_affine())
+    assert npy_map["attributions"].shape[-3:] == (SIDE, SIDE, SIDE)
+    for name in ("image.thumb.png", "occlusion.thumb.png", "occlusion.png"):
+        assert (out / "items" / "b.npy" / name).read_bytes().startswith(b"\x89PNG")
+    failed = json.loads((out / "items" / "small.nii.gz" / RECORD).read_text())
+    assert "expects volumes (N, 1, 16, 16, 16)" in failed["error"]
+    index = (out / "index.html").read_text()
+    assert "items/a.nii.gz/occlusion.thumb.png" in index
+    again = run_job(spec, scans, out, workers=1, progress=False)
+    assert (again.explained, again.skipped) == (1, 2)  # only the failed scan is tried again
+
+
+def test_layers_of_a_volume_model_are_probed_with_a_volume(tmp_path, capsys) -> None:
+    from salience.cli import main
+    from salience.models.loader import FREE_SIZE
+
+    def table(arguments: list[str]) -> tuple[str, dict[str, tuple[str, str]]]:
+        assert main(["layers", "model_factories:volume_net", *arguments]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return lines[0], {line[2:].split()[0]: (line[0], line.split()[-1]) for line in lines[1:]}
+
+    side = FREE_SIZE  # no file given: the first Conv3d's channels, free axes of FREE_SIZE
+    title, shapes = table([])
+    assert f"on a 1×2×{side}×{side}×{side} input" in title
+    assert shapes["0"] == (" ", f"4×{side}×{side}×{side}")
+    assert shapes["3"] == ("*", f"3×{side // 2}×{side // 2}×{side // 2}")  # stride 2, last 5-D
+    np.save(tmp_path / "scan.npy", np.zeros((2, 6, 10, 12), np.float32))
+    title, shapes = table(["--input", str(tmp_path / "scan.npy")])
+    assert "on a 1×2×6×10×12 input" in title and shapes["3"] == ("*", "3×3×5×6")

@@ -245,15 +245,17 @@ def montage_figure(
     alpha: float = 0.5,
     cmap: str | None = "jet",
     title: str | None = None,
+    at: tuple[int, int, int] | None = None,
 ) -> Figure:
-    """The three slices through the map's peak, the map blended over the windowed scan (its
-    opacity grows with the map's value up to ``alpha``, so the scan shows where it is low).
+    """The three slices through the voxel ``at`` (by default the map's peak), the map blended
+    over the windowed scan (its opacity grows with the map's value up to ``alpha``, so the scan
+    shows where it is low).
 
     Each slice is drawn with its voxel spacing as aspect ratio and its second array axis
     upward, as viewers show a RAS scan; the colour scale is the map's over the whole volume.
     """
     scan = intensity_window(volume.data[0], window)
-    at = peak(saliency)
+    at = peak(saliency) if at is None else at
     low, high = float(saliency.min()), float(saliency.max())
     figure = new_figure(9.0, 3.4, "volume montage")
     axes = figure.subplots(1, 3)

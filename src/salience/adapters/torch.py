@@ -442,11 +442,13 @@ class TorchAdapter:
             When ``x`` holds NaN or infinite values (a ``ValueError``).
         """
         check_batch(x)
+        if _checked_before(x, self.device):  # prepared here, unchanged since: copy it only
+            return _mark_checked(x.detach().clone())
         dtype = x.dtype if x.is_floating_point() else self.dtype
         prepared = check_finite_input(x.detach().to(device=self.device, dtype=dtype))
         if prepared.device == x.device and prepared.data_ptr() == x.data_ptr():
             prepared = prepared.clone()  # never the caller's storage: a forward may write to it
-        return prepared
+        return _mark_checked(prepared)
 
     def forward(self, x: Tensor, *, chunk_size: int | None = None, bulk: bool = False) -> Tensor:
         """Outputs (logits) for a batch, without gradients, in chunks of ``chunk_size``.
@@ -712,3 +714,21 @@ class TorchAdapter:
     ) -> AbstractContextManager[nn.Module]:
         """The module to run: the provider's."""
         return self.provider.runnable(sample, layer, state)
+
+
+_CHECKED_VERSION = "_salience_checked_version"
+"""The attribute :meth:`TorchAdapter.prepare_input` sets on what it returns: the tensor's
+version counter then."""
+
+
+def _mark_checked(prepared: Tensor) -> Tensor:
+    """Note on ``prepared`` that it is finite, in its own storage, at its current version."""
+    setattr(prepared, _CHECKED_VERSION, prepared._version)
+    return prepared
+
+
+def _checked_before(x: Tensor, device: torch.device) -> bool:
+    """Whether ``x`` was prepared for ``device`` and not written to since (its version counter,
+    which every in-place operation bumps, is the same): then it needs no second finite check."""
+    version = getattr(x, _CHECKED_VERSION, None)
+    return version is not None and version == x._version and x.device == device

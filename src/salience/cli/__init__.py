@@ -133,6 +133,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     layers.add_argument("model", nargs="?", default="efficientnet_lite0", help=MODEL_HELP)
     layers.add_argument("--all", action="store_true", help="also layers without a spatial output")
+    layers.add_argument(
+        "--input",
+        metavar="FILE",
+        help="probe the layers with this image, scan (.nii.gz, .npy) or signal (.csv, .npy); by "
+        "default the input shape the model declares, else the sample image",
+    )
     add_model_file_arguments(layers)
     layers.set_defaults(handler=run_layers)
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from salience.cli.arguments import open_model_from_args
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def run_models(_args: argparse.Namespace) -> int:
@@ -35,13 +40,12 @@ def run_layers(args: argparse.Namespace) -> int:
     """``salience layers``: the model's layers, their output shapes, the default CAM layer."""
     from salience.adapters.base import LayerAccessAdapter
     from salience.adapters.layers import LayerError
-    from salience.zoo import DEFAULT_SAMPLE, SAMPLE_IMAGES
 
     loaded = open_model_from_args(args)
     adapter = loaded.adapter
     if not isinstance(adapter, LayerAccessAdapter):
         raise LayerError(f"{loaded.name} is a black box (ONNX): salience cannot see its layers")
-    sample = loaded.preset.prepare(SAMPLE_IMAGES[DEFAULT_SAMPLE]()).tensor
+    sample = probe_input(loaded, args.input)
     try:
         default = adapter.resolve_layer(None, sample)
     except LayerError:
@@ -57,3 +61,26 @@ def run_layers(args: argparse.Namespace) -> int:
         mark = "*" if info.name == default else " "
         print(f"{mark} {info.name:<34} {info.kind:<20} {shape}{calls}")
     return 0
+
+
+def probe_input(loaded: Any, path: str | None = None) -> Tensor:
+    """The input the layers are listed on: the file ``path`` (an image, scan or signal) when
+    given; else the volume or signal the model was probed with when it opened
+    (:func:`salience.models.loader.probe_input`); else the bundled sample image, prepared as the
+    model's preset says."""
+    from salience.modalities import IMAGE, check_data_fits, input_kind, load_data
+    from salience.models.loader import declared_input_shape
+    from salience.models.loader import probe_input as opening_probe
+
+    if path is not None and input_kind(path) != IMAGE:
+        item = load_data(path)
+        check_data_fits(item, declared_input_shape(loaded.adapter), loaded.name)
+        return item.tensor()
+    if path is not None:
+        return loaded.preset.prepare(Path(path).read_bytes()).tensor
+    probe = opening_probe(loaded.adapter, loaded.preset)
+    if probe.ndim != 4:
+        return probe
+    from salience.zoo import DEFAULT_SAMPLE, SAMPLE_IMAGES
+
+    return loaded.preset.prepare(SAMPLE_IMAGES[DEFAULT_SAMPLE]()).tensor

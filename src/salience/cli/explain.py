@@ -43,7 +43,8 @@ def run_explain(args: argparse.Namespace) -> int:
     """
     from tqdm.auto import tqdm
 
-    from salience.cli.explain_data import IMAGE, inputs_kind, run_explain_data
+    from salience.cli.explain_data import inputs_kind, run_explain_data
+    from salience.modalities import IMAGE
 
     if (table := table_input(args.images)) is not None:
         # a CSV is a table of feature rows, unless the model takes (N, C, L) signals

@@ -114,7 +114,20 @@ def per_axis(sizes: tuple[int, ...], rank: int, option: Option) -> tuple[int, ..
     return sizes
 
 
+_FEATURE_ROWS_FIX = (
+    "use feature_ablation (--method feature_ablation): each feature replaced by the baseline "
+    "alone, or groups of features together (feature_mask=, --groups age+income,fee)"
+)
+
+
 def _check_spatial(x: Tensor, method: str) -> None:
+    if x.ndim == 2:
+        what = "slides a window" if method == "occlusion" else "masks the cells of a grid"
+        raise InvalidInputError(
+            f"{method} {what} along spatial axes, and rows of features {tuple(x.shape)} have "
+            "none (neighbouring columns are not neighbours, so a window or stride across them "
+            f"means nothing); {_FEATURE_ROWS_FIX}"
+        )
     if x.ndim < 3:
         raise InvalidInputError(
             f"{method} perturbs images, volumes or signals, inputs with spatial axes (N, C, *S); "

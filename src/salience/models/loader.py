@@ -147,19 +147,39 @@ def _output_count(adapter: Any, name: str, probe: Any) -> int:
 def probe_input(
     adapter: Any, preset: ImagePreset, sample: Callable[[Any], Any] | None = None
 ) -> Any:
-    """What the model is probed with: ``sample(adapter)`` when given, a blank input of the
-    shape the model declares for a volume or a signal, else a blank image of the preset's size
-    and channels, normalized."""
+    """What the model is probed with: ``sample(adapter)`` when given, a blank volume or signal
+    of the shape the model declares or its first convolution (``Conv3d``, ``Conv1d``) implies
+    (a free axis :data:`FREE_SIZE` long), else a blank image of the preset's size and channels,
+    normalized."""
     import torch
 
     if sample is not None:
         return sample(adapter)
     declared = declared_input_shape(adapter)
-    if declared is not None and len(declared) != 4 and all(d is not None for d in declared[1:]):
-        return torch.zeros(1, *declared[1:])  # a volume, a signal: the model says its shape
+    if declared is None:
+        declared = first_convolution_input(getattr(adapter, "model", None))
+    if declared is not None and len(declared) != 4:  # a volume, a signal
+        return torch.zeros(1, *(FREE_SIZE if size is None else size for size in declared[1:]))
     crop = preset.crop if preset.crop is not None else (224, 224)
     height, width = (crop, crop) if isinstance(crop, int) else crop
     return preset.normalize(torch.zeros(1, preset.channels, height, width))
+
+
+FREE_SIZE = 32
+"""The length a probe gives a spatial axis the model leaves free."""
+
+
+def first_convolution_input(model: Any) -> tuple[int | None, ...] | None:
+    """``(None, C, None, …)`` for a module whose first convolution is a ``Conv1d`` or ``Conv3d``
+    taking ``C`` channels; None otherwise (no module, no convolution, or a 2-D one)."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        return None
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if first is None or len(first.kernel_size) == 2:
+        return None
+    return (None, first.in_channels, *(None,) * len(first.kernel_size))
 
 
 def _sidecar(options: LoadOptions, model_file: str | None) -> PresetOverrides:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from salience.errors import InvalidInputError, MissingFileError, MissingPackageError
+from salience.modalities import DATA_FOLDER_SUFFIXES, is_data_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -55,7 +56,8 @@ def collect_inputs(source: str | os.PathLike[str]) -> list[BatchItem]:
     Parameters
     ----------
     source : str or os.PathLike
-        A folder (its images, recursively; names starting with ``.`` are skipped), a glob
+        A folder (its images, scans and signals (``.nii``, ``.nii.gz``, ``.npy``),
+        recursively; names starting with ``.`` are skipped), a glob
         pattern (``photos/**/*.jpg``), a ``.csv``/``.parquet`` manifest with a ``path`` column
         (relative paths are relative to the manifest's folder) and an optional ``label`` column
         (a class index or name), or one image file.
@@ -73,7 +75,7 @@ def collect_inputs(source: str | os.PathLike[str]) -> list[BatchItem]:
         files = sorted(
             found
             for found in path.rglob("*")
-            if found.suffix.lower() in IMAGE_SUFFIXES
+            if (found.suffix.lower() in IMAGE_SUFFIXES or is_data_file(found))
             and found.is_file()
             and not any(part.startswith(".") for part in found.relative_to(path).parts)
         )
@@ -105,8 +107,8 @@ def is_feature_table(source: str | os.PathLike[str]) -> bool:
 def _items(root: Path, entries: list[tuple[str, str | None]], source: str) -> list[BatchItem]:
     if not entries:
         raise InvalidInputError(
-            f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder, a glob or a "
-            "manifest of image files"
+            f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no scans or signals "
+            f"({', '.join(DATA_FOLDER_SUFFIXES)}); give a folder, a glob or a manifest of them"
         )
     relatives = [_relative(root, Path(name)) for name, _ in entries]
     keys = [_key(relative) for relative in relatives]

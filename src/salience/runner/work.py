@@ -10,20 +10,35 @@ exception.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from salience.api import explain_all, make_explainer, method_options
 from salience.errors import first_line
 from salience.evaluation.faithfulness import MODES, CausalMetric
 from salience.images import PreparedImage
 from salience.loading import open_model
+from salience.modalities import (
+    IMAGE,
+    check_data_fits,
+    data_files,
+    input_kind,
+    input_picture,
+    load_data_bytes,
+)
+from salience.models.loader import declared_input_shape
 from salience.render import encode, render, thumbnail
 from salience.runner.inputs import BatchItem
 from salience.runner.spec import JobSpec
+from salience.signals import Signal
 from salience.targets import as_score_matrix, check_target, parse_target
+from salience.volumes import Volume
 
 DONE, FAILED = "done", "failed"
 IMAGE_THUMBNAIL = "image.thumb.png"
@@ -109,30 +124,73 @@ class ItemWorker:
         if task.data is None:
             return _failed(task.item, task.error or "no data", start)
         try:
-            image = self.loaded.preset.prepare(task.data)
-            record, files = self._explain(image)
+            if input_kind(task.item.path) == IMAGE:
+                record, files = self._explain(self.loaded.preset.prepare(task.data))
+            else:
+                record, files = self._explain_data(load_data_bytes(task.data, task.item.path))
         except Exception as error:  # one bad image fails alone; the job goes on
             return _failed(task.item, first_line(error), start)
         record["seconds"] = time.perf_counter() - start
         record["files"] = sorted(files)
         return ItemResult(task.item.key, record, files)
 
-    def _explain(self, image: PreparedImage) -> tuple[dict[str, Any], dict[str, bytes]]:
-        spec, names = self.spec, self.loaded.class_names
-        adapter = self.loaded.adapter
-        explanations = explain_all(
-            adapter,
-            image.tensor,
+    def _explanations(self, tensor: Any) -> dict[str, Any]:
+        return explain_all(
+            self.loaded.adapter,
+            tensor,
             self.explainers,
             target=self.target,
-            score=spec.score,
-            class_names=names,
+            score=self.spec.score,
+            class_names=self.loaded.class_names,
             output_kind=self.loaded.output_kind,
         )
+
+    def _explain_data(self, item: Volume | Signal) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """A scan or signal: per method its raw maps, picture (and NIfTI map) and thumbnail."""
+        loaded, display = self.loaded, self.spec.display
+        check_data_fits(item, declared_input_shape(loaded.adapter), loaded.name)
+        tensor = item.tensor()
+        explanations = self._explanations(tensor)
+        files = {IMAGE_THUMBNAIL: _png_thumbnail(input_picture(item), display.thumbnail)}
+        for method, explanation in explanations.items():
+            explanation = explanation.with_names(loaded.class_names, model=loaded.name)
+            explanation = explanation.with_geometry(item.geometry())
+            written = data_files(
+                explanation,
+                item,
+                method,
+                reduce=display.reduce,
+                alpha=display.alpha,
+                cmap=display.cmap,
+                compress=False,
+            )
+            first = f"{method}{explanation.figure_suffix(0)}.png"
+            written[method_thumbnail(method)] = _png_thumbnail(written[first], display.thumbnail)
+            files.update(written)
+        return self._record(tensor, explanations), files
+
+    def _record(self, tensor: Any, explanations: dict[str, Any]) -> dict[str, Any]:
+        """The item's prediction and the classes explained (the AUCs are added by the caller)."""
         outputs = next(iter(explanations.values())).outputs  # the methods' own forward pass
         if outputs is None:
-            outputs = adapter.forward(image.tensor)
+            outputs = self.loaded.adapter.forward(tensor)
         prediction = self.loaded.summary(as_score_matrix(outputs)[0], k=1).best
+        first = next(iter(explanations.values())).with_names(self.loaded.class_names)
+        return {
+            "status": DONE,
+            "error": None,
+            "predicted": prediction.index,
+            "predicted_class": prediction.name,
+            "probability": prediction.probability,
+            "value": prediction.output if prediction.probability is None else None,
+            "explained": first.targets[0].tolist(),
+            "explained_classes": list(first.target_names[0]) if first.target_names else None,
+            "auc": {},
+        }
+
+    def _explain(self, image: PreparedImage) -> tuple[dict[str, Any], dict[str, bytes]]:
+        spec, names = self.spec, self.loaded.class_names
+        explanations = self._explanations(image.tensor)
         display = spec.display
         view = display.view(image)
         files = {IMAGE_THUMBNAIL: encode(thumbnail(view.image, display.thumbnail))}
@@ -149,19 +207,13 @@ class ItemWorker:
             if self.metrics:
                 curves = [metric(image.tensor, explanation) for metric in self.metrics]
                 auc[method] = {curve.mode: float(curve.auc[0]) for curve in curves}
-        first = next(iter(explanations.values())).with_names(names)
-        record = {
-            "status": DONE,
-            "error": None,
-            "predicted": prediction.index,
-            "predicted_class": prediction.name,
-            "probability": prediction.probability,
-            "value": prediction.output if prediction.probability is None else None,
-            "explained": first.targets[0].tolist(),
-            "explained_classes": list(first.target_names[0]) if first.target_names else None,
-            "auc": auc,
-        }
-        return record, files
+        return {**self._record(image.tensor, explanations), "auc": auc}, files
+
+
+def _png_thumbnail(png: bytes, size: int) -> bytes:
+    """A PNG's thumbnail, as PNG."""
+    with Image.open(io.BytesIO(png)) as picture:
+        return encode(thumbnail(np.asarray(picture.convert("RGB")), size))
 
 
 def _failed(item: BatchItem, error: str, start: float) -> ItemResult:
