@@ -135,30 +135,6 @@ def _check_spatial(x: Tensor, method: str) -> None:
         )
 
 
-def check_window_stride(window: Sizes, stride: Sizes) -> None:
-    """Refuse a stride longer than the window along some axis: the pixels between two windows
-    would be scored by none, and their map would be 0 / 0.
-
-    Raises
-    ------
-    InvalidInputError
-        Naming the window, the stride and the fix.
-    """
-    windows = _sizes(window, WINDOW)
-    strides = _sizes(stride, STRIDE)
-    if len(windows) != len(strides) and 1 not in (len(windows), len(strides)):
-        return  # per_axis names the mismatch once the input's axes are known
-    rank = max(len(windows), len(strides))
-    axes = zip(per_axis(windows, rank, WINDOW), per_axis(strides, rank, STRIDE), strict=True)
-    for w, s in axes:
-        if s > w:
-            raise InvalidInputError(
-                f"occlusion's stride {_given(strides)} is larger than its window "
-                f"{_given(windows)}: the pixels between two windows would be covered by none "
-                f"and get no value; give a stride of at most {w} or a window of at least {s}"
-            )
-
-
 def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Window positions along one axis: every ``stride``, plus one flush with the far edge."""
     if window > size:
@@ -185,7 +161,7 @@ class Occlusion(Explainer):
     window : int or tuple of int
         Window size in pixels: one for every spatial axis, or one per axis (height, width).
     stride : int or tuple of int
-        Step between windows, likewise; at most the window, so that every pixel is covered.
+        Step between windows, likewise.
     baseline : {"zeros", "mean", "blur"}, float or Tensor
         What the window is filled with: zeros, the image's per-channel mean, a blurred copy of
         the image, a constant, or a tensor.
@@ -213,7 +189,6 @@ class Occlusion(Explainer):
         super().__init__(model)
         self.window = _sizes(window, WINDOW)
         self.stride = _sizes(stride, STRIDE)
-        check_window_stride(self.window, self.stride)
         check_baseline(BASELINE.check(baseline))
         self.baseline = baseline
         self.chunk_size = CHUNK_SIZE.check(chunk_size) or PERTURBATION_CHUNK_SIZE
