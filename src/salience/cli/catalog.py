@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from salience.cli.arguments import open_model_from_args
@@ -45,7 +44,7 @@ def run_layers(args: argparse.Namespace) -> int:
     adapter = loaded.adapter
     if not isinstance(adapter, LayerAccessAdapter):
         raise LayerError(f"{loaded.name} is a black box (ONNX): salience cannot see its layers")
-    sample = probe_input(loaded, args.input)
+    sample = layers_probe(loaded, args.input)
     try:
         default = adapter.resolve_layer(None, sample)
     except LayerError:
@@ -63,22 +62,21 @@ def run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def probe_input(loaded: Any, path: str | None = None) -> Tensor:
+def layers_probe(loaded: Any, path: str | None = None) -> Tensor:
     """The input the layers are listed on: the file ``path`` (an image, scan or signal) when
     given; else the volume or signal the model was probed with when it opened
     (:func:`salience.models.loader.probe_input`); else the bundled sample image, prepared as the
     model's preset says."""
     from salience.modalities import IMAGE, check_data_fits, input_kind, load_data
-    from salience.models.loader import declared_input_shape
-    from salience.models.loader import probe_input as opening_probe
+    from salience.models.loader import declared_input_shape, probe_input
 
     if path is not None and input_kind(path) != IMAGE:
         item = load_data(path)
         check_data_fits(item, declared_input_shape(loaded.adapter), loaded.name)
         return item.tensor()
     if path is not None:
-        return loaded.preset.prepare(Path(path).read_bytes()).tensor
-    probe = opening_probe(loaded.adapter, loaded.preset)
+        return loaded.preset.prepare(path).tensor  # read with the image loader's own limits
+    probe = probe_input(loaded.adapter, loaded.preset)
     if probe.ndim != 4:
         return probe
     from salience.zoo import DEFAULT_SAMPLE, SAMPLE_IMAGES
