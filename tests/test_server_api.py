@@ -187,6 +187,21 @@ def test_maps_equal_the_librarys_and_files_match_their_metadata(client, model):
     assert np.array_equal(np.asarray(view), np.asarray(Image.open(io.BytesIO(data))))
 
 
+def test_a_class_name_or_a_unique_part_of_one_selects_that_class(client):
+    for typed, index in (("Bird", 2), ("do", 1), ("FISH", 3)):
+        response = client.post(
+            "/api/explain", files=upload(photo(3)), data={"methods": "gradcam", "target": typed}
+        )
+        assert response.status_code == 200, response.text
+        assert [(m["target"], m["target_name"]) for m in response.json()["maps"]] == [
+            (index, CLASSES[index])
+        ]
+    # a part of two names ("i": bird, fish) is refused before any job, naming both
+    refused = client.post("/api/jobs", files=upload(photo(3)), data={"target": "i"})
+    assert refused.status_code == 400 and refused.json()["kind"] == "bad_target"
+    assert "'bird', 'fish'" in refused.json()["error"]
+
+
 def test_top_k_gives_k_maps_per_method_for_the_top_classes(client, model):
     data = photo(3)
     response = client.post(

@@ -31,6 +31,8 @@ NAMES = ["tench", "goldfish", "great white shark", "tabby", "tiger cat", "Egypti
         ([1, 2], ClassIndex((1, 2))),
         ("tabby", ClassIndex(3)),
         ("Tiger Cat", ClassIndex(4)),
+        ("egypt", ClassIndex(5)),  # a part of one name only
+        (" GOLD ", ClassIndex(1)),
     ],
 )
 def test_parse(given: object, expected: object) -> None:
@@ -42,6 +44,12 @@ def test_unknown_class_name_suggests_close_matches() -> None:
         parse_target("tabbby", NAMES)
     with pytest.raises(TargetError, match="'Egyptian cat'"):
         parse_target("cat egyptian", [*NAMES, "cat"])
+
+
+def test_a_part_of_several_names_is_refused_with_them() -> None:
+    expected = r"'cat' is part of 2 class names.*'tiger cat', 'Egyptian cat'"
+    with pytest.raises(TargetError, match=expected):
+        parse_target("cat", NAMES)
 
 
 def test_bad_strings() -> None:

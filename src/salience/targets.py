@@ -252,10 +252,14 @@ class Selection:
 def parse_target(target: TargetLike, class_names: Sequence[str] | None = None) -> TargetSpec:
     """Turn what a user passes (None, int, list, ``"top-3"``, a class name, a callable) into a spec.
 
+    A class name is matched whole, ignoring case, or by a part found in one name only
+    (``"persian"``: ``Persian cat``).
+
     Raises
     ------
     TargetError
-        For an unknown class name (close matches are suggested) or a malformed string.
+        For an unknown class name or a part of several (the names that contain the word, else
+        close matches, are suggested), or a malformed string.
     """
     if target is None:
         return Predicted()
@@ -308,13 +312,17 @@ def _parse_target_string(text: str, class_names: Sequence[str] | None) -> Target
     names = [name.lower() for name in class_names]
     if lowered in names:
         return ClassIndex(names.index(lowered))
+    containing = [i for i, name in enumerate(names) if lowered in name]
+    if len(containing) == 1:  # a unique part of a name ("persian": Persian cat)
+        return ClassIndex(containing[0])
     # names that have the word ("cat": Egyptian cat, tiger cat, ...) first, then look-alikes
     words = [i for i, name in enumerate(names) if lowered in name.replace(",", " ").split()]
     close = [names.index(n) for n in difflib.get_close_matches(lowered, names, n=3, cutoff=0.6)]
-    partial = [i for i, name in enumerate(names) if lowered in name][:3]
-    chosen = list(dict.fromkeys(words[:6] + ([] if words else close + partial)))
+    chosen = list(dict.fromkeys(words[:6] + ([] if words else close + containing[:3])))
     suggestions = [class_names[i] for i in chosen]
     hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+    if containing:
+        raise TargetError(f"class name {text!r} is part of {len(containing)} class names{hint}")
     raise TargetError(f"unknown class name {text!r}{hint}")
 
 

@@ -465,6 +465,9 @@ function start() {
   setUpDrop();
   $("model").addEventListener("change", modelChanged);
   $("explain").addEventListener("click", explain);
+  $("class-name").addEventListener("input", () => { // typing a name means: explain that class
+    document.querySelector('input[name="target"][value="class"]').checked = true;
+  });
   $("cancel").addEventListener("click", cancel);
   for (const id of ["opacity", "cmap", "clip-low", "clip-high"]) {
     $(id).addEventListener("input", redrawAll);
