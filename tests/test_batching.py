@@ -107,3 +107,18 @@ def test_explain_all_on_a_batch_equals_single_calls(model: SmallCNN, batch: Tens
         # the batch, whose map is checked per image above
     alone = salience.explain(model, batch, method="smoothgrad", **METHODS["smoothgrad"])
     assert_same_maps(batched["smoothgrad"].attributions, alone.attributions)
+
+
+def test_chunked_passes_are_announced_to_the_plan_and_counted_done() -> None:
+    from salience.methods.sampling import PassPlan, map_in_chunks, planning
+
+    plan = PassPlan()
+    seen = []
+    with planning(plan):
+        for rows, _ in map_in_chunks(10, lambda rows: torch.zeros(1), 3):
+            seen.append((plan.counts(), rows.stop))
+    # 10 rows in chunks of 3: 4 passes announced before the first, each counted once done
+    assert seen == [((0, 4), 3), ((1, 4), 6), ((2, 4), 9), ((3, 4), 10)]
+    assert plan.counts() == (4, 4)
+    list(map_in_chunks(5, lambda rows: torch.zeros(1), 2))  # outside planning: not counted
+    assert plan.counts() == (4, 4)

@@ -26,7 +26,7 @@ from salience.adapters.torch import TorchAdapter  # noqa: E402
 from salience.api import explain_all, make_explainer, method_options  # noqa: E402
 from salience.images import ImagePreset  # noqa: E402
 from salience.loading import LoadedModel  # noqa: E402
-from salience.postprocess import to_display  # noqa: E402
+from salience.postprocess import display_values, to_display  # noqa: E402
 from salience.registry import available  # noqa: E402
 from salience.server import Limits, create_app  # noqa: E402
 
@@ -181,6 +181,10 @@ def test_maps_equal_the_librarys_and_files_match_their_metadata(client, model):
         on_photo = PRESET.prepare(data).geometry.to_original(normalized.numpy())
         np.testing.assert_allclose(shown, on_photo, atol=1e-5)  # NaN where the other is NaN
         assert np.isnan(shown).any() and 0 <= np.nanmin(shown) <= np.nanmax(shown) <= 1
+        units = display_values(expected[meta["method"]].map(0, 0), percentile=None).double()
+        # the colorbar's numbers: 0 and 1 of display.f32 in the map's units, within the raw
+        # map's tolerance (a reduction's extremes move no more than the map's values)
+        np.testing.assert_allclose(meta["display_range"], [units.min(), units.max()], atol=1e-5)
         overlay = Image.open(io.BytesIO(client.get(meta["files"]["overlay.png"]).content))
         assert overlay.size == (48, 40)
     view = Image.open(io.BytesIO(client.get(job["image"]).content))
@@ -200,6 +204,23 @@ def test_a_class_name_or_a_unique_part_of_one_selects_that_class(client):
     refused = client.post("/api/jobs", files=upload(photo(3)), data={"target": "i"})
     assert refused.status_code == 400 and refused.json()["kind"] == "bad_target"
     assert "'bird', 'fish'" in refused.json()["error"]
+
+
+def test_samples_auto_grows_the_count_as_the_flag_does(client):
+    response = client.post(
+        "/api/explain",
+        files=upload(photo(3)),
+        data={"methods": "smoothgrad", "samples": "auto", "seed": "3"},
+    )
+    assert response.status_code == 200, response.text
+    (meta,) = response.json()["maps"]
+    assert meta["params"]["n_samples"] == "auto"
+    history = meta["info"]["convergence"]["history"]
+    assert history[0][0] == 32 and meta["info"]["samples"] == history[-1][0]  # doubled from 32
+    for fields, named in (({"masks": "lots"}, "masks"), ({"samples": "501"}, "samples")):
+        refused = client.post("/api/explain", files=upload(photo(3)), data=fields)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"].startswith(f"{named} must be auto or an integer >= 1")
 
 
 def test_top_k_gives_k_maps_per_method_for_the_top_classes(client, model):
@@ -471,6 +492,8 @@ def test_a_job_shows_progress_and_can_be_cancelled(sleepy_client):
         time.sleep(0.02)
     assert job["status"] == "running" and job["methods"][0]["status"] == "running"
     assert job["methods"][0]["passes"] >= 1
+    # the total is known once SmoothGrad's chunks are announced: 400 samples are far from done
+    assert job["methods"][0]["passes"] < job["methods"][0]["total_passes"]
     sleepy_client.delete(f"/api/jobs/{job_id}")
     while (job := sleepy_client.get(f"/api/jobs/{job_id}").json())["status"] != "stopped":
         assert time.monotonic() < deadline

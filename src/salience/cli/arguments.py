@@ -285,6 +285,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 def _flag_settings(option: Option, methods: Sequence[str]) -> dict[str, Any]:
     """``add_argument``'s settings for a method option (:class:`~salience.methods.options.Option`):
     its type and bounds checked by the option itself, its help with the methods that take it."""
+    from salience.methods.options import or_auto
+
     text = f"{option.help} ({', '.join(methods)})".replace("%", "%%")
     if option.kind is bool:  # a switch to the opposite of the default
         return {"action": "store_true", "help": text}
@@ -300,19 +302,9 @@ def _flag_settings(option: Option, methods: Sequence[str]) -> dict[str, Any]:
         kind = "an integer" if option.kind is int else "a number"
         convert = _option_type(kind, check, option.kind)
         if option.auto:
-            convert = _or_auto(convert)
+            convert = or_auto(convert)
         return {"default": option.default, "type": convert, "help": text}
     return {"default": option.default, "help": text}
-
-
-def _or_auto(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse ``type`` that also takes ``auto`` (grow the count until the map converges)."""
-
-    def parse(text: str) -> Any:
-        return "auto" if text == "auto" else convert(text)
-
-    parse.__name__ = f"{convert.__name__} or auto"
-    return parse
 
 
 def method_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from salience.errors import InvalidInputError
+from salience.methods.convergence import AUTO
 
 _KIND_TEXT = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -95,7 +96,7 @@ class Option:
         """What is wrong with ``value`` (``"must be an integer >= 1, got 0"``), or None."""
         if value is None and self.optional:
             return None
-        if self.auto and value == "auto":
+        if self.auto and value == AUTO:
             return None
         if not _is_kind(value, self.kind):
             if self.more:
@@ -144,6 +145,17 @@ class Option:
             "auto": self.auto,
             "help": self.help,
         }
+
+
+def or_auto(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A text parser that also takes ``auto``: the ``salience`` flags' and the form fields'
+    reading of a count such as ``--samples auto``."""
+
+    def parse(text: str) -> Any:
+        return AUTO if text.strip() == AUTO else convert(text)
+
+    parse.__name__ = f"{getattr(convert, '__name__', 'value')} or auto"
+    return parse
 
 
 def _is_kind(value: Any, kind: type) -> bool:

@@ -16,7 +16,8 @@ from fastapi import File, Form, UploadFile
 
 from salience.adapters.base import LayerAccessAdapter
 from salience.loading import LoadedModel
-from salience.methods.options import Option
+from salience.methods.convergence import AUTO
+from salience.methods.options import Option, or_auto
 from salience.server.limits import Limits, RequestRejectedError
 from salience.server.service import VIEW_MAX_SIDE, DisplayOptions, ModelPool
 from salience.server.watch import Watch, WatchedAdapter
@@ -78,9 +79,12 @@ def option_field(option: Option, methods: list[str]) -> inspect.Parameter:
     """The form field of a method option: its type, bounds (the server's cost limit as the
     upper one, where the option has one) and documentation, from the option's schema."""
     description = f"{option.help} ({', '.join(methods)})"
-    if option.kind is bool:  # a switch to the opposite of the default, as the flag
-        annotation: Any = Annotated[bool, Form(description=description)]
-        default: Any = False
+    if option.auto:  # a count or "auto", read as the flag reads it (_read_auto)
+        annotation: Any = Annotated[str, Form(max_length=20, description=description)]
+        default: Any = str(option.default)
+    elif option.kind is bool:  # a switch to the opposite of the default, as the flag
+        annotation = Annotated[bool, Form(description=description)]
+        default = False
     elif option.choices:
         annotation = Annotated[Literal[option.choices], Form(description=description)]
         default = option.default
@@ -123,8 +127,31 @@ class _ExplainFormDependency:
             value = fields.pop(option.field)
             if option.kind is bool:
                 value = (not option.default) if value else option.default
+            elif option.auto:
+                value = _read_auto(option, value)
             options[option.name] = value
         return ExplainForm(options=options, **fields)
+
+
+def _read_auto(option: Option, text: str) -> Any:
+    """A count or ``auto`` from its form field (read as the flag reads it), within the
+    option's bounds and the server's cost limit (``request_max``); else a 422 naming the field."""
+    try:
+        value = or_auto(option.kind)(str(text))
+    except ValueError:
+        value = None
+    if value == AUTO:
+        return value
+    high = option.request_max
+    if value is not None and option.problem(value) is None and (high is None or value <= high):
+        return value
+    limit = f", at most {high:g} here" if high is not None else ""
+    raise RequestRejectedError(
+        422,
+        "invalid_request",
+        f"{option.field} must be auto or an integer {option.bounds_text()}{limit}; "
+        f"got {str(text)[:40]!r}",
+    )
 
 
 def _flagged() -> list[tuple[Option, list[str]]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from salience.images import PreparedImage
 from salience.loading import LoadedModel
+from salience.methods.sampling import PassPlan, planning
 from salience.outputs import output_probabilities
 from salience.server.errors import ApiError, classify, report
 from salience.server.limits import ImageUpload, RequestRejectedError
@@ -81,10 +82,18 @@ class Job:
         self.upload: ImageUpload | None = upload
         self._lock = threading.Lock()
         self._methods = {
-            e.name: {"name": e.name, "status": QUEUED, "passes": 0, "seconds": None, "error": None}
+            e.name: {
+                "name": e.name,
+                "status": QUEUED,
+                "passes": 0,
+                "total_passes": None,
+                "seconds": None,
+                "error": None,
+            }
             for e in self.explainers
         }
         self._group_start: tuple[float, int] = (0.0, 0)
+        self._plan = PassPlan()
         self.size = 0
 
     # -- running -----------------------------------------------------------------------------
@@ -109,15 +118,16 @@ class Job:
             probabilities = self._probabilities(image)
             for group in groups:
                 self._start_group(group)
-                results = explain_all(
-                    group[0].adapter,
-                    image.tensor,
-                    group,
-                    target=self.target,
-                    score=self.score,
-                    class_names=self.model.class_names,
-                    output_kind=self.model.output_kind,
-                )
+                with planning(self._plan):
+                    results = explain_all(
+                        group[0].adapter,
+                        image.tensor,
+                        group,
+                        target=self.target,
+                        score=self.score,
+                        class_names=self.model.class_names,
+                        output_kind=self.model.output_kind,
+                    )
                 for name, explanation in results.items():
                     explanation = explanation.with_names(self.model.class_names, self.model.name)
                     rendered = [
@@ -143,6 +153,7 @@ class Job:
     def _start_group(self, group: Sequence[Any]) -> None:
         with self._lock:
             self._group_start = (time.monotonic(), self.watch.counters()[0])
+            self._plan = PassPlan()
             for explainer in group:
                 self._methods[explainer.name]["status"] = RUNNING
 
@@ -150,12 +161,17 @@ class Job:
         with self._lock:
             started, passes = self._group_start
             state = self._methods[name]
+            done = self.watch.counters()[0] - passes
             state.update(
                 status=DONE,
                 seconds=round(time.monotonic() - started, 3),
-                passes=self.watch.counters()[0] - passes,
+                passes=done,
+                total_passes=done,
             )
             self.maps.extend(rendered)
+
+    def _running(self) -> list[str]:
+        return [name for name, state in self._methods.items() if state["status"] == RUNNING]
 
     def _fail(self, error: ApiError) -> None:
         with self._lock:
@@ -188,10 +204,14 @@ class Job:
         with self._lock:
             methods = [dict(state) for state in self._methods.values()]
             started, group_passes = self._group_start
+            chunked, planned = self._plan.counts()
             for state in methods:
                 if state["status"] == RUNNING:
                     state["passes"] = passes - group_passes
                     state["seconds"] = round(time.monotonic() - started, 3)
+                    # the passes so far, less the chunked ones done, plus all those announced
+                    known = planned > 0 and len(self._running()) == 1
+                    state["total_passes"] = state["passes"] - chunked + planned if known else None
             url = f"{base}/{self.id}"
             maps = [
                 {

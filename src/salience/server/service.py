@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from salience import postprocess
 from salience.adapters.base import DifferentiableAdapter, LayerAccessAdapter
 from salience.errors import InvalidInputError
 from salience.images import PreparedImage
@@ -193,7 +194,9 @@ class RenderedMap:
         ``overlay.png`` (the server's rendering), ``map.npy`` (the method's raw map at its native
         resolution) and ``display.f32`` (the map normalized to [0, 1] on the view, float32
         little-endian, NaN outside the model's crop; the page colours it itself), with their
-        media types.
+        media types. ``meta["display_range"]`` is the map's values, in its own units, at 0 and 1
+        of ``display.f32`` (the page's colorbar numbers); ``meta["scale"]`` the server's colour
+        scale (sign mode, colormap).
     """
 
     meta: dict[str, Any]
@@ -213,6 +216,9 @@ def render(
     """
     rendering = render_map(explanation, target, view, display)
     raw, on_view = rendering.raw, rendering.unclipped.astype("<f4", copy=False)
+    units = postprocess.display_values(
+        raw, reduce=display.reduce, percentile=None, smooth=display.smooth
+    )
     index = int(explanation.targets[0, target])
     names = explanation.target_names
     meta = {
@@ -234,6 +240,7 @@ def render(
             "high": rendering.scale.high,
             "label": rendering.scale.label,
         },
+        "display_range": [float(units.min()), float(units.max())],
     }
     files = {
         "overlay.png": (rendering.png, "image/png"),
