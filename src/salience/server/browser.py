@@ -87,6 +87,25 @@ return [...document.querySelectorAll('.card canvas.map-canvas')].map((canvas) =>
   return true;
 });
 """
+_IN_VIEW = """
+const rect = document.getElementById(arguments[0]).getBoundingClientRect();
+return {top: rect.top, bottom: rect.bottom, height: window.innerHeight, width: window.innerWidth};
+"""
+_OVERFLOWING = """
+return [...document.querySelectorAll(arguments[0])]
+  .filter((element) => element.scrollWidth > element.clientWidth)
+  .map((element) => element.textContent);
+"""
+_COLORBARS = """
+return [...document.querySelectorAll('.card[data-index]')].map((card) => {
+  const bar = card.querySelector('.colorbar');
+  const entry = state.cards.get(Number(card.dataset.index));
+  return {method: card.dataset.method, low: Number(bar.dataset.low),
+          high: Number(bar.dataset.high), ramp: bar.querySelector('.ramp').style.background,
+          ticks: [...bar.querySelectorAll('.ticks span')].map((span) => span.textContent),
+          label: bar.querySelector('.unit').textContent, meta: entry.meta};
+});
+"""
 
 
 class ViewerPage:
@@ -156,6 +175,53 @@ class ViewerPage:
             return drawn >= count and self._find("#cancel").get_attribute("hidden") is not None
 
         self.wait(ready, f"{count} maps", timeout)
+
+    def type_class(self, text: str) -> None:
+        """Type a class name into the class field (replacing what is there)."""
+        field = self._find("#class-name")
+        field.clear()
+        field.send_keys(text)
+
+    def target_kind(self) -> str:
+        """The target option chosen: ``predicted``, ``topk`` or ``class``."""
+        return self._find('input[name="target"]:checked').get_attribute("value")
+
+    def set_auto(self, field: str, on: bool = True) -> str:
+        """Tick (or untick) the ``auto`` box of a count (opening the method options); return
+        the value the form will send."""
+        self.driver.execute_script(
+            "document.getElementById('options').closest('details').open = true;"
+        )
+        box = self._find(f"#{field}-auto")
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+        if box.is_selected() != on:
+            box.click()
+        script = "return optionValue(state.options.find((o) => o.field === arguments[0]));"
+        return self.driver.execute_script(script, field)
+
+    def message(self, timeout: float | None = None) -> str:
+        """Wait for the page's message line to say something; return it."""
+        return self.wait(lambda: self._find("#message").text, "a message", timeout)
+
+    def in_view(self, element_id: str) -> dict[str, float]:
+        """An element's top and bottom on the screen, and the window's inner size."""
+        return self.driver.execute_script(_IN_VIEW, element_id)
+
+    def overflowing(self, css: str) -> list[str]:
+        """The texts of the elements matching ``css`` whose content is wider than they are."""
+        return self.driver.execute_script(_OVERFLOWING, css)
+
+    def colorbars(self) -> list[dict[str, Any]]:
+        """For each drawn map: its colorbar's ends, gradient, tick texts, label and map JSON."""
+        return self.driver.execute_script(_COLORBARS)
+
+    def map_subtitles(self) -> list[str]:
+        """The class line under each drawn map's title."""
+        return [card.text for card in self._all(".card[data-index] .sub")]
+
+    def status_texts(self) -> list[str]:
+        """The status lines of the cards still waiting for their map."""
+        return [span.text for span in self._all(".card .status")]
 
     def progress_shown(self) -> bool:
         """Whether the progress line is rendered at all."""

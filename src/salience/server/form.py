@@ -65,7 +65,13 @@ def _fixed_form(
     reduce: Annotated[str, Form(max_length=20, description="channel reduction")] = "abs_max",
     smooth: Annotated[float, Form(ge=0, le=50, description="Gaussian σ (pixels)")] = 0.0,
     percentile: Annotated[float, Form(gt=0, le=100, description="overlay clip")] = 99.0,
-    cmap: Annotated[str, Form(max_length=40, description="overlay colormap")] = "jet",
+    cmap: Annotated[
+        str,
+        Form(
+            max_length=40,
+            description="overlay colormap; auto: RdBu_r for a signed map, jet for a magnitude",
+        ),
+    ] = "jet",
     alpha: Annotated[float, Form(ge=0, le=1, description="overlay opacity")] = 0.5,
     sign: Annotated[
         Literal["auto", "all", "absolute_value", "positive", "negative"],
@@ -201,7 +207,7 @@ def plan_request(
         reduce=form.reduce,
         percentile=form.percentile,
         smooth=form.smooth,
-        cmap=form.cmap,
+        cmap=None if form.cmap == "auto" else form.cmap,
         alpha=form.alpha,
         view_size=VIEW_MAX_SIDE,
         sign=form.sign,

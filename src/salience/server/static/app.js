@@ -5,6 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 300;
+const AUTO_CMAP = "auto";
 
 const state = {
   file: null,
@@ -46,6 +47,7 @@ async function loadMenus() {
     $("model").add(option);
   }
   state.colormaps = colormaps;
+  $("cmap").add(new Option("auto (by sign)", AUTO_CMAP)); // each map's own: diverging if signed
   for (const name of Object.keys(colormaps)) $("cmap").add(new Option(name, name));
   state.methods = methods;
   renderOptions();
@@ -65,10 +67,12 @@ function renderOptions() {
   const box = $("options");
   const score = $("score").closest("label");
   for (const option of state.options) {
-    const label = document.createElement("label");
+    // a count that may be "auto" holds its own checkbox label, so it is not a label itself
+    const label = document.createElement(option.auto ? "div" : "label");
+    label.className = "option";
     label.title = `${option.help} (${option.methods.join(", ")})`;
     label.append(`${option.field.replace(/_/g, " ")} `);
-    label.append(optionControl(option));
+    label.append(option.auto ? autoControl(option) : optionControl(option));
     box.insertBefore(label, score);
   }
 }
@@ -98,7 +102,25 @@ function optionControl(option) {
   return input;
 }
 
+// A count, or "auto" (grown until the map converges, as --samples auto): a box beside the number.
+function autoControl(option) {
+  const number = optionControl({ ...option, auto: false });
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.id = `${option.field}-auto`;
+  box.addEventListener("change", () => { number.disabled = box.checked; });
+  const choice = document.createElement("label");
+  choice.className = "auto";
+  choice.title = `grow ${option.field} until the map converges`;
+  choice.append(box, " auto");
+  const both = document.createElement("span");
+  both.className = "with-auto";
+  both.append(number, choice);
+  return both;
+}
+
 function optionValue(option) {
+  if (option.auto && $(`${option.field}-auto`).checked) return "auto";
   const control = $(option.field);
   return control.type === "checkbox" ? String(control.checked) : control.value;
 }
@@ -128,7 +150,11 @@ function renderMethods() {
       box_.name = "method";
       box_.checked = method.name === "gradcam";
       box_.disabled = model && !model.differentiable && method.needs_gradients;
-      label.append(box_, " " + method.name);
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = method.name;
+      label.title = `${method.name}: ${label.title}`; // the whole name, also when cut short
+      label.append(box_, name);
       if (method.slow) {
         const tag = document.createElement("span");
         tag.className = "slow";
@@ -239,6 +265,7 @@ async function explain() {
   form.append("target", targetValue());
   for (const option of state.options) form.append(option.field, optionValue(option));
   form.append("score", $("score").value);
+  form.append("cmap", AUTO_CMAP); // the server chooses each map's colours by its sign
   $("grid").textContent = "";
   $("agreement").hidden = true;
   state.cards.clear();
@@ -306,8 +333,11 @@ async function update(job) {
     const card = [...$("grid").querySelectorAll(".card")].find((c) => c.dataset.method === method.name && !c.dataset.index);
     if (!card || method.status === "done") continue;
     card.dataset.state = method.status;
+    const passes = method.total_passes == null
+      ? `${method.passes} passes`
+      : `${method.passes} of ${method.total_passes} passes`;
     const text = method.status === "running"
-      ? `running · ${method.passes} passes · ${(method.seconds || 0).toFixed(1)} s`
+      ? `running · ${passes} · ${(method.seconds || 0).toFixed(1)} s`
       : method.error || method.status;
     card.querySelector(".status").textContent = text;
   }
@@ -335,7 +365,7 @@ async function loadPhoto(url) {
 
 async function showMap(index, meta) {
   state.cards.set(index, null); // claimed: a later poll does not load it twice
-  const values = new Float32Array(await api(meta.files["display.f32"]));
+  const values = shownValues(new Float32Array(await api(meta.files["display.f32"])), meta);
   const sorted = values.filter((v) => !Number.isNaN(v)).sort();
   const [height, width] = meta.display_shape;
   const canvas = document.createElement("canvas");
@@ -354,6 +384,7 @@ async function showMap(index, meta) {
   card.dataset.state = "done";
   const title = document.createElement("h3");
   title.textContent = meta.method;
+  title.title = meta.method;
   const sub = document.createElement("div");
   sub.className = "sub";
   const probability = meta.probability == null ? "" : ` ${(100 * meta.probability).toFixed(1)}%`;
@@ -368,7 +399,9 @@ async function showMap(index, meta) {
   npy.href = meta.files["map.npy"];
   npy.download = `${meta.method}-${meta.target}.npy`;
   links.append(png, npy);
-  card.append(title, sub, canvas, links);
+  sub.title = sub.textContent;
+  entry.bar = colorbar(meta);
+  card.append(title, sub, canvas, entry.bar, links);
   if (placeholder) placeholder.replaceWith(card);
   else if (sameMethod.length) sameMethod[sameMethod.length - 1].after(card);
   else $("grid").append(card);
@@ -392,14 +425,76 @@ function percentile(sorted, p) {
   return sorted[low] + (sorted[high] - sorted[low]) * (position - low);
 }
 
+// What the colours stand for, in the map's own units, by the server's sign mode (meta.scale):
+// the signed map (its colorbar centred on 0), or its magnitude, positive or negative part.
+function shownValues(display, meta) {
+  const [first, last] = meta.display_range;
+  const sign = meta.scale.sign;
+  return display.map((d) => {
+    const v = first + d * (last - first);
+    if (sign === "absolute_value") return Math.abs(v);
+    if (sign === "positive") return Number.isNaN(v) ? v : Math.max(v, 0);
+    if (sign === "negative") return Number.isNaN(v) ? v : Math.max(-v, 0);
+    return v;
+  });
+}
+
+// The values at the two ends of a map's colorbar: -m..m for a signed map (m the clip-high
+// percentile of |map|), the clip percentiles of the shown values otherwise.
+function limits(entry) {
+  const { sorted, meta } = entry;
+  if (meta.scale.sign === "all") {
+    if (!entry.magnitudes) entry.magnitudes = sorted.map(Math.abs).sort();
+    const top = percentile(entry.magnitudes, Number($("clip-high").value)) || 1;
+    return [-top, top];
+  }
+  const low = percentile(sorted, Number($("clip-low").value));
+  const high = percentile(sorted, Number($("clip-high").value));
+  return high > low ? [low, high] : [low, low + 1];
+}
+
+function cmapOf(meta) {
+  const chosen = $("cmap").value;
+  if (chosen !== AUTO_CMAP) return chosen;
+  return state.colormaps[meta.scale.cmap] ? meta.scale.cmap : Object.keys(state.colormaps)[0];
+}
+
+function colorbar(meta) {
+  const bar = document.createElement("div");
+  bar.className = "colorbar";
+  bar.innerHTML = '<div class="ramp"></div><div class="ticks"><span></span><span></span><span></span></div><div class="unit"></div>';
+  bar.querySelector(".unit").textContent = meta.scale.label;
+  return bar;
+}
+
+function drawColorbar(entry, low, high, cmap) {
+  const table = state.colormaps[cmap];
+  const stops = [];
+  for (let i = 0; i <= 16; i += 1) {
+    const [r, g, b] = table[Math.round((i / 16) * 255)];
+    stops.push(`rgb(${r}, ${g}, ${b}) ${(100 * i) / 16}%`);
+  }
+  entry.bar.querySelector(".ramp").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+  const ticks = entry.bar.querySelectorAll(".ticks span");
+  [low, (low + high) / 2, high].forEach((value, i) => { ticks[i].textContent = formatNumber(value); });
+  entry.bar.dataset.low = String(low);
+  entry.bar.dataset.high = String(high);
+}
+
+function formatNumber(value) {
+  if (value === 0) return "0";
+  const size = Math.abs(value);
+  return size >= 1e4 || size < 1e-2 ? value.toExponential(1) : String(Number(value.toPrecision(3)));
+}
+
 function draw(entry) {
   if (!entry || !state.photo) return;
-  const { canvas, values, sorted } = entry;
+  const { canvas, values } = entry;
   const alpha = Number($("opacity").value) / 100;
-  const table = state.colormaps[$("cmap").value];
-  let low = percentile(sorted, Number($("clip-low").value));
-  let high = percentile(sorted, Number($("clip-high").value));
-  if (!(high > low)) { low = 0; high = 1; }
+  const cmap = cmapOf(entry.meta);
+  const table = state.colormaps[cmap];
+  const [low, high] = limits(entry);
+  drawColorbar(entry, low, high, cmap);
   const photo = state.photo.data;
   const context = canvas.getContext("2d");
   const out = context.createImageData(canvas.width, canvas.height);
