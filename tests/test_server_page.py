@@ -118,6 +118,17 @@ def test_cat_photo_two_methods_and_the_opacity_slider(browser, tmp_path):
             assert not np.array_equal(before["sample"], after["sample"])
         page.screenshot(artifacts / "viewer-opaque.png")
 
+        page.choose_methods(["gradcam"])  # with its negative part: a signed map
+        page.switch("keep_negative")
+        page.explain()
+        page.wait_for_maps(1)
+        (bar,) = page.colorbars()
+        assert bar["meta"]["scale"]["sign"] == "all"  # diverging, centred on zero
+        assert bar["low"] == -bar["high"] < 0 and bar["ticks"][1] == "0"
+        assert bar["ramp"].startswith("linear-gradient(to right, rgb(5, 48, 97) 0%")  # RdBu_r
+        page.screenshot(artifacts / "viewer-signed.png")
+        page.switch("keep_negative", False)
+
         page.choose_methods(["smoothgrad"])  # a sampled method says how many passes it needs
         page.explain()
         status = page.wait(

@@ -199,6 +199,12 @@ class ViewerPage:
         script = "return optionValue(state.options.find((o) => o.field === arguments[0]));"
         return self.driver.execute_script(script, field)
 
+    def switch(self, field: str, on: bool = True) -> None:
+        """Set a method option's switch (a checkbox, such as ``keep_negative``)."""
+        self.driver.execute_script(
+            "document.getElementById(arguments[0]).checked = arguments[1];", field, on
+        )
+
     def message(self, timeout: float | None = None) -> str:
         """Wait for the page's message line to say something; return it."""
         return self.wait(lambda: self._find("#message").text, "a message", timeout)
