@@ -131,6 +131,7 @@ def test_menus_come_from_the_registry_and_the_model(client, model):
     layers = client.get("/api/models/tiny/layers").json()
     assert layers["default"] == TorchAdapter(model).resolve_layer(None, torch.zeros(1, 3, 32, 32))
     assert set(client.get("/api/colormaps").json()["viridis"][0]) <= set(range(256))
+    assert client.get("/api/colormaps/diverging").json() == ["RdBu_r"]  # of the page's seven
     docs = client.get("/docs")
     assert docs.status_code == 200 and "<code>/api/explain</code>" in docs.text  # offline page
     assert "/api/explain" in client.get("/openapi.json").json()["paths"]

@@ -7,6 +7,7 @@ the test's temporary folder).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.request
@@ -98,6 +99,14 @@ def test_cat_photo_two_methods_and_the_opacity_slider(browser, tmp_path):
             assert bar["ramp"].startswith("linear-gradient(to right, rgb(0, 0, 127) 0%")  # jet
             assert 0 <= bar["low"] < bar["high"] and len(bar["ticks"]) == 3
             assert bar["label"] == bar["meta"]["scale"]["label"]
+        with urllib.request.urlopen(url + "/api/colormaps") as response:
+            white = json.load(response)["RdBu_r"][128]  # RdBu_r's neutral middle
+        page.choose_colormap("RdBu_r")  # a diverging map on magnitudes: its upper half only
+        for bar in page.colorbars():
+            assert bar["ramp"].startswith(
+                f"linear-gradient(to right, rgb({', '.join(map(str, white))}) 0%"
+            )
+        page.choose_colormap("auto")
         page.press_on_slider("clip-high", Keys.END)  # 100%: the top is the map's largest value
         for bar in page.colorbars():
             first, last = bar["meta"]["display_range"]

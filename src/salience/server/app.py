@@ -4,7 +4,7 @@ Endpoints (OpenAPI docs at ``/docs``):
 
 - ``GET /`` the viewer page; ``GET /static/{name}`` its script and style sheet
 - ``GET /api/models``, ``/api/models/{model}/classes``, ``/api/models/{model}/layers``,
-  ``/api/methods``, ``/api/colormaps``, ``/api/limits``
+  ``/api/methods``, ``/api/colormaps``, ``/api/colormaps/diverging``, ``/api/limits``
 - ``POST /api/predict`` an image → the top-5 classes
 - ``POST /api/explain`` an image, methods, target, options → the maps (waits for them)
 - ``POST /api/jobs`` the same, answered at once; ``GET /api/jobs/{id}`` its progress and maps;
@@ -66,6 +66,7 @@ from salience.server.service import (
     ModelPool,
     agreement_of,
     colormap_tables,
+    diverging_colormaps,
     layer_catalog,
     method_catalog,
     model_summary,
@@ -235,6 +236,13 @@ def create_app(
     @app.get("/api/colormaps", summary="256-colour RGB tables of the page's colormaps")
     def list_colormaps() -> dict[str, list[list[int]]]:
         return colormaps
+
+    @app.get(
+        "/api/colormaps/diverging",
+        summary="The page's diverging colormaps: a magnitude uses their upper half (zero neutral)",
+    )
+    def list_diverging() -> list[str]:
+        return diverging_colormaps()
 
     @app.get("/api/limits", summary="The server's limits on a request")
     def show_limits() -> dict[str, Any]:

@@ -199,6 +199,12 @@ class ViewerPage:
         script = "return optionValue(state.options.find((o) => o.field === arguments[0]));"
         return self.driver.execute_script(script, field)
 
+    def choose_colormap(self, name: str) -> None:
+        """Choose the page's colormap (``auto``: each map's by its sign)."""
+        from selenium.webdriver.support.ui import Select
+
+        Select(self._find("#cmap")).select_by_value(name)
+
     def switch(self, field: str, on: bool = True) -> None:
         """Set a method option's switch (a checkbox, such as ``keep_negative``)."""
         self.driver.execute_script(

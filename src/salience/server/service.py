@@ -258,6 +258,14 @@ def colormap_tables(names: Sequence[str] = SHOWN_COLORMAPS) -> dict[str, list[li
     return {name: viz.colorize(ramp, name, signed=False, rgba=False)[0].tolist() for name in names}
 
 
+def diverging_colormaps(names: Sequence[str] = SHOWN_COLORMAPS) -> list[str]:
+    """The diverging ones of the page's colormaps: on a magnitude only their upper half is used,
+    so zero keeps their neutral middle colour (:attr:`salience.viz.ColorScale.half`)."""
+    from salience import viz
+
+    return [name for name in names if name in viz.DIVERGING_CMAPS]
+
+
 def agreement_of(maps: Sequence[RenderedMap], top_fraction: float) -> dict[str, Any]:
     """Pairwise agreement (``salience.evaluation.agreement``) of the first map of each method.
 

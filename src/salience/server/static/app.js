@@ -11,6 +11,7 @@ const state = {
   file: null,
   models: [],
   colormaps: {},
+  diverging: new Set(), // the colormaps a magnitude uses the upper half of
   methods: [],
   options: [], // the method options with a form field, each once (from /api/methods)
   job: null, // id of the running job
@@ -38,9 +39,10 @@ function say(text, isError = false) {
 
 // -- menus -------------------------------------------------------------------------------------
 async function loadMenus() {
-  const [models, methods, colormaps] = await Promise.all([
-    api("/api/models"), api("/api/methods"), api("/api/colormaps"),
+  const [models, methods, colormaps, diverging] = await Promise.all([
+    api("/api/models"), api("/api/methods"), api("/api/colormaps"), api("/api/colormaps/diverging"),
   ]);
+  state.diverging = new Set(diverging);
   state.models = models;
   for (const model of models) {
     const option = new Option(`${model.name} (${model.classes} classes)`, model.name, model.default, model.default);
@@ -467,11 +469,22 @@ function colorbar(meta) {
   return bar;
 }
 
+// Where a fraction t of the colorbar lies on the colormap: a diverging one shows a magnitude
+// with its upper half only, so zero keeps the neutral middle colour (as the server's overlays).
+function halfOf(entry, cmap) {
+  return entry.meta.scale.sign !== "all" && state.diverging.has(cmap);
+}
+
+function position(t, half) {
+  return half ? 0.5 + 0.5 * t : t;
+}
+
 function drawColorbar(entry, low, high, cmap) {
   const table = state.colormaps[cmap];
+  const half = halfOf(entry, cmap);
   const stops = [];
   for (let i = 0; i <= 16; i += 1) {
-    const [r, g, b] = table[Math.round((i / 16) * 255)];
+    const [r, g, b] = table[Math.round(position(i / 16, half) * 255)];
     stops.push(`rgb(${r}, ${g}, ${b}) ${(100 * i) / 16}%`);
   }
   entry.bar.querySelector(".ramp").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
@@ -494,6 +507,7 @@ function draw(entry) {
   const cmap = cmapOf(entry.meta);
   const table = state.colormaps[cmap];
   const [low, high] = limits(entry);
+  const half = halfOf(entry, cmap);
   drawColorbar(entry, low, high, cmap);
   const photo = state.photo.data;
   const context = canvas.getContext("2d");
@@ -506,7 +520,7 @@ function draw(entry) {
       pixels[o] = photo[o]; pixels[o + 1] = photo[o + 1]; pixels[o + 2] = photo[o + 2];
     } else {
       const t = Math.min(1, Math.max(0, (v - low) / (high - low)));
-      const colour = table[Math.round(t * 255)];
+      const colour = table[Math.round(position(t, half) * 255)];
       pixels[o] = alpha * colour[0] + (1 - alpha) * photo[o];
       pixels[o + 1] = alpha * colour[1] + (1 - alpha) * photo[o + 1];
       pixels[o + 2] = alpha * colour[2] + (1 - alpha) * photo[o + 2];
