@@ -1,5 +1,9 @@
 """The viewer page in real headless Chromium: upload the cat photo, two methods, move the opacity.
 
+Also, at 1400×1000: Explain in view, no name spilling out of its box, ``auto`` counts, a class
+typed by a part of its name (and a part of several refused), colorbars in the map's units by sign
+mode and colormap, and "N of M passes" while a sampled method runs.
+
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); set
 ``SALIENCE_SKIP_BROWSER=1`` to skip. The screenshot is kept in ``$SALIENCE_ARTIFACTS`` (default:
 the test's temporary folder).
