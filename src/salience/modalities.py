@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +77,22 @@ def load_data(
     return load_signal(path, max_samples=max_values or DEFAULT_MAX_SAMPLES)
 
 
+@contextmanager
+def bytes_as_file(data: bytes, name: str) -> Iterator[Path]:
+    """A private temporary file named like ``name`` (its last part) holding ``data``, removed
+    after the block: the readers of files (and their checks) read uploaded bytes through it."""
+    with tempfile.TemporaryDirectory(prefix="salience-") as folder:
+        path = Path(folder) / (Path(name).name or "input")
+        path.write_bytes(data)
+        yield path
+
+
 def load_data_bytes(
     data: bytes, name: str, kind: str | None = None, *, max_values: int | None = None
 ) -> Volume | Signal:
     """The scan or signal whose file ``name`` holds ``data``: read through a private temporary
     file of the same name, so the size limits and checks are those of :func:`load_data`."""
-    with tempfile.TemporaryDirectory(prefix="salience-") as folder:
-        path = Path(folder) / Path(name).name
-        path.write_bytes(data)
+    with bytes_as_file(data, name) as path:
         loaded = load_data(path, kind, max_values=max_values)
     return _named(loaded, Path(name).name)
 
