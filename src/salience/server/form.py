@@ -48,7 +48,13 @@ class ExplainForm:
 
 def _fixed_form(
     *,
-    image: Annotated[UploadFile, File(description="the image: PNG, JPEG, WebP, BMP, GIF or TIFF")],
+    image: Annotated[
+        UploadFile,
+        File(
+            description="the image (PNG, JPEG, WebP, BMP, GIF or TIFF), or by its file name a "
+            "scan (.nii, .nii.gz, .npy), a signal (.npy, .csv) or rows of features (.csv)"
+        ),
+    ],
     methods: Annotated[
         list[str],
         Form(
