@@ -80,6 +80,7 @@ from salience.server.watch import RequestCancelledError, TimeLimitExceededError
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "data.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 JobId = Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="a job id")]
