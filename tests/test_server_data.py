@@ -275,3 +275,21 @@ def test_csv_rows_of_the_wrong_width_name_what_the_model_takes(client) -> None:
     response = post(client, "rows.csv", b"a,b\n1,2\n", "linear", methods="gradient")
     assert response.status_code == 400
     assert "3" in response.json()["error"] and "\n" not in response.json()["error"]
+
+
+def test_salience_serve_sets_the_limits_of_scans_and_tables(monkeypatch) -> None:
+    import uvicorn
+
+    import salience.loading
+    from salience.cli import main
+
+    served = {}
+    box = LoadedModel(TorchAdapter(BoxNet()), "box", PRESET, ["box", "other"])
+    monkeypatch.setattr(salience.loading, "open_model", lambda name: box)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app))
+    assert main(["serve", "--max-values", "4095", "--max-rows", "7"]) == 0
+    limits = served["app"].state.limits
+    assert (limits.max_values, limits.max_rows) == (4095, 7)
+    with TestClient(served["app"]) as small:
+        response = post(small, "scan.nii.gz", nifti_bytes(scan()), "box")  # 16³ = 4096 voxels
+    assert response.status_code == 413 and "limit of 4095" in response.json()["error"]
