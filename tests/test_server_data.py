@@ -293,3 +293,14 @@ def test_salience_serve_sets_the_limits_of_scans_and_tables(monkeypatch) -> None
     with TestClient(served["app"]) as small:
         response = post(small, "scan.nii.gz", nifti_bytes(scan()), "box")  # 16³ = 4096 voxels
     assert response.status_code == 413 and "limit of 4095" in response.json()["error"]
+
+
+def test_a_damaged_file_is_refused_in_one_line_naming_only_its_own_name(client) -> None:
+    response = post(client, "../../etc/scan.nii.gz", b"not a scan at all", "box")
+    assert response.status_code == 400
+    message = response.json()["error"]
+    assert "scan.nii.gz" in message and "etc" not in message and "\n" not in message
+    assert "salience-" not in message  # nor the server's private file it was read through
+    response = post(client, "signal.npy", b"\x93NUMPY garbage", "window")
+    assert response.status_code == 400 and "signal.npy" in response.json()["error"]
+    assert post(client, "empty.csv", b"", "linear").json()["kind"] == "empty_file"

@@ -122,7 +122,8 @@ def load_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
     except ArrayFileError:
         raise
     except Exception as error:  # nibabel raises many kinds for a damaged file
-        raise ArrayFileError(f"{file.name} is not a readable NIfTI scan ({error})") from None
+        reason = str(error).replace(str(file), file.name)  # the file's name, not where it lies
+        raise ArrayFileError(f"{file.name} is not a readable NIfTI scan ({reason})") from None
     if not np.isfinite(data).all():
         raise ArrayFileError(
             f"{file.name} holds NaN or infinite voxels; replace them before explaining"
