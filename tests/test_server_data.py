@@ -304,3 +304,23 @@ def test_a_damaged_file_is_refused_in_one_line_naming_only_its_own_name(client) 
     response = post(client, "signal.npy", b"\x93NUMPY garbage", "window")
     assert response.status_code == 400 and "signal.npy" in response.json()["error"]
     assert post(client, "empty.csv", b"", "linear").json()["kind"] == "empty_file"
+
+
+def test_the_features_field_chooses_a_tables_columns_in_the_models_order(client) -> None:
+    text = "fee,note,age,amount,extra\n3,x,1,2,9\n"
+    response = post(
+        client,
+        "rows.csv",
+        text.encode(),
+        "linear",
+        methods="gradient_x_input",
+        target="0",
+        features="age,amount,fee",
+    )
+    assert response.status_code == 200, response.text
+    (meta,) = response.json()["maps"]
+    assert meta["features"] == list(FEATURES)
+    attributions = npy(client, meta["files"]["map.npy"])[0, 0]
+    np.testing.assert_allclose(attributions, [1.0 * 1, -2.0 * 2, 0.5 * 3], rtol=1e-6)
+    missing = post(client, "rows.csv", text.encode(), "linear", features="age,zz,fee")
+    assert missing.status_code == 400 and "zz" in missing.json()["error"]

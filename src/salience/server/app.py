@@ -294,7 +294,9 @@ def create_app(
         if is_data_upload(form.image.filename):  # a scan, signal or table: read and checked now
             data = await form.image.read(limits.max_upload_bytes + 1)
             name = str(form.image.filename)
-            found = await run_in_threadpool(read_data_upload, data, name, loaded, limits)
+            found = await run_in_threadpool(
+                read_data_upload, data, name, loaded, limits, form.features
+            )
             job: Job = DataJob(loaded, found, **plan, max_pixels=limits.max_pixels)
             future = on_worker(found, job.run, then=lambda: jobs.done(job))
             jobs.add(job)

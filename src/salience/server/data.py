@@ -87,8 +87,17 @@ def upload_kind(filename: str, path: Any, loaded: LoadedModel) -> str:
     return input_kind(path)
 
 
-def read_data_upload(data: bytes, filename: str, loaded: LoadedModel, limits: Limits) -> DataUpload:
+def read_data_upload(
+    data: bytes,
+    filename: str,
+    loaded: LoadedModel,
+    limits: Limits,
+    features: str | None = None,
+) -> DataUpload:
     """Read and check an uploaded scan, signal or table (blocking: call it off the event loop).
+
+    ``features`` names a table's columns the model takes, in its order (``age,amount``; None:
+    every numeric column), as ``salience explain --features`` does.
 
     Raises
     ------
@@ -103,7 +112,7 @@ def read_data_upload(data: bytes, filename: str, loaded: LoadedModel, limits: Li
     """
     from salience.modalities import check_data_fits
     from salience.models.loader import declared_input_shape, input_width
-    from salience.tabular import read_rows
+    from salience.tabular import parse_features, read_rows
 
     name = _safe_name(filename)
     if not data:
@@ -118,7 +127,12 @@ def read_data_upload(data: bytes, filename: str, loaded: LoadedModel, limits: Li
     with bytes_as_file(data, name) as path:
         kind = upload_kind(name, path, loaded)
         if kind == ROWS:
-            rows = read_rows(path, width=input_width(loaded.adapter), max_rows=limits.max_rows)
+            rows = read_rows(
+                path,
+                parse_features(features),
+                width=input_width(loaded.adapter),
+                max_rows=limits.max_rows,
+            )
             return DataUpload(rows, ROWS, len(data))
         item = load_data(path, kind, max_values=limits.max_values)
     check_data_fits(item, declared_input_shape(loaded.adapter), loaded.name)

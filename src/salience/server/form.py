@@ -44,6 +44,7 @@ class ExplainForm:
     cmap: str
     alpha: float
     sign: str = "auto"
+    features: str | None = None
 
 
 def _fixed_form(
@@ -76,6 +77,14 @@ def _fixed_form(
         Literal["auto", "all", "absolute_value", "positive", "negative"],
         Form(description="how a map's sign is shown (auto: diverging for a map with both signs)"),
     ] = "auto",
+    features: Annotated[
+        str | None,
+        Form(
+            max_length=20_000,
+            description="for a CSV of feature rows: the columns the model takes, in its order, "
+            "comma-separated (default every numeric column)",
+        ),
+    ] = None,
 ) -> None:
     """The fields that are not method options (only its signature is used)."""
 

@@ -87,6 +87,8 @@
     if (model && model.value) form.append("model", model.value);
     form.append("methods", byId("data-methods").value || "gradient");
     form.append("target", byId("data-target").value || "predicted");
+    const features = byId("data-features").value.trim();
+    if (features) form.append("features", features);
     const results = byId("data-results");
     results.replaceChildren();
     tell(`explaining ${file.name}…`);
