@@ -278,3 +278,27 @@ def test_batch_over_a_folder_of_signals(tmp_path, signal: Tensor) -> None:
     geometry = {"modality": "signal", "length": LENGTH, "channels": ["0", "1"], "source": "one.npy"}
     assert meta["geometry"] == geometry
     assert (item / "gradient.thumb.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_npy_signal_is_decided_where_it_is_read_not_on_the_worker(tmp_path, signal) -> None:
+    # A Ray actor on another machine gets the bytes but not the file: the kind of a .npy (by
+    # its header's rank) travels with the task, decided by the driver that read it.
+    from salience.runner import JobSpec
+    from salience.runner.inputs import collect_inputs
+    from salience.runner.work import ItemWorker, Task, read_task
+
+    program = torch.export.export(WindowNet().eval(), (signal,))
+    torch.export.save(program, tmp_path / "window.pt2")
+    (tmp_path / "ecgs").mkdir()
+    np.save(tmp_path / "ecgs" / "one.npy", signal[0].numpy())
+    (item,) = collect_inputs(tmp_path / "ecgs")
+    task = read_task(item)
+    assert task.kind == "signal"
+    (tmp_path / "ecgs" / "one.npy").unlink()  # as on a remote worker: no file at the path
+    shipped = Task(task.item, task.data, kind=task.kind)
+    worker = ItemWorker(JobSpec(model=str(tmp_path / "window.pt2"), methods=("gradient",)))
+    result = worker.process(shipped)
+    assert result.record["status"] == "done", result.record
+    assert "gradient.png" in result.files
+    # without the kind the worker would have to read the missing file: an image, which fails
+    assert worker.process(Task(task.item, task.data)).record["status"] == "failed"

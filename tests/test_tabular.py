@@ -512,3 +512,40 @@ def test_batch_writes_a_parquet_table_of_attributions(
     got = torch.tensor([[r[n] for n in names] for r in table])
     torch.testing.assert_close(got.float(), expected, rtol=0, atol=0)  # the same computation
     assert (out / "feature_ablation_summary.png").is_file()
+
+
+def test_feature_names_go_from_the_header_to_the_sidecar_and_the_chart_labels(
+    linear_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from salience.tabular_plots import chart_titles
+
+    header = ["id", "amount (€)", "âge", "fee, net"]  # a text column, and names to keep as given
+    values = [[2.0, -1.0, 0.5], [-0.25, 3.0, 1.0]]
+    table = write_csv(tmp_path / "rows.csv", header, [[f"r{n}", *v] for n, v in enumerate(values)])
+    out = tmp_path / "out"
+    status, _, err = cli(
+        capsys,
+        "explain",
+        str(table),
+        "--model",
+        str(linear_file),
+        "--method",
+        "gradient_x_input",
+        "-o",
+        str(out),
+        "--quiet",
+    )
+    assert status == 0, err
+    names = header[1:]  # the numeric columns, in file order
+    assert list(read_csv(out / "rows_gradient_x_input.csv")[0])[3:] == names
+    loaded = Explanation.load(out / "rows_gradient_x_input")
+    assert list(loaded.feature_names) == names
+    first = loaded.attributions[:, 0].double().numpy()
+    np.testing.assert_allclose(first, np.array(values) * np.array(WEIGHTS[:3]), rtol=1e-6)
+    figure = rows_figure(first, loaded.feature_names, chart_titles(loaded))
+    for axis, row in zip(figure.axes, first, strict=True):
+        shown = [label.get_text() for label in axis.get_yticklabels()]
+        # bars from the bottom up: the largest |attribution| on top
+        assert shown == [names[i] for i in np.argsort(np.abs(row), kind="stable")]
+    assert [axis.get_title() for axis in figure.axes] == chart_titles(loaded)
+    assert chart_titles(loaded)[0].startswith("row 1: ")

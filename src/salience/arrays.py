@@ -14,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from salience.errors import InvalidInputError, MissingFileError
+from salience.errors import InvalidInputError, MissingFileError, TooLargeError
 
 
 class ArrayFileError(InvalidInputError):
     """A ``.npy`` or CSV file that does not hold a usable numeric array."""
+
+
+class ArrayTooLargeError(ArrayFileError, TooLargeError):
+    """An array whose header (or count of cells) is over the size limit."""
 
 
 _HEADER_READERS = {
@@ -38,7 +42,7 @@ def check_size(label: str, shape: tuple[int, ...], max_values: int) -> None:
     """Refuse an array of more than ``max_values`` values, before it is read."""
     count = math.prod(shape)
     if count > max_values:
-        raise ArrayFileError(
+        raise ArrayTooLargeError(
             f"{label} holds {count} values {tuple(shape)}, more than the limit of {max_values}; "
             "crop or resample it, or raise the limit (max_values=)"
         )

@@ -33,6 +33,10 @@ class InvalidInputError(SalienceError, ValueError):
     """A value salience cannot use: out of range, of the wrong shape, misspelled or conflicting."""
 
 
+class TooLargeError(InvalidInputError):
+    """An input over a size limit (values, rows), refused before its data is read."""
+
+
 class UnsupportedError(SalienceError, TypeError):
     """An object of a kind salience cannot work with (a model, an input, a layer spec...)."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +59,41 @@ def data_label(path: str | os.PathLike[str]) -> str:
     return Path(path).stem or "input"
 
 
-def load_data(path: str | os.PathLike[str], kind: str | None = None) -> Volume | Signal:
-    """The scan or signal in ``path`` (its kind from :func:`input_kind` unless given)."""
+def load_data(
+    path: str | os.PathLike[str], kind: str | None = None, *, max_values: int | None = None
+) -> Volume | Signal:
+    """The scan or signal in ``path`` (its kind from :func:`input_kind` unless given).
+
+    ``max_values`` bounds its size (all channels), checked from the file's header before any
+    value is read; None: the loader's default (``DEFAULT_MAX_VOXELS``, ``DEFAULT_MAX_SAMPLES``).
+    """
     kind = kind or input_kind(path)
     if kind == VOLUME:
-        from salience.volumes import load_volume
+        from salience.volumes import DEFAULT_MAX_VOXELS, load_volume
 
-        return load_volume(path)
-    from salience.signals import load_signal
+        return load_volume(path, max_voxels=max_values or DEFAULT_MAX_VOXELS)
+    from salience.signals import DEFAULT_MAX_SAMPLES, load_signal
 
-    return load_signal(path)
+    return load_signal(path, max_samples=max_values or DEFAULT_MAX_SAMPLES)
 
 
-def load_data_bytes(data: bytes, name: str) -> Volume | Signal:
+@contextmanager
+def bytes_as_file(data: bytes, name: str) -> Iterator[Path]:
+    """A private temporary file named like ``name`` (its last part) holding ``data``, removed
+    after the block: the readers of files (and their checks) read uploaded bytes through it."""
+    with tempfile.TemporaryDirectory(prefix="salience-") as folder:
+        path = Path(folder) / (Path(name).name or "input")
+        path.write_bytes(data)
+        yield path
+
+
+def load_data_bytes(
+    data: bytes, name: str, kind: str | None = None, *, max_values: int | None = None
+) -> Volume | Signal:
     """The scan or signal whose file ``name`` holds ``data``: read through a private temporary
     file of the same name, so the size limits and checks are those of :func:`load_data`."""
-    with tempfile.TemporaryDirectory(prefix="salience-") as folder:
-        path = Path(folder) / Path(name).name
-        path.write_bytes(data)
-        loaded = load_data(path)
+    with bytes_as_file(data, name) as path:
+        loaded = load_data(path, kind, max_values=max_values)
     return _named(loaded, Path(name).name)
 
 

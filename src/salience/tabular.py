@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from salience.errors import InvalidInputError, MissingFileError, MissingPackageError
+from salience.errors import InvalidInputError, MissingFileError, MissingPackageError, TooLargeError
 from salience.fileio import atomic_path, write_csv_atomic
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -127,8 +127,8 @@ def read_rows(
     return Rows(values, tuple(chosen), name)
 
 
-def _too_many_rows(name: str, max_rows: int) -> InvalidInputError:
-    return InvalidInputError(
+def _too_many_rows(name: str, max_rows: int) -> TooLargeError:
+    return TooLargeError(
         f"{name} has more than {max_rows} rows; explain at most that many at a time "
         "(--max-rows raises the bound) or split the file"
     )

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
 
+    from salience.explanation import Explanation
+
 DIVERGING = "RdBu_r"
 """Blue below zero, white at zero, red above."""
 TOP_FEATURES = 10
@@ -106,6 +108,16 @@ def rows_figure(
         _signed_bars(axis, values[k], names, top)
         axis.set_title(titles[k] if k < len(titles) else f"row {k + 1}", fontsize=8)
     return figure
+
+
+def chart_titles(explanation: Explanation) -> list[str]:
+    """``row 3: class 1 (logit 2.31)`` for each row's first target."""
+    names = explanation.target_names
+    return [
+        f"row {n + 1}: {names[n][0] if names else int(explanation.targets[n, 0])} "
+        f"({explanation.score_kind} {float(explanation.scores[n, 0]):.3g})"
+        for n in range(len(explanation))
+    ]
 
 
 def beeswarm_offsets(values: np.ndarray, *, bins: int = 60, width: float = 0.4) -> np.ndarray:

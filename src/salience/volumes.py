@@ -122,7 +122,8 @@ def load_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
     except ArrayFileError:
         raise
     except Exception as error:  # nibabel raises many kinds for a damaged file
-        raise ArrayFileError(f"{file.name} is not a readable NIfTI scan ({error})") from None
+        reason = str(error).replace(str(file), file.name)  # the file's name, not where it lies
+        raise ArrayFileError(f"{file.name} is not a readable NIfTI scan ({reason})") from None
     if not np.isfinite(data).all():
         raise ArrayFileError(
             f"{file.name} holds NaN or infinite voxels; replace them before explaining"
@@ -237,6 +238,32 @@ def slices_through(
     return result
 
 
+def blend_slice(
+    scan: np.ndarray,
+    saliency: np.ndarray,
+    scale: tuple[float, float],
+    *,
+    alpha: float = 0.5,
+    cmap: str | None = "jet",
+) -> np.ndarray:
+    """One slice of the map blended over the same slice of the windowed scan (values in
+    ``[0, 1]``), coloured on the map's ``scale = (low, high)``; its opacity grows with the map's
+    value up to ``alpha``.
+
+    Returns
+    -------
+    numpy.ndarray
+        RGB in ``[0, 1]``, laid out as viewers show a RAS scan: the slice's first array axis
+        left to right, its second upward (the first row is its last index).
+    """
+    low, high = scale
+    gray = np.repeat(scan[..., None], 3, axis=2)
+    colours = colorize(saliency, cmap, signed=False, vmin=low, vmax=max(high, low + 1e-12))
+    weight = alpha * ((saliency - low) / max(high - low, 1e-12))[..., None]
+    blended = weight * colours[..., :3] / 255.0 + (1 - weight) * gray
+    return np.clip(np.transpose(blended, (1, 0, 2)), 0.0, 1.0)[::-1]
+
+
 def montage_figure(
     volume: Volume,
     saliency: np.ndarray,
@@ -260,14 +287,8 @@ def montage_figure(
     figure = new_figure(9.0, 3.4, "volume montage")
     axes = figure.subplots(1, 3)
     for ax, (view, index, aspect) in zip(axes, slices_through(volume, at), strict=True):
-        gray = np.repeat(scan[index][..., None], 3, axis=2)
-        colours = colorize(
-            saliency[index], cmap, signed=False, vmin=low, vmax=max(high, low + 1e-12)
-        )
-        weight = alpha * ((saliency[index] - low) / max(high - low, 1e-12))[..., None]
-        blended = weight * colours / 255.0 + (1 - weight) * gray
-        shown = np.clip(np.transpose(blended, (1, 0, 2)), 0.0, 1.0)
-        ax.imshow(shown, origin="lower", aspect=aspect)
+        shown = blend_slice(scan[index], saliency[index], (low, high), alpha=alpha, cmap=cmap)
+        ax.imshow(shown, aspect=aspect)
         ax.set_title(f"{view} {next(i for i in index if isinstance(i, int))}")
         ax.set_axis_off()
     if title:

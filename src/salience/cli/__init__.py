@@ -272,6 +272,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="memory the decoded images of the requests waiting or computing may take (MB); "
         "more are refused as busy (default 2048)",
     )
+    serve.add_argument(
+        "--max-values",
+        type=int,
+        default=8 * 2**20,
+        help="largest scan or signal (voxels or time steps, all channels), checked from its "
+        "header before it is read (default 8388608)",
+    )
+    serve.add_argument(
+        "--max-rows", type=int, default=1000, help="most rows of an uploaded table of features"
+    )
     serve.set_defaults(handler=run_serve)
 
     batch = commands.add_parser(

@@ -81,14 +81,6 @@ class TakesSignalsError(Exception):
     then a signal, one column per channel, not a table of feature rows."""
 
 
-def takes_signals(adapter: Any) -> bool:
-    """Whether a model declares ``(N, C, L)`` signal inputs."""
-    from salience.models.loader import declared_input_shape
-
-    shape = declared_input_shape(adapter)
-    return shape is not None and len(shape) == 3
-
-
 def explained_rows(args: argparse.Namespace, table: str, methods: list[str]) -> ExplainedRows:
     """Read ``table``, open the model on its rows and explain them with ``methods`` (by
     default, for a black box, those of them that need no gradients)."""
@@ -98,6 +90,7 @@ def explained_rows(args: argparse.Namespace, table: str, methods: list[str]) -> 
     from salience.api import explain_all, make_explainer, method_options
     from salience.loading import open_model
     from salience.methods import black_box_methods
+    from salience.models.loader import input_width, takes_signals
     from salience.tabular import feature_means, parse_features, read_rows
 
     features = parse_features(args.features)
@@ -137,25 +130,6 @@ def explained_rows(args: argparse.Namespace, table: str, methods: list[str]) -> 
         for name, e in explanations.items()
     }
     return ExplainedRows(rows, loaded, named, loaded.adapter.forward(x))
-
-
-def input_width(adapter: Any) -> int | None:
-    """The number of features a model takes, where its input says it: an ONNX input ``(N, F)``,
-    or a first layer with weights that is a linear layer (``in_features``); else None."""
-    shape = getattr(adapter, "input_shape", None)
-    if isinstance(shape, list | tuple) and len(shape) == 2 and isinstance(shape[1], int):
-        return int(shape[1])
-    model = getattr(adapter, "model", None)
-    modules = getattr(model, "modules", None)
-    if modules is None:
-        return None
-    for module in modules():
-        width = getattr(module, "in_features", None)
-        if isinstance(width, int):
-            return width
-        if next(module.parameters(recurse=False), None) is not None:
-            return None
-    return None
 
 
 def feature_mask(text: str, features: tuple[str, ...]) -> Tensor:
@@ -207,19 +181,9 @@ def attribution_rows(result: ExplainedRows, method: str) -> list[dict[str, Any]]
     return records
 
 
-def chart_titles(explanation: Explanation) -> list[str]:
-    """``row 3: class 1 (logit 2.31)`` for each row's first target."""
-    names = explanation.target_names
-    return [
-        f"row {n + 1}: {names[n][0] if names else int(explanation.targets[n, 0])} "
-        f"({explanation.score_kind} {float(explanation.scores[n, 0]):.3g})"
-        for n in range(len(explanation))
-    ]
-
-
 def save_charts(result: ExplainedRows, method: str, stem: str, folder: Path) -> list[Path]:
     """Write the per-row bar charts and the summary over the rows; return their paths."""
-    from salience.tabular_plots import rows_figure, summary_figure
+    from salience.tabular_plots import chart_titles, rows_figure, summary_figure
     from salience.viz import save_figure
 
     explanation = result.explanations[method]

@@ -35,6 +35,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         time_limit=args.time_limit,
         max_pending_bytes=max(1, int(args.max_pending_mb * 1024 * 1024)),
+        max_values=args.max_values,
+        max_rows=args.max_rows,
     )
     models = [open_model(name) for name in dict.fromkeys(names)]
     app = create_app(models, limits=limits, workers=args.workers)

@@ -198,6 +198,31 @@ def declared_input_shape(adapter: Any) -> tuple[int | None, ...] | None:
     return None if shape is None else tuple(shape)
 
 
+def takes_signals(adapter: Any) -> bool:
+    """Whether a model declares ``(N, C, L)`` signal inputs."""
+    shape = declared_input_shape(adapter)
+    return shape is not None and len(shape) == 3
+
+
+def input_width(adapter: Any) -> int | None:
+    """The number of features a model takes, where its input says it: an ONNX input ``(N, F)``,
+    or a first layer with weights that is a linear layer (``in_features``); else None."""
+    shape = getattr(adapter, "input_shape", None)
+    if isinstance(shape, list | tuple) and len(shape) == 2 and isinstance(shape[1], int):
+        return int(shape[1])
+    model = getattr(adapter, "model", None)
+    modules = getattr(model, "modules", None)
+    if modules is None:
+        return None
+    for module in modules():
+        width = getattr(module, "in_features", None)
+        if isinstance(width, int):
+            return width
+        if next(module.parameters(recurse=False), None) is not None:
+            return None
+    return None
+
+
 def _class_names(
     count: int,
     name: str,

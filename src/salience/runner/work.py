@@ -52,17 +52,25 @@ def method_thumbnail(method: str) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """One image to explain: the item and its file's bytes (or why they could not be read)."""
+    """One image to explain: the item and its file's bytes (or why they could not be read).
+
+    ``kind`` is the input's kind (:func:`~salience.modalities.input_kind`), decided where the
+    file is read: a ``.npy`` is a scan or a signal by the rank in its header, and a remote
+    worker (a Ray actor on another machine) has the bytes but not the file. None: decided by
+    the worker from the path.
+    """
 
     item: BatchItem
     data: bytes | None
     error: str | None = None
+    kind: str | None = None
 
 
 def read_task(item: BatchItem) -> Task:
-    """Read the item's file; an unreadable file makes a task that fails with the reason."""
+    """Read the item's file and decide its kind; an unreadable file makes a task that fails
+    with the reason."""
     try:
-        return Task(item, Path(item.path).read_bytes())
+        return Task(item, Path(item.path).read_bytes(), kind=input_kind(item.path))
     except OSError as error:
         return Task(item, None, f"cannot read {item.path}: {error.strerror or error}")
 
@@ -124,10 +132,12 @@ class ItemWorker:
         if task.data is None:
             return _failed(task.item, task.error or "no data", start)
         try:
-            if input_kind(task.item.path) == IMAGE:
+            kind = task.kind or input_kind(task.item.path)
+            if kind == IMAGE:
                 record, files = self._explain(self.loaded.preset.prepare(task.data))
             else:
-                record, files = self._explain_data(load_data_bytes(task.data, task.item.path))
+                item = load_data_bytes(task.data, task.item.path, kind)
+                record, files = self._explain_data(item)
         except Exception as error:  # one bad image fails alone; the job goes on
             return _failed(task.item, first_line(error), start)
         record["seconds"] = time.perf_counter() - start

@@ -6,10 +6,13 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``GET /api/models``, ``/api/models/{model}/classes``, ``/api/models/{model}/layers``,
   ``/api/methods``, ``/api/colormaps``, ``/api/colormaps/diverging``, ``/api/limits``
 - ``POST /api/predict`` an image → the top-5 classes
-- ``POST /api/explain`` an image, methods, target, options → the maps (waits for them)
+- ``POST /api/explain`` an image, methods, target, options → the maps (waits for them); the
+  upload may also be a scan (``.nii``, ``.nii.gz``, ``.npy``), a signal (``.npy``, ``.csv``) or
+  rows of features (``.csv``), by its file name (:mod:`salience.server.data`)
 - ``POST /api/jobs`` the same, answered at once; ``GET /api/jobs/{id}`` its progress and maps;
   ``DELETE /api/jobs/{id}`` cancels it
 - ``GET /api/jobs/{id}/image.png``, ``/api/jobs/{id}/maps/{i}/{overlay.png|map.npy|display.f32}``
+  (a scan's map also ``map.nii.gz`` and ``slices/{axial}.png``)
 - ``GET /api/jobs/{id}/agreement`` pairwise agreement of the job's maps
 - ``POST /api/sanity`` an image → the randomization test over the model's top blocks
 
@@ -50,6 +53,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from salience.images import PreparedImage
 from salience.loading import LoadedModel
+from salience.server.data import DataJob, DataUpload, is_data_upload, read_data_upload
 from salience.server.errors import ApiError, InternalErrors, report
 from salience.server.form import ExplainForm, explain_form, plan_request
 from salience.server.jobs import Job, JobStore
@@ -77,6 +81,7 @@ from salience.server.watch import RequestCancelledError, TimeLimitExceededError
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "data.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 JobId = Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="a job id")]
@@ -258,7 +263,9 @@ def create_app(
         return loaded.preset.prepare(upload.data, max_pixels=limits.max_pixels)
 
     def on_worker(
-        upload: ImageUpload, work: Callable[[], Any], then: Callable[[], None] | None = None
+        upload: ImageUpload | DataUpload,
+        work: Callable[[], Any],
+        then: Callable[[], None] | None = None,
     ) -> asyncio.Future:
         """Run ``work`` on a worker within the budget (503 when full), then call ``then``.
 
@@ -292,6 +299,16 @@ def create_app(
     async def submit(form: ExplainForm) -> tuple[Job, asyncio.Future]:
         loaded = pool.get(form.model)
         plan = await run_in_threadpool(plan_request, form, loaded, pool, limits)
+        if is_data_upload(form.image.filename):  # a scan, signal or table: read and checked now
+            data = await form.image.read(limits.max_upload_bytes + 1)
+            name = str(form.image.filename)
+            found = await run_in_threadpool(
+                read_data_upload, data, name, loaded, limits, form.features
+            )
+            job: Job = DataJob(loaded, found, **plan, max_pixels=limits.max_pixels)
+            future = on_worker(found, job.run, then=lambda: jobs.done(job))
+            jobs.add(job)
+            return job, future
         upload = await read_upload(form.image)
         job = Job(loaded, upload, **plan, max_pixels=limits.max_pixels)
         future = on_worker(upload, job.run, then=lambda: jobs.done(job))
@@ -334,13 +351,27 @@ def create_app(
     def job_file(
         job_id: JobId,
         index: Annotated[int, Path(ge=0, le=10_000)],
-        name: Literal["overlay.png", "map.npy", "display.f32"],
+        name: Literal["overlay.png", "map.npy", "display.f32", "map.nii.gz"],
     ) -> Response:
         data, kind = jobs.get(job_id).file(index, name)
         disposition = "inline" if name.endswith(".png") else "attachment"
         filename = f"salience-{job_id[:8]}-{index}-{name}"
         headers = {"content-disposition": f'{disposition}; filename="{filename}"'}
         return Response(data, media_type=kind, headers=headers)
+
+    @app.get(
+        "/api/jobs/{job_id}/maps/{index}/slices/{axial}.png",
+        summary="One axial slice of a scan's map over the scan (the page's slider)",
+    )
+    def job_slice(
+        job_id: JobId,
+        index: Annotated[int, Path(ge=0, le=10_000)],
+        axial: Annotated[int, Path(ge=0, le=100_000)],
+    ) -> Response:
+        job = jobs.get(job_id)
+        if not isinstance(job, DataJob):
+            raise RequestRejectedError(404, "not_found", f"job {job_id} explained no scan")
+        return Response(job.slice_png(index, axial), media_type="image/png")
 
     @app.post("/api/sanity", summary="Randomize the top blocks; do the maps change?")
     async def sanity(form: Annotated[SanityForm, Depends()]) -> dict[str, Any]:

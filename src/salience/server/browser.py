@@ -264,3 +264,71 @@ class ViewerPage:
         self.driver.execute_script("window.scrollTo(0, 0);")
 
         return write_bytes_atomic(path, self.driver.get_screenshot_as_png())
+
+
+_DATA_SLICE = """
+const picture = document.querySelector('.data-card .data-slice');
+if (!picture || !picture.complete || picture.naturalWidth === 0) return null;
+const canvas = document.createElement('canvas');
+canvas.width = picture.naturalWidth;
+canvas.height = picture.naturalHeight;
+const context = canvas.getContext('2d');
+context.drawImage(picture, 0, 0);
+const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+let sum = 0;
+for (let i = 0; i < data.length; i += 1) sum += data[i];
+return {index: picture.dataset.index, src: picture.getAttribute('src'), width: canvas.width,
+        height: canvas.height, sum: sum};
+"""
+
+
+class DataPanel:
+    """The page's panel of scans, signals and feature rows (``static/data.js``), driven as a
+    person uses it; the page is opened by :meth:`ViewerPage.open`."""
+
+    def __init__(self, page: ViewerPage) -> None:
+        self.page = page
+
+    def explain(self, path: str | Path, methods: str, target: str = "predicted") -> int:
+        """Choose the file, the methods and the target, press Explain; return the maps shown."""
+        page = self.page
+        page._find("#data-file").send_keys(str(Path(path).resolve()))
+        for element_id, value in (("data-methods", methods), ("data-target", target)):
+            field = page._find(f"#{element_id}")
+            field.clear()
+            field.send_keys(value)
+        page._find("#data-explain").click()
+
+        def shown() -> int:
+            if page._find("#data-message").get_attribute("class").endswith("error"):
+                raise RuntimeError(page._find("#data-message").text)
+            return len(page._all(".data-card img.data-picture"))
+
+        return page.wait(shown, "the maps of the data file")
+
+    def message(self) -> str:
+        """The panel's status line."""
+        return self.page._find("#data-message").text
+
+    def slice_shown(self, index: str | None = None) -> dict[str, Any]:
+        """The slider's slice once loaded (``index`` given: once it is that slice): its index,
+        address, size and pixel sum."""
+
+        def loaded() -> dict[str, Any] | None:
+            found = self.page.driver.execute_script(_DATA_SLICE)
+            return found if found and (index is None or found["index"] == index) else None
+
+        return self.page.wait(loaded, f"axial slice {index}")
+
+    def press_on_slider(self, *keys: str) -> str:
+        """Press keys on the first scan map's slice slider; return its new value."""
+        slider = self.page._find(".data-card .data-slider")
+        slider.send_keys(*keys)
+        return slider.get_attribute("value")
+
+    def screenshot(self, path: str | Path) -> Path:
+        """Save a PNG of the page scrolled to the panel (atomically)."""
+        from salience.fileio import write_bytes_atomic
+
+        self.page.driver.execute_script("document.getElementById('data').scrollIntoView();")
+        return write_bytes_atomic(path, self.page.driver.get_screenshot_as_png())

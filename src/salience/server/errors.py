@@ -46,11 +46,13 @@ def classify(error: BaseException) -> ApiError:
 
     What salience refuses (a :class:`~salience.errors.SalienceError`: an unknown method, layer
     or class, a target out of range, an image that cannot be read, a method the model cannot
-    run) is the client's: 4xx. The time limit is 504. The machine's errors (memory, files,
-    packages) and anything else, a bug, are the server's own failure: 500.
+    run) is the client's: 4xx (413 for an input over a size limit). The time limit is 504. The
+    machine's errors (memory, files, packages) and anything else, a bug, are the server's own
+    failure: 500.
     """
     from salience.adapters.base import GradientsUnavailableError
     from salience.adapters.layers import LayerError
+    from salience.errors import TooLargeError
     from salience.images import ImageLoadError
     from salience.registry import UnknownNameError
     from salience.targets import TargetError
@@ -68,10 +70,12 @@ def classify(error: BaseException) -> ApiError:
         (LayerError, "bad_layer"),
         (UnknownNameError, "unknown_name"),
         (GradientsUnavailableError, "needs_gradients"),
+        (TooLargeError, "too_large"),
     )
+    statuses = {"bad_image": 422, "too_large": 413}
     for kind, name in kinds:
         if isinstance(error, kind):
-            return ApiError(422 if name == "bad_image" else 400, name, message)
+            return ApiError(statuses.get(name, 400), name, message)
     if isinstance(error, SalienceError) and not isinstance(error, MACHINE_ERRORS):
         return ApiError(400, "bad_request", message)
     name = type(error).__name__

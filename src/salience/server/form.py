@@ -45,11 +45,18 @@ class ExplainForm:
     cmap: str
     alpha: float
     sign: str = "auto"
+    features: str | None = None
 
 
 def _fixed_form(
     *,
-    image: Annotated[UploadFile, File(description="the image: PNG, JPEG, WebP, BMP, GIF or TIFF")],
+    image: Annotated[
+        UploadFile,
+        File(
+            description="the image (PNG, JPEG, WebP, BMP, GIF or TIFF), or by its file name a "
+            "scan (.nii, .nii.gz, .npy), a signal (.npy, .csv) or rows of features (.csv)"
+        ),
+    ],
     methods: Annotated[
         list[str],
         Form(
@@ -77,6 +84,14 @@ def _fixed_form(
         Literal["auto", "all", "absolute_value", "positive", "negative"],
         Form(description="how a map's sign is shown (auto: diverging for a map with both signs)"),
     ] = "auto",
+    features: Annotated[
+        str | None,
+        Form(
+            max_length=20_000,
+            description="for a CSV of feature rows: the columns the model takes, in its order, "
+            "comma-separated (default every numeric column)",
+        ),
+    ] = None,
 ) -> None:
     """The fields that are not method options (only its signature is used)."""
 

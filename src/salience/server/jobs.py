@@ -14,15 +14,14 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from salience.images import PreparedImage
 from salience.loading import LoadedModel
 from salience.methods.sampling import PassPlan, planning
 from salience.outputs import output_probabilities
 from salience.server.errors import ApiError, classify, report
-from salience.server.limits import ImageUpload, RequestRejectedError
+from salience.server.limits import RequestRejectedError
 from salience.server.service import DisplayOptions, RenderedMap, render
 from salience.server.watch import RequestCancelledError, Watch
 
@@ -38,7 +37,8 @@ class Job:
         The served model.
     upload : ImageUpload
         The uploaded image, checked from its header but not decoded: the worker that runs the
-        job prepares it for the model (with ``max_pixels``).
+        job prepares it for the model (with ``max_pixels``). A scan, signal or table is a
+        :class:`~salience.server.data.DataJob`'s.
     explainers : sequence of Explainer
         Built on a :class:`~salience.server.watch.WatchedAdapter` watched by ``watch``.
     target, score
@@ -56,7 +56,7 @@ class Job:
     def __init__(
         self,
         model: LoadedModel,
-        upload: ImageUpload,
+        upload: Any,
         explainers: Sequence[Any],
         *,
         target: Any,
@@ -79,7 +79,7 @@ class Job:
         self.maps: list[RenderedMap] = []
         self.view_png = b""
         self.max_pixels = max_pixels
-        self.upload: ImageUpload | None = upload
+        self.upload: Any = upload
         self._lock = threading.Lock()
         self._methods = {
             e.name: {
@@ -100,28 +100,22 @@ class Job:
     def run(self) -> None:
         """Compute every map; never raises (a failure is recorded in :attr:`error`)."""
         from salience.api import explain_all
-        from salience.server.service import png_bytes
 
         self.watch.start()
         self._set(status=RUNNING)
-        upload = self.upload
         try:
             self.watch.check()  # cancelled while queued (its client left): nothing is decoded
-            assert upload is not None
-            image = self.model.preset.prepare(upload.data, max_pixels=self.max_pixels)
-            view = self.display.view(image)
-            self.view_png = png_bytes(view.image)
+            tensor, draw = self._prepare()
             single = [e for e in self.explainers if e.single_pass]
             groups = ([single] if single else []) + [
                 [e] for e in self.explainers if not e.single_pass
             ]
-            probabilities = self._probabilities(image)
             for group in groups:
                 self._start_group(group)
                 with planning(self._plan):
                     results = explain_all(
                         group[0].adapter,
-                        image.tensor,
+                        tensor,
                         group,
                         target=self.target,
                         score=self.score,
@@ -130,23 +124,42 @@ class Job:
                     )
                 for name, explanation in results.items():
                     explanation = explanation.with_names(self.model.class_names, self.model.name)
-                    rendered = [
-                        render(explanation, k, view, self.display, probabilities)
-                        for k in range(explanation.targets.shape[1])
-                    ]
-                    self._finish_method(name, rendered)
+                    self._finish_method(name, draw(explanation))
             self._set(status=DONE)
         except Exception as error:  # the job reports every failure as JSON
             self._fail(report(error, f"job {self.id}"))
         finally:
             self.upload = None  # neither the upload nor the photo is kept with the maps
-            self.size = len(self.view_png) + sum(
-                len(data) for rendered in self.maps for data, _ in rendered.files.values()
-            )
+            self.size = self._kept_bytes()
 
-    def _probabilities(self, image: PreparedImage) -> dict[int, float]:
-        """Each output's probability (none for a regression: its maps show no percentage)."""
-        logits = self.model.adapter.forward(image.tensor)[0].float()
+    def _prepare(self) -> tuple[Any, Callable[[Any], list[RenderedMap]]]:
+        """Decode the upload: the model's input, and how one explanation of it is drawn."""
+        from salience.server.service import png_bytes
+
+        assert self.upload is not None
+        image = self.model.preset.prepare(self.upload.data, max_pixels=self.max_pixels)
+        view = self.display.view(image)
+        self.view_png = png_bytes(view.image)
+        probabilities = self._probabilities(image.tensor)
+
+        def draw(explanation: Any) -> list[RenderedMap]:
+            return [
+                render(explanation, k, view, self.display, probabilities)
+                for k in range(explanation.targets.shape[1])
+            ]
+
+        return image.tensor, draw
+
+    def _kept_bytes(self) -> int:
+        """The memory of what the finished job keeps for download."""
+        return len(self.view_png) + sum(
+            len(data) for rendered in self.maps for data, _ in rendered.files.values()
+        )
+
+    def _probabilities(self, tensor: Any) -> dict[int, float]:
+        """Each output's probability of the first input (none for a regression: its maps show
+        no percentage)."""
+        logits = self.model.adapter.forward(tensor)[0].float()
         probabilities = output_probabilities(logits, self.model.output_kind)
         return {} if probabilities is None else dict(enumerate(probabilities.tolist()))
 

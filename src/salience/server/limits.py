@@ -1,5 +1,6 @@
-"""What the server accepts: body size, image type (by content), pixel count, time per request,
-and how many requests (and how much image memory) may wait for a worker.
+"""What the server accepts: body size, image type (by content), pixel count, the size of a scan,
+signal or table, time per request, and how many requests (and how much memory) may wait for a
+worker.
 
 Nothing here needs FastAPI: :class:`BodySizeLimit` is a plain ASGI middleware.
 """
@@ -70,6 +71,11 @@ class Limits:
         that would pass it is refused as busy (503); an image over it on its own, as too large.
     max_top_k : int
         Largest ``top-K`` target.
+    max_values : int
+        Largest scan or signal (voxels or time steps, all channels), checked from the file's
+        header before any value is read (a small ``.nii.gz`` may claim gigabytes).
+    max_rows : int
+        Most feature rows in one uploaded table (CSV rows of a tabular model).
     """
 
     max_upload_bytes: int = 20 * MIB
@@ -78,9 +84,19 @@ class Limits:
     max_pending: int = 64
     max_pending_bytes: int = 2048 * MIB
     max_top_k: int = 5
+    max_values: int = 8 * MIB
+    max_rows: int = 1000
 
     def __post_init__(self) -> None:
-        names = ("max_upload_bytes", "max_pixels", "max_pending", "max_pending_bytes", "max_top_k")
+        names = (
+            "max_upload_bytes",
+            "max_pixels",
+            "max_pending",
+            "max_pending_bytes",
+            "max_top_k",
+            "max_values",
+            "max_rows",
+        )
         for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

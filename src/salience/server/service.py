@@ -73,10 +73,18 @@ class ModelPool:
         return model
 
     def sample_input(self, model: LoadedModel) -> torch.Tensor:
-        """A zero input of the model's size (for layer tables)."""
+        """A zero input of the model's size (for layer tables): the shape it declares (a scan's
+        or signal's model), else an image of its preset's size."""
+        from salience.models.loader import declared_input_shape
+
         if model.name not in self._samples:
-            height, width = _input_size(model)
-            self._samples[model.name] = torch.zeros(1, model.preset.channels, height, width)
+            declared = declared_input_shape(model.adapter)
+            if declared is not None and all(d is not None for d in declared[1:]):
+                sample = torch.zeros(1, *(int(d) for d in declared[1:]))  # type: ignore[arg-type]
+            else:
+                height, width = _input_size(model)
+                sample = torch.zeros(1, model.preset.channels, height, width)
+            self._samples[model.name] = sample
         return self._samples[model.name]
 
 
@@ -203,6 +211,25 @@ class RenderedMap:
     files: dict[str, tuple[bytes, str]]
 
 
+def map_meta(explanation: Any, target: int, probabilities: Mapping[int, float]) -> dict[str, Any]:
+    """What the API says of map ``target`` of an explanation's first input: method, class,
+    rank, score, probability, the method's parameters and diagnostics."""
+    index = int(explanation.targets[0, target])
+    names = explanation.target_names
+    metadata = explanation.metadata()
+    return {
+        "method": explanation.method,
+        "target": index,
+        "target_name": names[0][target] if names else None,
+        "rank": target,
+        "score": float(explanation.scores[0, target]),
+        "score_kind": explanation.score_kind,
+        "probability": probabilities.get(index),
+        "params": metadata["params"],
+        "info": metadata["info"],
+    }
+
+
 def render(
     explanation: Any,
     target: int,
@@ -219,20 +246,10 @@ def render(
     units = postprocess.display_values(
         raw, reduce=display.reduce, percentile=None, smooth=display.smooth
     )
-    index = int(explanation.targets[0, target])
-    names = explanation.target_names
     meta = {
-        "method": explanation.method,
-        "target": index,
-        "target_name": names[0][target] if names else None,
-        "rank": target,
-        "score": float(explanation.scores[0, target]),
-        "score_kind": explanation.score_kind,
-        "probability": probabilities.get(index),
+        **map_meta(explanation, target, probabilities),
         "native_shape": list(raw.shape),
         "display_shape": list(on_view.shape),
-        "params": explanation.metadata()["params"],
-        "info": explanation.metadata()["info"],
         "scale": {
             "sign": rendering.scale.sign,
             "cmap": rendering.scale.cmap,
