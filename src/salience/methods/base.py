@@ -139,6 +139,9 @@ class Explainer(ABC):
     #: weigh masks by a softmax for classes, by σ for labels): the call detects the output kind
     #: for them when it is not given (:func:`resolve_output_kind`).
     reads_output_kind: ClassVar[bool] = False
+    #: True for methods whose map of a batch is, image by image, the map of each image alone
+    #: (up to float summation order): the batch runner explains such images in groups.
+    batches_exactly: ClassVar[bool] = False
 
     #: The adapter: a :class:`~salience.adapters.base.DifferentiableAdapter` for methods that
     #: need gradients (checked when the explainer is made); methods that need outputs only
@@ -286,6 +289,7 @@ class SinglePassExplainer(Explainer):
     """
 
     single_pass = True
+    batches_exactly = True  # one pass over the batch; each sample's map is its own rows
 
     @abstractmethod
     def need(self, x: Tensor) -> Need:
