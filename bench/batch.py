@@ -18,8 +18,13 @@ interleaved (lower bound, local, ray, then the other way round) and the ratio is
 same-round ratios. Images: the bundled photos (chelsea, coffee, rocket, astronaut) cycled, saved
 as PNG; a fresh output folder every round.
 
+With ``--groups``, also the time per image of one worker (one torch thread, in this process)
+explaining the images one by one (``ItemWorker.process``) against in groups of one shape
+(``ItemWorker.process_all``, up to ``GROUP_SIZE`` per call, what the engines run), the whole work
+on an image included (decoding, rendering, encoding), interleaved rounds, paired medians.
+
 Run by hand: ``PYTHONPATH=src python bench/batch.py [--images 48] [--repeats 3] [--workers 2]
-[--method gradient] [--no-ray]``.
+[--method gradient] [--no-ray] [--groups]``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from salience.api import explain_all, make_explainer, method_options
 from salience.cli import method_names
 from salience.loading import open_model
 from salience.runner import JobSpec, make_engine, run_job
-from salience.runner.work import ItemResult, Task
+from salience.runner.work import GROUP_SIZE, ItemResult, ItemWorker, Task, read_task
 from salience.zoo import SAMPLE_IMAGES
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
@@ -96,6 +101,44 @@ def lower_bound(spec: JobSpec, folder: Path, count: int) -> float:
         torch.set_num_threads(threads)
 
 
+def worker_seconds(spec: JobSpec, folder: Path, repeats: int) -> list[tuple[float, float]]:
+    """Per round, (one by one, grouped) seconds per image of one worker, one thread."""
+    from salience.runner import collect_inputs
+
+    tasks = [read_task(item) for item in collect_inputs(folder)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        worker = ItemWorker(spec)
+        worker.process_all(tasks[:GROUP_SIZE])  # warm-up: a group's shape and a single one's
+        worker.process(tasks[0])
+        rounds = []
+        for r in range(repeats):
+            times = {}
+            for way in ("single", "grouped") if r % 2 == 0 else ("grouped", "single"):
+                start = time.perf_counter()
+                if way == "single":
+                    results = [worker.process(task) for task in tasks]
+                else:
+                    results = worker.process_all(tasks)
+                times[way] = (time.perf_counter() - start) / len(tasks)
+                assert all(result.record["status"] == "done" for result in results)
+            rounds.append((times["single"], times["grouped"]))
+        return rounds
+    finally:
+        torch.set_num_threads(threads)
+
+
+def report_groups(rounds: list[tuple[float, float]]) -> None:
+    single = statistics.median(one for one, _ in rounds)
+    grouped = statistics.median(group for _, group in rounds)
+    ratio = statistics.median(group / one for one, group in rounds)
+    print(
+        f"one worker, 1 thread, s per image: one by one {single:.3f}, in groups of up to "
+        f"{GROUP_SIZE} {grouped:.3f}; grouped / one by one {ratio:.2f} (paired median)"
+    )
+
+
 def engine_rates(spec: JobSpec, folder: Path, engine: object, workers: int) -> tuple[float, float]:
     """(steady, end-to-end) images per second of one job into a fresh folder."""
     timed = Timed(engine)
@@ -121,6 +164,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="SmoothGrad/VarGrad samples")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--no-thp", action="store_true")
+    parser.add_argument("--groups", action="store_true", help="also one worker: groups or not")
     args = parser.parse_args()
 
     spec = JobSpec(methods=tuple(method_names(args.method)), options={"n_samples": args.samples})
@@ -155,8 +199,11 @@ def main() -> None:
                 else:
                     rates[name].append(engine_rates(spec, folder, engines[name], workers[name]))
             print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+        groups = worker_seconds(spec, folder, args.repeats) if args.groups else None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if groups is not None:
+        report_groups(groups)
     bound = statistics.median(bounds)
     print(
         f"\nlower bound, 1 process, 1 thread: {bound:.2f} images/s (median; rounds: "

@@ -166,7 +166,9 @@ class _Fixed(Explainer):
         super().__init__(model)
         self.maps, self.name = maps, name
 
-    def attribute(self, x: torch.Tensor, spec: Any, score: str) -> Attribution:
+    def attribute(
+        self, x: torch.Tensor, spec: Any, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         selection, scores, outputs = self.unperturbed_pass(x, spec, score)
         return Attribution(self.maps[:, None, None], selection, scores, outputs=outputs)
 

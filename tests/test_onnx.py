@@ -288,7 +288,9 @@ class PatchDrop(Explainer):
 
     needs_gradients = False
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         selection, scores = self.fixed_selection(x, spec, score)
         patched = []
         for row in range(0, x.shape[-2], 8):

@@ -339,9 +339,77 @@ def test_masks_of_a_sigmoid_probability_are_weighed_by_sigma_not_a_softmax() -> 
 
     selection = Selection(torch.zeros(1, 1, dtype=torch.long))
     outputs = torch.zeros(1, 3)
-    assert weight_kind(outputs, selection, "sigmoid", True) == "sigmoid"
-    assert weight_kind(outputs, selection, "value", True) == "value"
-    assert weight_kind(outputs, selection, "logit", True) == "probability"
+    assert weight_kind(outputs, selection, "sigmoid", True, None) == "sigmoid"
+    assert weight_kind(outputs, selection, "value", True, None) == "value"
+    assert weight_kind(outputs, selection, "logit", True, None) == "probability"
+    # the logit of a label is weighed by its own σ, never a softmax across labels
+    assert weight_kind(outputs, selection, "logit", True, MULTILABEL) == "sigmoid"
+    assert weight_kind(outputs[:, :1], selection, "logit", True, SIGMOID) == "sigmoid"
+    assert weight_kind(outputs, selection, "logit", True, REGRESSION) == "logit"
+    assert weight_kind(outputs, selection, "logit", False, MULTILABEL) == "logit"
+
+
+# A mask's weight: σ of the target's logit for labels (given or detected from a cut final
+# sigmoid), the softmax across classes for class logits (given or read from the outputs).
+MASK_WEIGHTS = [
+    pytest.param(False, MULTILABEL, torch.sigmoid, id="multilabel-given"),
+    pytest.param(True, None, torch.sigmoid, id="multilabel-detected"),
+    pytest.param(False, None, lambda z: torch.softmax(z, -1), id="softmax-read"),
+    pytest.param(False, SOFTMAX, lambda z: torch.softmax(z, -1), id="softmax-given"),
+]
+TARGET = 2
+
+
+@pytest.mark.parametrize(("sigmoid", "kind", "probability"), MASK_WEIGHTS)
+def test_one_rise_mask_is_weighed_by_the_targets_probability_of_its_output_kind(
+    x: Tensor, sigmoid: bool, kind: str | None, probability
+) -> None:
+    from salience.methods.perturbation import RISE
+
+    model, linear = linear_head(4, sigmoid=sigmoid)
+    rise = RISE(model, n_masks=1, seed=3)
+    explanation = rise(x, TARGET, output_kind=kind)
+    (mask,) = rise.mask_maker((2, 2), torch.device("cpu"), 1)(slice(0, 1)).double()
+    with torch.no_grad():
+        z = linear((x * mask).flatten(1))
+    weight = probability(z)[:, TARGET]
+    expected = weight.reshape(-1, 1, 1, 1) * mask / rise.keep
+    # the map is σ or a softmax of float64 arithmetic, stored in float32: relative 2^-24 each
+    torch.testing.assert_close(explanation.attributions.double(), expected, rtol=2**-23, atol=0.0)
+    labels = probability is torch.sigmoid
+    assert explanation.info["weights"] == ("sigmoid" if labels else "probability")
+
+
+def conv_head(outputs: int) -> tuple[nn.Module, nn.Conv2d]:
+    """A one-channel 1×1 convolution (the Score-CAM layer) and a linear head over its map."""
+    torch.manual_seed(0)
+    conv, linear = nn.Conv2d(3, 1, 1).double(), nn.Linear(4, outputs).double()
+    return nn.Sequential(conv, nn.Flatten(), linear), conv
+
+
+@pytest.mark.parametrize(
+    ("kind", "probability"),
+    [
+        pytest.param(MULTILABEL, torch.sigmoid, id="multilabel"),
+        pytest.param(None, lambda z: torch.softmax(z, -1), id="softmax"),
+    ],
+)
+def test_a_score_cam_channel_is_weighed_by_the_targets_probability_gain(
+    x: Tensor, kind: str | None, probability
+) -> None:
+    model, conv = conv_head(4)
+    explanation = salience.explain(
+        model, x, method="scorecam", target=TARGET, layer="0", output_kind=kind
+    )
+    with torch.no_grad():
+        features = conv(x)  # (N, 1, 2, 2): the one channel, already the input's size
+        low = features.flatten(1).amin(1).reshape(-1, 1, 1, 1)
+        high = features.flatten(1).amax(1).reshape(-1, 1, 1, 1)
+        masked = model(x * (features - low) / (high - low))
+        baseline = model(torch.zeros_like(x[:1]))
+    gain = probability(masked)[:, TARGET] - probability(baseline)[:, TARGET]
+    expected = (gain.reshape(-1, 1, 1, 1) * features).clamp_min(0)
+    torch.testing.assert_close(explanation.attributions.double(), expected, rtol=2**-23, atol=0.0)
 
 
 def test_bulk_passes_of_a_fused_adapter_also_give_the_logit() -> None:

@@ -162,6 +162,21 @@ class Explanation:
         """The map of one sample and one target, shape ``S``."""
         return self.attributions[sample, target]
 
+    def select(self, sample: int) -> Explanation:
+        """The explanation of one sample of the batch, as a batch of one (its maps, targets,
+        scores, names and outputs; the method's configuration and info as they are)."""
+        if not 0 <= sample < len(self):
+            raise IndexError(f"sample {sample} of an explanation of {len(self)} samples")
+        rows = slice(sample, sample + 1)
+        return replace(
+            self,
+            attributions=self.attributions[rows],
+            targets=self.targets[rows],
+            scores=self.scores[rows],
+            target_names=None if self.target_names is None else self.target_names[rows],
+            outputs=None if self.outputs is None else self.outputs[rows],
+        )
+
     def numpy(self) -> np.ndarray:
         """All maps as a numpy array ``(N, K, *S)``."""
         return self.attributions.detach().cpu().numpy()

@@ -56,12 +56,34 @@ def register_explainer(name: str) -> Callable[[type], type]:
     return decorator
 
 
+def resolve_output_kind(
+    adapter: object, x: Tensor, output_kind: str | None = None, *, detect: bool = True
+) -> str | None:
+    """How the outputs of a pass on inputs like ``x`` read: ``output_kind`` when given, else
+    (when ``detect``) what the final activation the adapter cuts says: ``"sigmoid"`` for a cut
+    sigmoid (one binary logit or independent labels: each probability is σ of its logit),
+    ``"softmax"`` for a cut softmax; None when nothing says.
+
+    Raises
+    ------
+    OutputKindError
+        For an unknown output kind.
+    """
+    kind = check_output_kind(output_kind)
+    if kind is not None or not detect:
+        return kind
+    final = getattr(adapter, "final_activation", None)
+    cut = final(x) if callable(final) else None
+    return cut if cut in (SIGMOID, SOFTMAX) else None
+
+
 def score_to_explain(adapter: object, x: Tensor, score: str, output_kind: str | None = None) -> str:
     """The score a request explains (:func:`salience.outputs.explained_score`), recorded as the
     explanation's ``score_kind``.
 
     The output kind is ``output_kind`` when given; otherwise, for ``score="probability"`` only,
-    it is read from the final activation the adapter cuts (a sigmoid: σ(logit) is explained).
+    it is read from the final activation the adapter cuts (a sigmoid: σ(logit) is explained;
+    :func:`resolve_output_kind`).
 
     Raises
     ------
@@ -72,13 +94,8 @@ def score_to_explain(adapter: object, x: Tensor, score: str, output_kind: str | 
     """
     if score not in SCORE_KINDS:
         raise InvalidInputError(f"unknown score {score!r}; choose one of {', '.join(SCORE_KINDS)}")
-    kind = check_output_kind(output_kind)
-    if kind is None:
-        if score != "probability":
-            return score
-        final = getattr(adapter, "final_activation", None)
-        kind = SIGMOID if callable(final) and final(x) == "sigmoid" else SOFTMAX
-    return explained_score(score, kind)
+    kind = resolve_output_kind(adapter, x, output_kind, detect=score == "probability")
+    return score if kind is None else explained_score(score, kind)
 
 
 def black_box_methods() -> list[str]:
@@ -118,6 +135,13 @@ class Explainer(ABC):
     options: ClassVar[tuple[Option, ...]] = ()
     #: True for methods that hand the options they do not take to another method (SmoothGrad).
     forwards_options: ClassVar[bool] = False
+    #: True for methods whose arithmetic depends on how the outputs read (RISE and Score-CAM
+    #: weigh masks by a softmax for classes, by σ for labels): the call detects the output kind
+    #: for them when it is not given (:func:`resolve_output_kind`).
+    reads_output_kind: ClassVar[bool] = False
+    #: True for methods whose map of a batch is, image by image, the map of each image alone
+    #: (up to float summation order): the batch runner explains such images in groups.
+    batches_exactly: ClassVar[bool] = False
 
     #: The adapter: a :class:`~salience.adapters.base.DifferentiableAdapter` for methods that
     #: need gradients (checked when the explainer is made); methods that need outputs only
@@ -179,15 +203,24 @@ class Explainer(ABC):
         spec = parse_target(target, class_names)
         with one_state_per_call():
             inputs = self.adapter.prepare_input(x)
-            score = score_to_explain(self.adapter, inputs, score, output_kind)
-            result = self.attribute_reported(inputs, spec, score)
+            kind = self.output_kind_for(inputs, score, output_kind)
+            score = score_to_explain(self.adapter, inputs, score, kind)
+            result = self.attribute_reported(inputs, spec, score, output_kind=kind)
         return self.explanation(result, score, class_names)
 
-    def attribute_reported(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def output_kind_for(self, x: Tensor, score: str, output_kind: str | None) -> str | None:
+        """The output kind a call explaining ``score`` passes to :meth:`attribute`: the one
+        given, else the one detected when this method reads it or a probability is explained."""
+        detect = self.reads_output_kind or score == "probability"
+        return resolve_output_kind(self.adapter, x, output_kind, detect=detect)
+
+    def attribute_reported(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """:meth:`attribute`, its info saying how its long runs of passes ran (``execution``:
         a captured program, or eager and why), when it had any."""
         with recording_execution() as execution:
-            result = self.attribute(x, spec, score)
+            result = self.attribute(x, spec, score, output_kind=output_kind)
         if execution:
             result.info["execution"] = "; ".join(execution)
         return result
@@ -223,8 +256,15 @@ class Explainer(ABC):
         return explanation.with_names(list(class_names) if class_names is not None else None)
 
     @abstractmethod
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
-        """Maps ``(N, K, *S)`` for the batch ``x`` (already on the model's device)."""
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
+        """Maps ``(N, K, *S)`` for the batch ``x`` (already on the model's device).
+
+        ``score`` is the explained score (:func:`score_to_explain`); ``output_kind`` how the
+        outputs read (:func:`resolve_output_kind`; None: not known), which a method reads
+        when its arithmetic depends on it (:attr:`reads_output_kind`).
+        """
 
     def fixed_selection(self, x: Tensor, spec: TargetSpec, score: str) -> tuple[Selection, Tensor]:
         """Resolve ``spec`` on the unperturbed input with one forward pass; also its scores."""
@@ -249,6 +289,7 @@ class SinglePassExplainer(Explainer):
     """
 
     single_pass = True
+    batches_exactly = True  # one pass over the batch; each sample's map is its own rows
 
     @abstractmethod
     def need(self, x: Tensor) -> Need:
@@ -258,7 +299,9 @@ class SinglePassExplainer(Explainer):
     def maps_from(self, x: Tensor, out: Outputs) -> Tensor:
         """The method's maps ``(N, K, *S)`` from the pass's outputs."""
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """One pass on ``x``; the target is resolved from the same forward pass."""
         return attribute_shared([self], x, spec, score)[0]
 

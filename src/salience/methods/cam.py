@@ -325,7 +325,9 @@ class GuidedGradCAM(CAMExplainer):
 
     paper = "Selvaraju et al. 2017"
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """Guided backprop and Grad-CAM on the same targets, multiplied."""
         if x.ndim < 3:
             raise InvalidInputError(

@@ -122,7 +122,9 @@ class FeatureAblation(Explainer):
         baseline = self.baseline if not isinstance(self.baseline, Tensor) else "tensor"
         return {"baseline": baseline, "grouped": self.feature_mask is not None}
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """Ablate each group of each sample, score the copies, spread the drops on the groups."""
         groups = feature_groups(self.feature_mask, x)
         every_ids = [torch.unique(groups[n]) for n in range(x.shape[0])]

@@ -188,7 +188,9 @@ class IntegratedGradients(Explainer):
         """The baseline batch for ``x``."""
         return baseline_like(x, self.baseline, blur_sigma=self.blur_sigma)
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """Integrate, check completeness, refine if asked."""
         baseline = self.baseline_for(x)
         n = x.shape[0]

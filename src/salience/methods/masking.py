@@ -18,18 +18,31 @@ from torch import Tensor
 from salience.adapters.fused import record_execution
 from salience.errors import SalienceError
 from salience.methods.sampling import map_in_chunks
+from salience.outputs import MULTILABEL, REGRESSION, SIGMOID, SOFTMAX
 from salience.targets import Selection, target_scores
 
 MaskFn = Callable[[slice], Tensor]
 """Rows ``start:stop`` of the masks → masks ``(B, 1 or C, H, W)`` in [0, 1] (1 keeps the input)."""
 
 
-def weight_kind(outputs: Tensor, selection: Selection, score: str, softmax: bool) -> str:
-    """The score that weighs masks: the softmax probability for a classifier's class targets
-    when ``softmax`` (as Score-CAM and RISE define it), else the explained ``score`` (σ(logit)
-    for the probability of a binary or multi-label output)."""
-    classifier = outputs.ndim == 2 and outputs.shape[1] >= 2 and score not in ("sigmoid", "value")
-    if softmax and classifier and selection.indices is not None:
+def weight_kind(
+    outputs: Tensor, selection: Selection, score: str, softmax: bool, output_kind: str | None
+) -> str:
+    """The score that weighs masks, as Score-CAM and RISE define it when ``softmax``: the
+    target's probability, a softmax across classes (``"probability"``) for class logits and
+    σ of its logit (``"sigmoid"``) for a binary or multi-label output; else, or for a
+    regression or a callable target, the explained ``score`` itself.
+
+    ``output_kind`` says how the outputs read (:mod:`salience.outputs`); None: classes for
+    two or more outputs, as :func:`~salience.outputs.detect_output_kind` reads them.
+    """
+    if not softmax or selection.indices is None or score == "value":
+        return score
+    count = outputs.shape[1] if outputs.ndim == 2 else 1
+    kind = output_kind or (SOFTMAX if count >= 2 else REGRESSION)
+    if kind in (SIGMOID, MULTILABEL):
+        return "sigmoid"
+    if kind == SOFTMAX and count >= 2 and score != "sigmoid":
         return "probability"
     return score
 

@@ -133,7 +133,9 @@ class _NoiseExplainer(Explainer):
         )
         return (x.unsqueeze(1) + sigma * draws).reshape(-1, *x.shape[1:])
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """The statistic over the samples; with ``n_samples="auto"``, over as many as needed."""
         return with_count(
             lambda count: self._attribute(x, spec, score, count), self.n_samples, self.max_samples

@@ -203,7 +203,9 @@ class Occlusion(Explainer):
             "baseline": baseline,
         }
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """Slide the window, score every occluded image, average the drops per pixel."""
         _check_spatial(x, self.name)
         spatial = tuple(x.shape[2:])
@@ -259,9 +261,10 @@ class RISE(Explainer):
     ``grid³`` on volumes, ``grid`` along a signal), each cell kept with probability ``keep``,
     are upsampled (bi-/trilinearly) to ``(grid + 1) × cell`` pixels per axis and cropped at a
     random shift within one cell (Petsiuk et al. 2018); the map is
-    ``Σ score_i · M_i / (n_masks · keep)``. The score is the target's softmax probability for
-    classifiers (as in the paper; ``softmax=False`` uses the explained score itself, as
-    regression outputs and custom targets always do). Grids and
+    ``Σ score_i · M_i / (n_masks · keep)``. The score is the target's probability (as in the
+    paper): its softmax probability for class logits, σ of its logit for a binary or
+    multi-label output (the output kind); ``softmax=False`` uses the explained score itself, as
+    regression outputs and custom targets always do. Grids and
     shifts are drawn up front from ``seed`` (a few bytes per mask); the masks themselves are made
     chunk by chunk, so memory does not grow with ``n_masks``.
 
@@ -290,6 +293,7 @@ class RISE(Explainer):
     """
 
     paper = "Petsiuk et al. 2018"
+    reads_output_kind = True
     needs_gradients = False
     adapter: BlackBoxAdapter
     options = (N_MASKS, MAX_MASKS, MASK_GRID, KEEP, SEED, SOFTMAX, CHUNK_SIZE, PROGRESS)
@@ -355,13 +359,19 @@ class RISE(Explainer):
 
         return masks
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """RISE with ``n_masks`` masks; with ``"auto"``, with as many as the map needs."""
         return with_count(
-            lambda count: self._attribute(x, spec, score, count), self.n_masks, self.max_masks
+            lambda count: self._attribute(x, spec, score, count, output_kind),
+            self.n_masks,
+            self.max_masks,
         )
 
-    def _attribute(self, x: Tensor, spec: TargetSpec, score: str, count: int) -> Attribution:
+    def _attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, count: int, output_kind: str | None
+    ) -> Attribution:
         """Score every masked input, then average the masks weighted by their scores.
 
         The weighted sum is kept in two halves of the masks, whose maps give the split-half
@@ -371,7 +381,7 @@ class RISE(Explainer):
         outputs = self.adapter.forward(x, chunk_size=PERTURBATION_CHUNK_SIZE)
         selection = resolve(spec, outputs)
         scores = target_scores(outputs, selection, score)
-        kind = weight_kind(outputs, selection, score, self.softmax)
+        kind = weight_kind(outputs, selection, score, self.softmax, output_kind)
         spatial = tuple(x.shape[2:])
         masks = self.mask_maker(spatial, x.device, count)
         maps, halves = [], []

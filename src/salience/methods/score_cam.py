@@ -92,7 +92,8 @@ class ScoreCAM(_PerturbationCAM):
 
     Channel ``k`` of the layer is upsampled to the input (bilinear; linear for signals,
     trilinear for volumes), min-max normalized to
-    ``[0, 1]`` and multiplies the input; its weight is the target's softmax probability on that
+    ``[0, 1]`` and multiplies the input; its weight is the target's probability (softmax for
+    class logits, σ of the logit for a binary or multi-label output) on that
     masked input minus the probability on the baseline, the input masked by zeros (the paper's
     "increase of confidence"). A constant channel has no normalized mask, its masked input is the
     baseline and its weight is exactly zero: such channels are skipped.
@@ -109,7 +110,8 @@ class ScoreCAM(_PerturbationCAM):
     Parameters
     ----------
     softmax : bool
-        Weigh by the softmax probability (paper); False weighs by the explained score itself.
+        Weigh by the target's probability (paper: a softmax for classes, σ for labels); False
+        weighs by the explained score itself.
         Regression outputs and custom targets always use the explained score.
     top_channels : int, optional
         Mask with only this many channels, those of largest spatial variance (approximate).
@@ -124,6 +126,7 @@ class ScoreCAM(_PerturbationCAM):
     """
 
     paper = "Wang et al. 2020"
+    reads_output_kind = True
     options = (SOFTMAX, TOP_CHANNELS, WEIGHTING)
 
     def __init__(
@@ -160,7 +163,9 @@ class ScoreCAM(_PerturbationCAM):
             parts.append("pytorch-grad-cam's softmax over channels of the masked scores")
         return "; ".join(parts) or None
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """Score every non-constant channel's masked input, chunk by chunk."""
         if x.ndim < 3:
             raise InvalidInputError(
@@ -175,7 +180,9 @@ class ScoreCAM(_PerturbationCAM):
             )
         grad_cam_weights = self.weighting == "channel_softmax"
         kind = (
-            score if grad_cam_weights else weight_kind(out.outputs, selection, score, self.softmax)
+            score
+            if grad_cam_weights
+            else weight_kind(out.outputs, selection, score, self.softmax, output_kind)
         )
         baseline = self.adapter.forward(torch.zeros_like(x[:1]))
         maps, skipped = [], 0
@@ -248,7 +255,9 @@ class AblationCAM(_PerturbationCAM):
     paper = "Desai & Ramaswamy 2020"
     default_chunk_size = ABLATION_CHUNK_SIZE
 
-    def attribute(self, x: Tensor, spec: TargetSpec, score: str) -> Attribution:
+    def attribute(
+        self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
+    ) -> Attribution:
         """Zero every non-zero channel in turn, chunk by chunk."""
         name, out, selection = self.capture(x, spec, score)
         raw = out.activations

@@ -189,6 +189,20 @@ def _checked_worker(spec: JobSpec) -> ItemWorker:
     return worker
 
 
+class LazyTasks:
+    """The tasks of ``items``, each file read only when the engine takes it; their count is
+    known up front (an engine shares them among its workers by it)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Task]:
+        return (read_task(item) for item in self.items)
+
+
 def _explain(
     engine: Engine,
     spec: JobSpec,
@@ -201,7 +215,7 @@ def _explain(
     if not todo:
         return
     by_key = {item.key: item for item in todo}
-    tasks = (read_task(item) for item in todo)
+    tasks = LazyTasks(todo)
     failed = 0
     with (
         ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="salience-writer") as writers,

@@ -4,8 +4,10 @@ Workers are started with ``spawn`` (they inherit the environment, ``THP_MEM_ALLO
 included), run torch with ONE thread each (``torch.set_num_threads(1)``: N single-threaded
 workers beat N threads per image on small CPUs and keep the maps independent of the worker
 count), ignore Ctrl-C (the job stops them), open the model once, and leave when the job's
-process is gone. At most two tasks per worker are in flight, so the job reads images only
-shortly before they are needed.
+process is gone. Images travel in chunks, which a worker explains together where the methods
+allow (:func:`~salience.runner.work.group_size`; fewer per chunk when a small job would
+otherwise leave workers idle); at most two chunks per worker are in flight, so the job reads
+images only shortly before they are needed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import multiprocessing
 import os
 import queue
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
+from itertools import islice
 from typing import Any
 
 from salience.errors import InvalidInputError, SalienceError
 from salience.runner.spec import JobSpec
-from salience.runner.work import ItemResult, Task
+from salience.runner.work import ItemResult, Task, group_size
 
 IN_FLIGHT_PER_WORKER = 2
 _POLL_SECONDS = 1.0
@@ -57,8 +60,17 @@ class LocalEngine:
         """The engine in a few words, for the job's messages."""
         return f"local engine, {self.workers} worker process{'es' if self.workers > 1 else ''}"
 
+    def chunk_size(self, spec: JobSpec, tasks: Iterable[Task]) -> int:
+        """Images per chunk: the job's :func:`~salience.runner.work.group_size`, but no more
+        than an even share of ``tasks`` (when they have a length) among the workers."""
+        size = group_size(spec)
+        if isinstance(tasks, Sized):
+            size = min(size, max(1, -(-len(tasks) // self.workers)))
+        return size
+
     def results(self, spec: JobSpec, tasks: Iterable[Task]) -> Iterator[ItemResult]:
         """Results of ``tasks`` as they finish (in any order)."""
+        size = self.chunk_size(spec, tasks)
         context = multiprocessing.get_context("spawn")
         inbox: Any = context.Queue()
         outbox: Any = context.Queue()
@@ -73,16 +85,16 @@ class LocalEngine:
             pending, source = 0, iter(tasks)
             while True:
                 while pending < IN_FLIGHT_PER_WORKER * self.workers:
-                    task = next(source, None)
-                    if task is None:
+                    chunk = list(islice(source, size))
+                    if not chunk:
                         break
-                    inbox.put(task)
+                    inbox.put(chunk)
                     pending += 1
                 if pending == 0:
                     break
-                result = _next_result(outbox, processes)
+                results = _next_results(outbox, processes)
                 pending -= 1
-                yield result
+                yield from results
             for _ in processes:
                 inbox.put(None)
             finished = True
@@ -97,8 +109,8 @@ class LocalEngine:
             outbox.close()
 
 
-def _next_result(outbox: Any, processes: list[Any]) -> ItemResult:
-    """The next result; raises when a worker reports an error or dies."""
+def _next_results(outbox: Any, processes: list[Any]) -> list[ItemResult]:
+    """The next chunk's results; raises when a worker reports an error or dies."""
     while True:
         try:
             result = outbox.get(timeout=_POLL_SECONDS)
@@ -116,7 +128,8 @@ def _next_result(outbox: Any, processes: list[Any]) -> ItemResult:
 
 
 def _serve(spec: JobSpec, inbox: Any, outbox: Any) -> None:
-    """A worker process: one torch thread, the model opened once, tasks until told to stop."""
+    """A worker process: one torch thread, the model opened once, chunks of tasks until told
+    to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
@@ -131,15 +144,15 @@ def _serve(spec: JobSpec, inbox: Any, outbox: Any) -> None:
     parent = multiprocessing.parent_process()
     while True:
         try:
-            task = inbox.get(timeout=_POLL_SECONDS)
+            chunk = inbox.get(timeout=_POLL_SECONDS)
         except queue.Empty:
             if parent is not None and not parent.is_alive():
                 outbox.cancel_join_thread()  # nobody reads the results any more
                 return  # the job was killed: leave too
             continue
-        if task is None:
+        if chunk is None:
             return
         if parent is not None and not parent.is_alive():
             outbox.cancel_join_thread()
             return  # the job is gone: its tasks are not worth finishing
-        outbox.put(worker.process(task))
+        outbox.put(worker.process_all(chunk))

@@ -62,8 +62,8 @@ class ItemActor:
         self.worker = ItemWorker(spec)
 
     def process(self, tasks: list[Task]) -> list[ItemResult]:
-        """Explain a chunk of images."""
-        return [self.worker.process(task) for task in tasks]
+        """Explain a chunk of images (together where the methods allow)."""
+        return self.worker.process_all(tasks)
 
 
 class RayEngine:
