@@ -498,16 +498,23 @@ def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
 
 
 def check_before_model(args: argparse.Namespace) -> None:
-    """What can be checked of a command line before any model opens: the methods, the colormap,
-    the image files and the model-file flags (the options' ranges are the parser's).
+    """What can be checked of a command line before any model opens: the methods, occlusion's
+    window against a stride given with it, the colormap, the image files and the model-file
+    flags (the options' ranges are the parser's).
 
     Raises
     ------
     ValueError, LookupError, FileNotFoundError
         Naming the problem and the fix.
     """
-    if isinstance(getattr(args, "method", None), str) and not method_names(args.method):
-        raise InvalidInputError("name at least one method (salience methods lists them)")
+    if isinstance(getattr(args, "method", None), str):
+        methods = method_names(args.method)
+        if not methods:
+            raise InvalidInputError("name at least one method (salience methods lists them)")
+        if "occlusion" in methods and getattr(args, "stride", None) is not None:
+            from salience.methods.perturbation import check_window_stride
+
+            check_window_stride((args.window,), (args.stride,))
     if getattr(args, "cmap", None) is not None:
         import numpy as np
 
