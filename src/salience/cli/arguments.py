@@ -341,6 +341,12 @@ MODEL_HELP = (
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model`` and the flags that say how to open a model file and describe its input."""
     parser.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP)
+    parser.add_argument(
+        "--device",
+        metavar="cpu|cuda|mps",
+        help="where a PyTorch model runs: cpu, cuda (cuda:N for the N-th GPU) or mps (default: "
+        "the model's own device, the CPU for a model salience opens)",
+    )
     add_model_file_arguments(parser)
 
 
@@ -473,6 +479,7 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
         interpolation=args.interpolation,
         channels=args.channels,
         intensity_window=args.intensity_window,
+        device=getattr(args, "device", None),
     )
     if model_kind(args.model, options) == BUNDLED and (given := options.given()):
         flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
@@ -515,6 +522,10 @@ def check_before_model(args: argparse.Namespace) -> None:
             from salience.methods.perturbation import check_window_stride
 
             check_window_stride((args.window,), (args.stride,))
+    if getattr(args, "device", None) is not None:
+        from salience.adapters.torch import check_device
+
+        check_device(args.device)  # a GPU this machine lacks, before the model opens
     if getattr(args, "cmap", None) is not None:
         import numpy as np
 
