@@ -33,7 +33,8 @@ from salience.modalities import (
     load_data_bytes,
 )
 from salience.models.loader import declared_input_shape
-from salience.render import encode, render, thumbnail
+from salience.outputs import Summary, explained_text
+from salience.render import encode, render, thumbnail, title
 from salience.runner.inputs import BatchItem
 from salience.runner.spec import JobSpec
 from salience.signals import Signal
@@ -43,6 +44,9 @@ from salience.volumes import Volume
 DONE, FAILED = "done", "failed"
 IMAGE_THUMBNAIL = "image.thumb.png"
 """The image's own thumbnail, in every finished item's folder."""
+FIGURE_CLASSES = 5
+"""Classes of the prediction a figure's title can quote with their probability, as in
+``salience explain`` (another explained class is named without it)."""
 
 
 def method_thumbnail(method: str) -> str:
@@ -125,7 +129,8 @@ class ItemWorker:
             return _failed(task.item, task.error or "no data", start)
         try:
             if input_kind(task.item.path) == IMAGE:
-                record, files = self._explain(self.loaded.preset.prepare(task.data))
+                image = self.loaded.preset.prepare(task.data)
+                record, files = self._explain(image, label=Path(task.item.path).name)
             else:
                 record, files = self._explain_data(load_data_bytes(task.data, task.item.path))
         except Exception as error:  # one bad image fails alone; the job goes on
@@ -169,12 +174,16 @@ class ItemWorker:
             files.update(written)
         return self._record(tensor, explanations), files
 
-    def _record(self, tensor: Any, explanations: dict[str, Any]) -> dict[str, Any]:
-        """The item's prediction and the classes explained (the AUCs are added by the caller)."""
-        outputs = next(iter(explanations.values())).outputs  # the methods' own forward pass
+    def _summary(self, tensor: Any, explanations: dict[str, Any], k: int) -> Summary:
+        """The item's prediction, its ``k`` first classes, from the methods' own forward pass."""
+        outputs = next(iter(explanations.values())).outputs
         if outputs is None:
             outputs = self.loaded.adapter.forward(tensor)
-        prediction = self.loaded.summary(as_score_matrix(outputs)[0], k=1).best
+        return self.loaded.summary(as_score_matrix(outputs)[0], k=k)
+
+    def _record(self, tensor: Any, explanations: dict[str, Any]) -> dict[str, Any]:
+        """The item's prediction and the classes explained (the AUCs are added by the caller)."""
+        prediction = self._summary(tensor, explanations, 1).best
         first = next(iter(explanations.values())).with_names(self.loaded.class_names)
         return {
             "status": DONE,
@@ -188,26 +197,39 @@ class ItemWorker:
             "auc": {},
         }
 
-    def _explain(self, image: PreparedImage) -> tuple[dict[str, Any], dict[str, bytes]]:
+    def _explain(
+        self, image: PreparedImage, *, label: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """An image's record and files: per method its raw maps, one figure per target (the
+        overlay under the title ``salience explain`` gives it, with its colorbar) and the
+        thumbnail of the first; ``label`` names the image in the titles."""
         spec, names = self.spec, self.loaded.class_names
         explanations = self._explanations(image.tensor)
+        summary = self._summary(image.tensor, explanations, FIGURE_CLASSES)
         display = spec.display
         view = display.view(image)
         files = {IMAGE_THUMBNAIL: encode(thumbnail(view.image, display.thumbnail))}
         auc: dict[str, dict[str, float]] = {}
+        titles: dict[str, str] = {}
+        captions: dict[str, str] = {}
         for method, explanation in explanations.items():
             explanation = explanation.with_names(names, model=self.loaded.name)
             files[f"{method}.npz"], files[f"{method}.json"] = explanation.to_bytes(compress=False)
             count = explanation.targets.shape[1]
             for k in range(count):
                 rendering = render(explanation, k, view, display)
-                files[f"{method}{explanation.figure_suffix(k)}.png"] = rendering.png
+                explained = explained_text(summary, int(explanation.targets[0, k]), names)
+                name = f"{method}{explanation.figure_suffix(k)}.png"
+                titles[name] = title(explanation, k, label, prediction=explained)
+                files[name] = rendering.figure_png(titles[name])
                 if k == 0:
                     files[method_thumbnail(method)] = rendering.thumbnail_png
+                    captions[method] = f"{method}: {explained}"
             if self.metrics:
                 curves = [metric(image.tensor, explanation) for metric in self.metrics]
                 auc[method] = {curve.mode: float(curve.auc[0]) for curve in curves}
-        return {**self._record(image.tensor, explanations), "auc": auc}, files
+        record = self._record(image.tensor, explanations)
+        return {**record, "auc": auc, "titles": titles, "captions": captions}, files
 
 
 def _png_thumbnail(png: bytes, size: int) -> bytes:
