@@ -96,7 +96,11 @@ def test_batch_device_cpu_runs_and_records_the_device(
     assert len(list(out.glob("items/*/gradient.npz"))) == 2
 
 
-def test_a_model_that_is_no_pytorch_module_runs_on_the_cpu_only(tmp_path: Path) -> None:
+def test_a_model_that_is_no_pytorch_module_runs_on_the_cpu_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import salience.adapters.torch
+    from salience.adapters.keras import KerasAdapter
     from salience.models.loader import on_device
 
     class Box:
@@ -105,6 +109,27 @@ def test_a_model_that_is_no_pytorch_module_runs_on_the_cpu_only(tmp_path: Path) 
     box = Box()
     assert on_device(box, "cpu", "onnx") is box
     assert on_device(box, None, "onnx") is box
+    # a device that is there (meta stands in for a GPU): a black box is refused, in one line
+    monkeypatch.setattr(salience.adapters.torch, "check_device", lambda _: torch.device("meta"))
+    with pytest.raises(InvalidInputError, match="this onnx model runs where it is opened: use"):
+        on_device(box, "cuda", "onnx")
+    keras = KerasAdapter.__new__(KerasAdapter)  # a subclass of TorchAdapter, never moved
+    with pytest.raises(InvalidInputError, match="moves PyTorch modules"):
+        on_device(keras, "cuda", "keras")
+
+
+def test_a_pytorch_module_opened_by_salience_is_moved_once_where_it_is_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import salience.adapters.torch
+    from salience.models.loader import on_device
+
+    adapter = open_model(FACTORY, LoadOptions(size=32)).adapter
+    assert adapter.device == torch.device("cpu")
+    monkeypatch.setattr(salience.adapters.torch, "check_device", lambda _: torch.device("meta"))
+    assert on_device(adapter, "cuda", "factory") is adapter
+    assert adapter.device.type == "meta"
+    assert {p.device.type for p in adapter.model.parameters()} == {"meta"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

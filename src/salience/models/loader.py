@@ -127,7 +127,7 @@ def on_device(adapter: Any, device: str | None, kind: str) -> Any:
     if type(adapter) is not TorchAdapter:
         raise InvalidInputError(
             f"--device {device} moves PyTorch modules (bundled models, factories, state dicts); "
-            f"a {kind} model runs where it is opened: use --device cpu"
+            f"this {kind} model runs where it is opened: use --device cpu"
         )
     adapter.model.to(wanted)
     return adapter
