@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from salience import viz
 from salience.api import explain_all
 from salience.evaluation.faithfulness import deletion, insertion
 from salience.explanation import Explanation
@@ -176,8 +177,10 @@ def test_maps_overlays_and_aucs_equal_the_library_run_here(finished_job):
                 saved.attributions, explanation.attributions, rtol=1e-5, atol=1e-6
             )
             assert torch.equal(saved.targets, explanation.targets)
-            overlay = Image.open(folder / f"{method}.png")
-            assert overlay.size == Image.open(path).size  # drawn on the original image
+            # drawn on the original image, its colorbar beside it
+            width, height = Image.open(path).size
+            figure = Image.open(folder / f"{method}.png")
+            assert figure.size[0] == width + viz.COLORBAR_PIXELS and figure.size[1] > height
             curves = [
                 play(model.adapter, image.tensor, explanation, pixels_per_step=64)
                 for play in (deletion, insertion)

@@ -70,6 +70,10 @@ BAD_OPTIONS = {
     "unknown colormap": (["--cmap", "jett"], ["unknown colormap 'jett'", "jet"]),
     "unknown method": (["--method", "gradient,smothgrad"], ["'smothgrad'", "smoothgrad"]),
     "no method": (["--method", ","], ["at least one method"]),
+    "stride past the window": (
+        ["--method", "gradient,occlusion", "--window", "2", "--stride", "8"],
+        ["stride 8 is larger than its window 2", "a stride of at most 2", "window of at least 8"],
+    ),
     "missing image": (["no-such.png"], ["no-such.png is no file", "chelsea"]),
 }
 

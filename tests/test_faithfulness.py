@@ -165,6 +165,33 @@ def test_chunk_size_does_not_change_the_curves(small_cnn: SmallCNN, images: Tens
         torch.testing.assert_close(other, curves[0], rtol=1e-6, atol=1e-7)
 
 
+def test_the_models_state_is_read_once_per_curve_run_not_per_chunk(
+    small_cnn: SmallCNN, images: Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of 2 × 15 step images in chunks of 2 reads the model's state once; a change of
+    the weights between two runs is still seen by the next one."""
+    from salience.adapters import inference_copy
+
+    reads = []
+    describe = inference_copy.describe
+    monkeypatch.setattr(
+        inference_copy, "describe", lambda *a, **k: reads.append(1) or describe(*a, **k)
+    )
+    adapter = salience.TorchAdapter(small_cnn)
+    metric = CausalMetric(adapter, "deletion", pixels_per_step=10, chunk_size=2)
+    saliency = torch.rand(2, 12, 12, generator=generator(5))
+    before = metric(images, saliency, 1)
+    assert len(reads) == 1
+    with torch.no_grad():
+        for parameter in small_cnn.parameters():
+            parameter.mul_(0.5)
+    after = metric(images, saliency, 1)
+    assert len(reads) == 2
+    assert not torch.equal(before.scores, after.scores)
+    reference = CausalMetric(small_cnn, "deletion", pixels_per_step=10, chunk_size=64)
+    torch.testing.assert_close(after.scores, reference(images, saliency, 1).scores)
+
+
 def test_explanations_are_followed_on_their_class_and_coarse_maps_upsampled(
     small_cnn: SmallCNN, images: Tensor
 ) -> None:

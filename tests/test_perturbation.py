@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 import salience
 from conftest import relative_error
+from salience.errors import InvalidInputError
 from salience.methods.masking import ChunkMemoryError, masked_scores
 from salience.methods.perturbation import RISE, window_starts
 from salience.targets import Selection
@@ -95,6 +96,65 @@ def test_occlusion_equals_captums_occlusion(baseline: object) -> None:
     )
     for channel in range(3):  # the window spans all channels: every channel gets the map
         assert relative_error(ours.attributions[:, 0], theirs[:, channel]) < 1e-5
+
+
+def test_occlusion_with_stride_equal_to_window_is_the_hand_computed_drop() -> None:
+    """A linear score ``w·x`` with windows tiling the image: each pixel's value is the drop
+    of its own window, the sum of ``w·x`` over that window, computed here by hand in float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 6, 3)).double()
+    x = torch.randn(1, 2, 4, 6, dtype=torch.float64)
+    explanation = salience.explain(model, x, method="occlusion", window=2, stride=2, target=1)
+    contribution = (model[1].weight[1].reshape(2, 4, 6) * x[0]).sum(0).detach()
+    expected = torch.zeros(4, 6, dtype=torch.float64)
+    for r in range(0, 4, 2):
+        for c in range(0, 6, 2):
+            expected[r : r + 2, c : c + 2] = contribution[r : r + 2, c : c + 2].sum()
+    found = explanation.attributions[0, 0].double()
+    assert found.isfinite().all()
+    # each score is a float32 sum of 48 products and a bias: its rounding is within
+    # 48 ulps of the sum of their magnitudes (a drop is two scores)
+    magnitude = float(contribution.abs().sum() + model[1].bias[1].detach().abs())
+    bound = 2 * 48 * torch.finfo(torch.float32).eps * magnitude
+    torch.testing.assert_close(found, expected, rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize(
+    ("window", "stride", "fix"),
+    [(2, 8, "stride of at most 2"), ((4, 2), 3, "stride of at most 2"), (2, (2, 5), "at least 5")],
+)
+def test_a_stride_larger_than_the_window_is_refused(
+    window: object, stride: object, fix: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=f"stride .* is larger than its window .*{fix}"):
+        salience.make_explainer(classifier(), "occlusion", window=window, stride=stride)
+
+
+@pytest.mark.parametrize(
+    ("window", "stride"), [(16, 8), (4, 2), (5, 2), (1, 1), ((4, 6), [2, 3]), ((3, 1), [1, 1])]
+)
+def test_the_default_stride_is_half_the_window(window: object, stride: object) -> None:
+    explainer = salience.make_explainer(classifier(), "occlusion", window=window)
+    assert explainer.params()["stride"] == stride
+
+
+def test_a_window_alone_covers_every_pixel_and_gives_the_map_of_half_its_stride() -> None:
+    """``window=4`` without a stride (the old default stride of 8 left pixels uncovered)."""
+    model = classifier()
+    x = torch.rand(1, 3, 20, 20)
+    alone = salience.explain(model, x, method="occlusion", window=4, target=1)
+    assert alone.attributions.isfinite().all()
+    explicit = salience.explain(model, x, method="occlusion", window=4, stride=2, target=1)
+    assert torch.equal(alone.attributions, explicit.attributions)
+
+
+def test_the_default_window_keeps_its_stride_of_8() -> None:
+    model = classifier()
+    x = torch.rand(1, 3, 40, 40)
+    default = salience.explain(model, x, method="occlusion", target=0)
+    explicit = salience.explain(model, x, method="occlusion", window=16, stride=8, target=0)
+    assert default.params["stride"] == 8
+    assert torch.equal(default.attributions, explicit.attributions)
 
 
 def test_windows_reach_the_far_edges() -> None:

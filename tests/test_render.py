@@ -87,8 +87,11 @@ def _explain(
     }
 
 
-def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
-    """``salience batch`` on the local engine, one worker (itself on one thread)."""
+def _batch(
+    photo: Path, out: Path, *extra: str, shape: tuple[int, ...]
+) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
+    """``salience batch`` on the local engine, one worker (itself on one thread): its figures
+    are titled as the command line's."""
     argv = ["batch", str(photo.parent), "--model", MODEL, "--size", "32", "--quiet"]
     argv += ["--workers", "1", "-o", str(out), "--method", ",".join(METHODS), *extra]
     assert cli.main(argv) == 0
@@ -96,10 +99,15 @@ def _batch(photo: Path, out: Path, *extra: str) -> dict[str, tuple[np.ndarray, l
     return {
         method: (
             Explanation.load(item / method).attributions.numpy(),
-            [_pixels(_figure(item, method, k).read_bytes()) for k in (1, 2)],
+            [_overlay_of_figure(_figure(item, method, k).read_bytes(), shape) for k in (1, 2)],
         )
         for method in METHODS
     }
+
+
+def _item(folder: Path) -> Path:
+    """The one image's folder of the batch job run in ``folder``."""
+    return folder / "batch" / "items" / "photo.png"
 
 
 def _served(photo: Path) -> dict[str, tuple[np.ndarray, bytes]]:
@@ -153,7 +161,7 @@ def test_explain_batch_and_the_server_draw_the_same_bytes(
     served = _served(photo)
     shape = served["gradcam"][1][0].shape
     explained = _explain(photo, tmp_path / "explain", *extra, shape=shape)
-    _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra))
+    _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra, shape=shape))
     _assert_identical(explained, served)
     assert max(shape[:2]) == VIEW  # drawn on the view, as the server's page is
 
@@ -163,9 +171,10 @@ def test_explain_and_batch_draw_the_same_bytes_on_the_whole_photo(
 ) -> None:
     extra = [*_flags(METHOD_FLAGS), *_flags(DISPLAY_FLAGS)]
     explained = _explain(photo, tmp_path / "explain", *extra, shape=(700, 820))
-    _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra))
-    figure = Image.open(_figure(tmp_path / "explain", "photo_gradient", 2))
-    assert figure.size[0] == 820 + viz.COLORBAR_PIXELS  # the whole photo, its colorbar beside
+    _assert_identical(explained, _batch(photo, tmp_path / "batch", *extra, shape=(700, 820)))
+    for figures, stem in ((tmp_path / "explain", "photo_gradient"), (_item(tmp_path), "gradient")):
+        figure = Image.open(_figure(figures, stem, 2))
+        assert figure.size[0] == 820 + viz.COLORBAR_PIXELS  # the whole photo, its colorbar beside
 
 
 def test_a_view_shrinks_the_photo_and_maps_the_crop_onto_it() -> None:

@@ -579,3 +579,20 @@ def test_sanity_endpoint_equals_the_library_and_refuses_slow_methods(
     assert "salience sanity" in slow.json()["error"]
     too_many = client.post("/api/sanity", files=upload(data), data={"blocks": "50"})
     assert too_many.status_code == 422 and too_many.json()["kind"] == "invalid_request"
+
+
+def test_an_empty_stride_field_is_half_the_window_as_on_the_command_line(client):
+    """The page sends every option's field, an empty one where the schema has no default."""
+    response = client.post(
+        "/api/explain",
+        files=upload(photo(1)),
+        data={"methods": "occlusion", "window": "8", "stride": ""},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["maps"][0]["params"]["stride"] == 4
+    refused = client.post(
+        "/api/explain",
+        files=upload(photo(1)),
+        data={"methods": "occlusion", "window": "2", "stride": "8"},
+    )
+    assert refused.status_code == 400 and "larger than its window" in refused.text

@@ -732,3 +732,41 @@ def _checked_before(x: Tensor, device: torch.device) -> bool:
     which every in-place operation bumps, is the same): then it needs no second finite check."""
     version = getattr(x, _CHECKED_VERSION, None)
     return version is not None and version == x._version and x.device == device
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""The devices a PyTorch model can be moved to (``--device``)."""
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) when this machine has it.
+
+    Raises
+    ------
+    InvalidInputError
+        For another name, or a device this machine or its PyTorch build lacks (naming the fix,
+        ``--device cpu``).
+    """
+    kind, _, index = str(name).partition(":")
+    if kind not in DEVICE_TYPES or (index and (kind == "cpu" or not index.isdigit())):
+        raise InvalidInputError(
+            f"unknown device {name!r}; choose {', '.join(DEVICE_TYPES)} (cuda:N for the N-th GPU)"
+        )
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidInputError(
+                "device cuda asked for, but torch.cuda.is_available() is False (no NVIDIA GPU, "
+                "or a PyTorch build without CUDA); use --device cpu"
+            )
+        if index and int(index) >= count:
+            raise InvalidInputError(
+                f"device {name} asked for, but this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1}); use one of them or --device cpu"
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(
+            "device mps asked for, but torch.backends.mps.is_available() is False (mps is Apple "
+            "silicon's GPU, on macOS); use --device cpu"
+        )
+    return torch.device(name)

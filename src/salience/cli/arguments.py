@@ -333,6 +333,12 @@ MODEL_HELP = (
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model`` and the flags that say how to open a model file and describe its input."""
     parser.add_argument("--model", default="efficientnet_lite0", help=MODEL_HELP)
+    parser.add_argument(
+        "--device",
+        metavar="cpu|cuda|mps",
+        help="where a PyTorch model runs: cpu, cuda (cuda:N for the N-th GPU) or mps (default: "
+        "the model's own device, the CPU for a model salience opens)",
+    )
     add_model_file_arguments(parser)
 
 
@@ -465,6 +471,7 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
         interpolation=args.interpolation,
         channels=args.channels,
         intensity_window=args.intensity_window,
+        device=getattr(args, "device", None),
     )
     if model_kind(args.model, options) == BUNDLED and (given := options.given()):
         flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
@@ -490,16 +497,27 @@ def _triple(flag: str, text: str | None) -> tuple[float, ...] | None:
 
 
 def check_before_model(args: argparse.Namespace) -> None:
-    """What can be checked of a command line before any model opens: the methods, the colormap,
-    the image files and the model-file flags (the options' ranges are the parser's).
+    """What can be checked of a command line before any model opens: the methods, occlusion's
+    window against a stride given with it, the colormap, the image files and the model-file
+    flags (the options' ranges are the parser's).
 
     Raises
     ------
     ValueError, LookupError, FileNotFoundError
         Naming the problem and the fix.
     """
-    if isinstance(getattr(args, "method", None), str) and not method_names(args.method):
-        raise InvalidInputError("name at least one method (salience methods lists them)")
+    if isinstance(getattr(args, "method", None), str):
+        methods = method_names(args.method)
+        if not methods:
+            raise InvalidInputError("name at least one method (salience methods lists them)")
+        if "occlusion" in methods and getattr(args, "stride", None) is not None:
+            from salience.methods.perturbation import check_window_stride
+
+            check_window_stride((args.window,), (args.stride,))
+    if getattr(args, "device", None) is not None:
+        from salience.adapters.torch import check_device
+
+        check_device(args.device)  # a GPU this machine lacks, before the model opens
     if getattr(args, "cmap", None) is not None:
         import numpy as np
 

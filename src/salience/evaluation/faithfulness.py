@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salience.adapters.inference_copy import one_state_per_call
 from salience.api import make_explainer, method_options
 from salience.errors import InvalidInputError, UnsupportedError
 from salience.evaluation.report import Column, format_rows, write_report
@@ -388,7 +389,20 @@ class CausalMetric:
             predicted class of each input (RISE).
         class_names : sequence of str, optional
             Accept class names as targets.
+
+        The model's state is read once for the whole run (the curves are of the model as it was
+        when the call began), not again for every chunk of step images.
         """
+        with one_state_per_call():
+            return self._curves(x, saliency, target, class_names)
+
+    def _curves(
+        self,
+        x: Tensor,
+        saliency: Tensor | Explanation,
+        target: TargetLike,
+        class_names: Sequence[str] | None,
+    ) -> CurveResult:
         x = self.adapter.prepare_input(x)
         _check_images(x)
         score = score_to_explain(self.adapter, x, self.score)  # σ of a cut final sigmoid

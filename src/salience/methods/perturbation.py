@@ -53,10 +53,11 @@ WINDOW = Option(
 STRIDE = Option(
     "stride",
     int,
-    8,
-    "occlusion stride (pixels)",
+    None,
+    "occlusion stride (pixels), at most the window; default: half the window (8 for 16)",
     flag="stride",
     low=1,
+    optional=True,
     more="one per spatial axis",
     request_max=256,
 )
@@ -135,6 +136,35 @@ def _check_spatial(x: Tensor, method: str) -> None:
         )
 
 
+def half_window(window: tuple[int, ...]) -> tuple[int, ...]:
+    """The default stride: half the window along each axis (at least 1), so that neighbouring
+    windows overlap by half, every pixel is covered, and window 16 keeps its stride of 8."""
+    return tuple(max(1, w // 2) for w in window)
+
+
+def check_window_stride(window: tuple[int, ...], stride: tuple[int, ...]) -> None:
+    """Refuse a stride longer than the window along some axis: the pixels between two windows
+    would be scored by none, and their map would be 0 / 0.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the window, the stride and the fix.
+    """
+    if len(window) != len(stride) and 1 not in (len(window), len(stride)):
+        return  # per_axis names the mismatch once the input's axes are known
+    rank = max(len(window), len(stride))
+    axes = zip(per_axis(window, rank, WINDOW), per_axis(stride, rank, STRIDE), strict=True)
+    for w, s in axes:
+        if s > w:
+            raise InvalidInputError(
+                f"occlusion's stride {_given(stride)} is larger than its window "
+                f"{_given(window)}: the pixels between two windows would be covered by none "
+                f"and get no value; give a stride of at most {w}, a window of at least {s}, "
+                "or no stride (half the window)"
+            )
+
+
 def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Window positions along one axis: every ``stride``, plus one flush with the far edge."""
     if window > size:
@@ -160,8 +190,9 @@ class Occlusion(Explainer):
         The model to explain.
     window : int or tuple of int
         Window size in pixels: one for every spatial axis, or one per axis (height, width).
-    stride : int or tuple of int
-        Step between windows, likewise.
+    stride : int or tuple of int, optional
+        Step between windows, likewise, at most the window (a longer one would leave pixels
+        that no window covers); default: half the window along each axis (at least 1).
     baseline : {"zeros", "mean", "blur"}, float or Tensor
         What the window is filled with: zeros, the image's per-channel mean, a blurred copy of
         the image, a constant, or a tensor.
@@ -181,14 +212,18 @@ class Occlusion(Explainer):
         model: object,
         *,
         window: Sizes = WINDOW.default,
-        stride: Sizes = STRIDE.default,
+        stride: Sizes | None = STRIDE.default,
         baseline: BaselineLike = BASELINE.default,
         chunk_size: int | None = CHUNK_SIZE.default,
         progress: bool = PROGRESS.default,
     ) -> None:
         super().__init__(model)
         self.window = _sizes(window, WINDOW)
-        self.stride = _sizes(stride, STRIDE)
+        if stride is None:
+            self.stride = half_window(self.window)
+        else:
+            self.stride = _sizes(stride, STRIDE)
+            check_window_stride(self.window, self.stride)
         check_baseline(BASELINE.check(baseline))
         self.baseline = baseline
         self.chunk_size = CHUNK_SIZE.check(chunk_size) or PERTURBATION_CHUNK_SIZE

@@ -77,7 +77,8 @@ def open_model(
                 f"model {model} (its preprocessing is known)"
             )
         opened = found.open(model, options, PresetOverrides(), fuse=fuse)
-        return LoadedModel(opened.adapter, opened.name, opened.preset, list(opened.class_names))
+        adapter = on_device(opened.adapter, options.device, found.kind)
+        return LoadedModel(adapter, opened.name, opened.preset, list(opened.class_names))
     for option, refusal in ONLY_FOR.items():
         if getattr(options, option) is not None and option not in found.options:
             raise InvalidInputError(f"{refusal} {found.kind} {model}")
@@ -86,6 +87,7 @@ def open_model(
         check_unpacked_size(model_file)
     settings = options.overrides().over(_sidecar(options, model_file))
     adapter, name, base, metadata_names = found.open(model, options, settings, fuse=fuse)
+    adapter = on_device(adapter, options.device, found.kind)
     if options.output_key is not None:
         if not hasattr(adapter, "with_output"):
             raise InvalidInputError(
@@ -99,6 +101,36 @@ def open_model(
     names = _class_names(count, name, settings, metadata_names)
     loaded = LoadedModel(adapter, name, preset, names)
     return _with_output_kind(loaded, settings.output_kind, probe, count)
+
+
+def on_device(adapter: Any, device: str | None, kind: str) -> Any:
+    """``adapter`` with the model salience opened moved to ``device`` (None: left where it is).
+
+    This is the one place a model changes device: the inputs follow it, since every adapter
+    prepares them on its model's device, and the maps come back on the CPU.
+
+    Raises
+    ------
+    InvalidInputError
+        For a device this machine lacks (:func:`~salience.adapters.torch.check_device`), or
+        one other than the CPU for a model that is not a PyTorch module.
+    """
+    if device is None:
+        return adapter
+    from salience.adapters.torch import TorchAdapter, check_device
+
+    wanted = check_device(device)
+    if getattr(adapter, "device", None) == wanted:
+        return adapter
+    if wanted.type == "cpu" and not isinstance(adapter, TorchAdapter):
+        return adapter  # ONNX Runtime, TensorFlow: they run on the CPU here
+    if type(adapter) is not TorchAdapter:
+        raise InvalidInputError(
+            f"--device {device} moves PyTorch modules (bundled models, factories, state dicts); "
+            f"this {kind} model runs where it is opened: use --device cpu"
+        )
+    adapter.model.to(wanted)
+    return adapter
 
 
 def _with_output_kind(
@@ -264,4 +296,4 @@ def _channels_refused(error: RuntimeError, name: str) -> str | None:
     )
 
 
-__all__ = ["declared_input_shape", "is_onnx", "model_kind", "open_model"]
+__all__ = ["declared_input_shape", "is_onnx", "model_kind", "on_device", "open_model"]

@@ -77,6 +77,9 @@ class LoadOptions:
         Run what the file carries: unpickle full models, load Keras Lambda layers, exported
         programs outside the checked subset and TorchScript code that reaches files (see
         ``docs/security.md``).
+    device : str, optional
+        Where a PyTorch model runs: ``cpu``, ``cuda`` (``cuda:N``) or ``mps``; default where it
+        was opened (the CPU). It applies to every model, bundled ones too.
     """
 
     input_name: str | None = None
@@ -97,11 +100,15 @@ class LoadOptions:
     interpolation: str | None = None
     channels: int | None = None
     intensity_window: Sequence[float] | None = None
+    device: str | None = None
 
     def given(self) -> list[str]:
-        """The names of the options that were set."""
+        """The names of the options that were set that describe a model file (all but
+        ``device``, which any model takes)."""
         return [
-            name for name, value in vars(self).items() if value is not None and value is not False
+            name
+            for name, value in vars(self).items()
+            if value is not None and value is not False and name != "device"
         ]
 
     def overrides(self) -> PresetOverrides:

@@ -1,7 +1,9 @@
 """The job's ``index.html``: every image with its overlays as thumbnails, sortable in the browser.
 
 One self-contained page (no network, no server: open the file) beside ``items/``. Each row shows
-the image and one thumbnail per method (linked to the full-size overlay), the prediction, its
+the image and one thumbnail per method (linked to the method's figure: the overlay under its
+title, with its colorbar), captioned with the method, its key options, the class it explains and
+its probability, the prediction, its
 probability, the label and whether it is correct, the AUCs, the time and any error. Clicking a
 column header sorts by it (again: the other way); empty cells stay last, ties keep the
 table's order.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import html
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -38,9 +40,11 @@ def write_index(
     methods: Sequence[str],
     model: str,
     auc: bool,
+    captions: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Path:
-    """Write ``index.html`` for the results table ``rows`` (see :mod:`salience.runner.results`)."""
-    page = render_index(rows, methods=methods, model=model, auc=auc)
+    """Write ``index.html`` for the results table ``rows`` (see :mod:`salience.runner.results`);
+    ``captions`` (item key → method → text) caption the thumbnails."""
+    page = render_index(rows, methods=methods, model=model, auc=auc, captions=captions)
     return write_bytes_atomic(Path(folder) / INDEX_NAME, page.encode("utf-8"))
 
 
@@ -49,9 +53,16 @@ ERROR_CHARACTERS = 80
 
 
 def render_index(
-    rows: Sequence[dict[str, Any]], *, methods: Sequence[str], model: str, auc: bool
+    rows: Sequence[dict[str, Any]],
+    *,
+    methods: Sequence[str],
+    model: str,
+    auc: bool,
+    captions: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
-    """The page's HTML."""
+    """The page's HTML; ``captions`` (item key → method → text) caption the thumbnails (an
+    item or method without one is captioned with the method's name)."""
+    captions = captions or {}
     done = sum(row["status"] == DONE for row in rows)
     judged = [row for row in rows if row["correct"] is not None]
     accuracy = (
@@ -74,7 +85,14 @@ def render_index(
     ]
     folder = os.path.commonpath([os.path.dirname(os.path.abspath(row["path"])) for row in rows])
     body = "\n".join(
-        _row(index, row, os.path.relpath(os.path.abspath(row["path"]), folder), methods, auc)
+        _row(
+            index,
+            row,
+            os.path.relpath(os.path.abspath(row["path"]), folder),
+            methods,
+            auc,
+            captions.get(row["key"], {}),
+        )
         for index, row in enumerate(rows)
     )
     title = f"salience batch: {len(rows)} images, {model}"
@@ -93,7 +111,14 @@ def _template() -> Template:
     return Template(resources.files("salience.runner").joinpath(TEMPLATE).read_text("utf-8"))
 
 
-def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc: bool) -> str:
+def _row(
+    index: int,
+    row: dict[str, Any],
+    name: str,
+    methods: Sequence[str],
+    auc: bool,
+    captions: Mapping[str, str],
+) -> str:
     """One table row; ``name`` is the image's path shown (relative to the images' folder)."""
     done = row["status"] == DONE
     folder = f"{ITEMS}/{quote(row['key'])}"
@@ -112,7 +137,7 @@ def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc
     }
     cells = [
         f'<td class="path" title="{html.escape(row["path"])}">{html.escape(name)}</td>',
-        f'<td class="thumbs">{_thumbnails(folder, methods) if done else ""}</td>',
+        f'<td class="thumbs">{_thumbnails(folder, methods, captions) if done else ""}</td>',
         f"<td>{html.escape(row['predicted_class'] or '')}</td>",
         f'<td class="num">{_shown_confidence(row)}</td>',
         f'<td class="label">{html.escape(row["label_class"] or "")}</td>',
@@ -133,16 +158,22 @@ def _row(index: int, row: dict[str, Any], name: str, methods: Sequence[str], auc
     return f'<tr class="{class_names}" {attributes}>{"".join(cells)}</tr>'
 
 
-def _thumbnails(folder: str, methods: Sequence[str]) -> str:
+def _thumbnails(folder: str, methods: Sequence[str], captions: Mapping[str, str]) -> str:
+    """The image's thumbnail, then each method's, linked to its figure, under its caption."""
     images = [(f"{folder}/{IMAGE_THUMBNAIL}", f"{folder}/{IMAGE_THUMBNAIL}", "image")]
     images += [
-        (f"{folder}/{method_thumbnail(method)}", f"{folder}/{quote(method)}.png", method)
+        (
+            f"{folder}/{method_thumbnail(method)}",
+            f"{folder}/{quote(method)}.png",
+            captions.get(method, method),
+        )
         for method in methods
     ]
     return "".join(
-        f'<a href="{html.escape(target)}"><img src="{html.escape(source)}" '
-        f'alt="{html.escape(name)}" title="{html.escape(name)}" loading="lazy"></a>'
-        for source, target, name in images
+        f'<figure><a href="{html.escape(target)}"><img src="{html.escape(source)}" '
+        f'alt="{html.escape(caption)}" title="{html.escape(caption)}" loading="lazy"></a>'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for source, target, caption in images
     )
 
 

@@ -161,7 +161,12 @@ def run_job(
         written = write_tables(folder.root, rows)
         written.append(
             write_index(
-                folder.root, rows, methods=spec.methods, model=checked.loaded.name, auc=spec.auc
+                folder.root,
+                rows,
+                methods=spec.methods,
+                model=checked.loaded.name,
+                auc=spec.auc,
+                captions={key: (r or {}).get("captions", {}) for key, r in records.items()},
             )
         )
     failures = [(row["path"], row["error"] or "") for row in rows if row["status"] == FAILED]

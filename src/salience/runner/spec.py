@@ -26,7 +26,7 @@ from salience.targets import SCORE_KINDS
 LAYOUT_VERSION = 1
 """The layout of a job's output folder; part of every fingerprint."""
 _FILE_OPTIONS = ("preset", "factory", "weights", "classes")
-_LATER_OPTIONS = ("resize", "interpolation", "channels", "intensity_window")
+_LATER_OPTIONS = ("resize", "interpolation", "channels", "intensity_window", "device")
 """Load options added since jobs were first written: described only when set, so those resume."""
 
 

@@ -42,8 +42,9 @@ from salience.modalities import (
     load_data_bytes,
 )
 from salience.models.loader import declared_input_shape
+from salience.outputs import Summary, explained_text
 from salience.registry import get
-from salience.render import encode, render, thumbnail
+from salience.render import encode, render, thumbnail, title
 from salience.runner.inputs import BatchItem
 from salience.runner.spec import JobSpec
 from salience.signals import Signal
@@ -53,6 +54,9 @@ from salience.volumes import Volume
 DONE, FAILED = "done", "failed"
 IMAGE_THUMBNAIL = "image.thumb.png"
 """The image's own thumbnail, in every finished item's folder."""
+FIGURE_CLASSES = 5
+"""Classes of the prediction a figure's title can quote with their probability, as in
+``salience explain`` (another explained class is named without it)."""
 
 
 GROUP_SIZE = 8
@@ -156,9 +160,10 @@ class ItemWorker:
         if task.data is None:
             return _failed(task.item, task.error or "no data", start)
         data, path, prepare = task.data, task.item.path, self.loaded.preset.prepare
-        kind = task.kind or input_kind(path)
+        kind = _kind(task)
         if kind == IMAGE:
-            return _settled(task.item, start, lambda: self._explain(prepare(data)))
+            label = Path(path).name
+            return _settled(task.item, start, lambda: self._explain(prepare(data), label=label))
         return _settled(
             task.item, start, lambda: self._explain_data(load_data_bytes(data, path, kind))
         )
@@ -171,7 +176,7 @@ class ItemWorker:
         results: dict[int, ItemResult] = {}
         groups: dict[tuple[Any, ...], list[_Prepared]] = {}
         for i, task in enumerate(tasks):
-            if size == 1 or task.data is None or (task.kind or input_kind(task.item.path)) != IMAGE:
+            if size == 1 or task.data is None or _kind(task) != IMAGE:
                 results[i] = self.process(task)
                 continue
             start = time.perf_counter()
@@ -205,7 +210,9 @@ class ItemWorker:
             results[member.index] = _settled(
                 member.task.item,
                 begun,
-                lambda image=member.image, own=own: self._explain(image, own),
+                lambda image=member.image, own=own, label=Path(member.task.item.path).name: (
+                    self._explain(image, own, label=label)
+                ),
             )
         return results
 
@@ -244,12 +251,16 @@ class ItemWorker:
             files.update(written)
         return self._record(tensor, explanations), files
 
-    def _record(self, tensor: Any, explanations: dict[str, Any]) -> dict[str, Any]:
-        """The item's prediction and the classes explained (the AUCs are added by the caller)."""
-        outputs = next(iter(explanations.values())).outputs  # the methods' own forward pass
+    def _summary(self, tensor: Any, explanations: dict[str, Any], k: int) -> Summary:
+        """The item's prediction, its ``k`` first classes, from the methods' own forward pass."""
+        outputs = next(iter(explanations.values())).outputs
         if outputs is None:
             outputs = self.loaded.adapter.forward(tensor)
-        prediction = self.loaded.summary(as_score_matrix(outputs)[0], k=1).best
+        return self.loaded.summary(as_score_matrix(outputs)[0], k=k)
+
+    def _record(self, tensor: Any, explanations: dict[str, Any]) -> dict[str, Any]:
+        """The item's prediction and the classes explained (the AUCs are added by the caller)."""
+        prediction = self._summary(tensor, explanations, 1).best
         first = next(iter(explanations.values())).with_names(self.loaded.class_names)
         return {
             "status": DONE,
@@ -264,29 +275,44 @@ class ItemWorker:
         }
 
     def _explain(
-        self, image: PreparedImage, explanations: dict[str, Any] | None = None
+        self,
+        image: PreparedImage,
+        explanations: dict[str, Any] | None = None,
+        *,
+        label: str | None = None,
     ) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """An image's record and files, from its explanations (None: made here)."""
+        """An image's record and files, from its explanations (None: made here): per method its
+        raw maps, one figure per target (the overlay under the title ``salience explain`` gives
+        it, with its colorbar) and the thumbnail of the first; ``label`` names the image in the
+        titles."""
         spec, names = self.spec, self.loaded.class_names
         if explanations is None:
             explanations = self._explanations(image.tensor)
+        summary = self._summary(image.tensor, explanations, FIGURE_CLASSES)
         display = spec.display
         view = display.view(image)
         files = {IMAGE_THUMBNAIL: encode(thumbnail(view.image, display.thumbnail))}
         auc: dict[str, dict[str, float]] = {}
+        titles: dict[str, str] = {}
+        captions: dict[str, str] = {}
         for method, explanation in explanations.items():
             explanation = explanation.with_names(names, model=self.loaded.name)
             files[f"{method}.npz"], files[f"{method}.json"] = explanation.to_bytes(compress=False)
             count = explanation.targets.shape[1]
             for k in range(count):
                 rendering = render(explanation, k, view, display)
-                files[f"{method}{explanation.figure_suffix(k)}.png"] = rendering.png
+                explained = explained_text(summary, int(explanation.targets[0, k]), names)
+                name = f"{method}{explanation.figure_suffix(k)}.png"
+                titles[name] = title(explanation, k, label, prediction=explained)
+                files[name] = rendering.figure_png(titles[name])
                 if k == 0:
                     files[method_thumbnail(method)] = rendering.thumbnail_png
+                    captions[method] = f"{method}: {explained}"
             if self.metrics:
                 curves = [metric(image.tensor, explanation) for metric in self.metrics]
                 auc[method] = {curve.mode: float(curve.auc[0]) for curve in curves}
-        return {**self._record(image.tensor, explanations), "auc": auc}, files
+        record = self._record(image.tensor, explanations)
+        return {**record, "auc": auc, "titles": titles, "captions": captions}, files
 
 
 @dataclass(frozen=True)
@@ -297,6 +323,11 @@ class _Prepared:
     task: Task
     image: PreparedImage
     seconds: float
+
+
+def _kind(task: Task) -> str:
+    """The task's input kind: as decided where its file was read, else from its path."""
+    return task.kind or input_kind(task.item.path)
 
 
 def _settled(
