@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 from collections.abc import Iterable, Iterator, Sized
 from itertools import islice
 from typing import Any
@@ -142,17 +143,21 @@ def _serve(spec: JobSpec, inbox: Any, outbox: Any) -> None:
         outbox.put(f"a worker could not open the model {spec.model}: {error}")
         return  # the queue is flushed before the process ends
     parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_leave_with, args=(parent,), daemon=True).start()
     while True:
         try:
             chunk = inbox.get(timeout=_POLL_SECONDS)
         except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                outbox.cancel_join_thread()  # nobody reads the results any more
-                return  # the job was killed: leave too
             continue
         if chunk is None:
             return
-        if parent is not None and not parent.is_alive():
-            outbox.cancel_join_thread()
-            return  # the job is gone: its tasks are not worth finishing
         outbox.put(worker.process_all(chunk))
+
+
+def _leave_with(parent: Any) -> None:
+    """End this worker as soon as the job's process is gone (killed outright): wherever the
+    worker is, also inside a read of a chunk the dying job wrote only in part, which would
+    block for ever. A worker writes no file (the job does), so nothing is left half-done."""
+    parent.join()
+    os._exit(1)
