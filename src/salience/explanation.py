@@ -166,7 +166,10 @@ class Explanation:
         """The explanation of one sample of the batch, as a batch of one (its maps, targets,
         scores, names and outputs; the method's configuration and info as they are)."""
         if not 0 <= sample < len(self):
-            raise IndexError(f"sample {sample} of an explanation of {len(self)} samples")
+            raise InvalidInputError(
+                f"no sample {sample} in an explanation of {len(self)} samples; "
+                f"choose one of 0 to {len(self) - 1}"
+            )
         rows = slice(sample, sample + 1)
         return replace(
             self,
