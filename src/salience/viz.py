@@ -111,7 +111,8 @@ def _has_both_signs(values: np.ndarray) -> bool:
     return bool(np.nanmin(values) < 0 < np.nanmax(values)) if np.isfinite(values).any() else False
 
 
-def _cmap_name(cmap: str | None, signed: bool) -> str:
+def cmap_name(cmap: str | None, signed: bool) -> str:
+    """``cmap``, or the default colormap of a signed (diverging) or unsigned map."""
     if cmap is not None:
         return cmap
     return DEFAULT_SIGNED_CMAP if signed else DEFAULT_CMAP
@@ -210,7 +211,7 @@ def color_scale(
         sign = "all" if _has_both_signs(values) else "absolute_value"
     if cmap is not None:
         _colormap(cmap)  # an unknown name fails with suggestions
-    name = _cmap_name(cmap, sign == "all")
+    name = cmap_name(cmap, sign == "all")
     if sign == "all":
         top = float(np.abs(finite).max()) if finite.size else 0.0
     elif finite.size:
@@ -263,7 +264,7 @@ def colorize(
     """
     values = as_2d_map(saliency)
     is_signed = _has_both_signs(values) if signed is None else bool(signed)
-    colormap = _colormap(_cmap_name(cmap, is_signed))
+    colormap = _colormap(cmap_name(cmap, is_signed))
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         low, high = 0.0, 1.0

@@ -27,7 +27,7 @@ from salience.arrays import ArrayFileError, check_input_shape, check_size, read_
 from salience.errors import InvalidInputError, MissingPackageError
 from salience.fileio import write_bytes_atomic
 from salience.postprocess import reduce_channels, upsample
-from salience.viz import DEFAULT_CMAP, ColorScale, add_colorbar, colorize, new_figure, save_figure
+from salience.viz import ColorScale, add_colorbar, cmap_name, colorize, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -293,7 +293,7 @@ def montage_figure(
         ax.imshow(shown, aspect=aspect)
         ax.set_title(f"{view} {next(i for i in index if isinstance(i, int))}")
         ax.set_axis_off()
-    scale = ColorScale("all", cmap or DEFAULT_CMAP, low, max(high, low + 1e-12), label)
+    scale = ColorScale("all", cmap_name(cmap, False), low, max(high, low + 1e-12), label)
     add_colorbar(figure, scale, ax=list(axes))
     if title:
         figure.suptitle(title)
