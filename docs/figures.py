@@ -1,4 +1,4 @@
-"""Make the README's figures: docs/images/cat_methods.png and docs/images/volume_montage.png.
+"""Make the README's figures: docs/images/cat_methods.png, volume_montage.png, signal_trace.png.
 
 Run from the repository root (offline, deterministic, about a minute on two cores):
 
@@ -8,7 +8,10 @@ Run from the repository root (offline, deterministic, about a minute on two core
 EfficientNet-Lite0 on the cat photo with three methods. ``volume_montage.png`` is the montage of
 :func:`salience.volumes.save_montage` for a synthetic scan (a smooth background, a bright box
 and a bright ball) and a small 3-D CNN whose score is the sum of the box's voxels, explained
-with Grad-CAM: the map is high in the box, not on the ball.
+with Grad-CAM: the map is high in the box, not on the ball. ``signal_trace.png`` is the figure of
+:func:`salience.signals.save_signal_figure` for a two-lead synthetic signal and a 1-D model whose
+score sums both leads over one window, explained with Integrated Gradients: the bands light up in
+that window only.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from torch import Tensor, nn
 import salience
 from salience.cli import main as cli
 from salience.fileio import write_bytes_atomic
+from salience.signals import Signal, save_signal_figure
 from salience.volumes import Volume, save_montage, volume_map
 
 IMAGES = Path(__file__).resolve().parent / "images"
 METHODS = ("gradcam", "integrated_gradients", "occlusion")
 SIDE = 48
 """The phantom scan's side in voxels (a multiple of 8)."""
+LENGTH = 400
+"""The synthetic signal's time steps."""
 
 
 def cat_methods(
@@ -135,11 +141,56 @@ def volume_montage(
     return save_montage(output, scan, saliency, title=title), saliency, box
 
 
+def two_leads(length: int = LENGTH) -> tuple[Signal, slice]:
+    """A synthetic two-lead signal (beats on a slow wander) and the window a model scores."""
+    time = np.arange(length, dtype=np.float64)
+    beats = sum(np.exp(-(((time - t) / 4.0) ** 2)) for t in range(length // 8, length, length // 4))
+    wander = 0.2 * np.sin(2 * np.pi * time / length)
+    data = np.stack([beats + wander, 0.6 * beats - wander]).astype(np.float32)
+    window = slice(9 * length // 16, 11 * length // 16)  # around the third beat
+    return Signal(data, ("I", "II"), "two leads"), window
+
+
+class WindowNet(nn.Module):
+    """Score 0 is the sum of both leads over ``window``; ``features`` is the masked sum."""
+
+    def __init__(self, window: slice, length: int = LENGTH) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+        mask = torch.zeros(1, length)
+        mask[0, window] = 1
+        self.register_buffer("mask", mask)
+        self.features = Masked()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(self.conv(x), self.mask).sum(dim=2)
+
+
+def signal_trace(output: str | Path, length: int = LENGTH) -> tuple[Path, np.ndarray, slice]:
+    """Explain :class:`WindowNet` on :func:`two_leads` with Integrated Gradients and write the
+    traces with their saliency bands.
+
+    Returns
+    -------
+    (Path, numpy.ndarray, slice)
+        The written PNG, the map it draws ``(2, length)`` and the window the model sums.
+    """
+    signal, window = two_leads(length)
+    net = WindowNet(window, length).eval()
+    explanation = salience.explain(net, signal.tensor(), method="integrated_gradients", target=0)
+    saliency = explanation.map().detach().numpy()
+    title = "Integrated Gradients of a 1-D model that sums both leads over one window"
+    return save_signal_figure(output, signal, saliency, title=title), saliency, window
+
+
 def main() -> int:
     """Write every figure into docs/images."""
     for path in (
         cat_methods(IMAGES / "cat_methods.png"),
         volume_montage(IMAGES / "volume_montage.png")[0],
+        signal_trace(IMAGES / "signal_trace.png")[0],
     ):
         print(f"wrote {path}")
     return 0

@@ -1,6 +1,6 @@
 """docs/figures.py, the script that remakes the README's figures: its montage's map finds the
-box the model sums, its grid is the one ``salience explain`` draws, and every picture the
-README and the docs show exists."""
+box the model sums, its signal bands are the leads inside the window the model sums, its grid
+is the one ``salience explain`` draws, and every picture the README and the docs show exists."""
 
 from __future__ import annotations
 
@@ -50,6 +50,18 @@ def test_the_montage_map_peaks_in_the_box_the_model_sums(figures, tmp_path: Path
     assert path.stat().st_size < MAX_BYTES
 
 
+def test_the_signal_bands_are_the_leads_inside_the_window(figures, tmp_path: Path) -> None:
+    path, saliency, window = figures.signal_trace(tmp_path / "trace.png", length=64)
+    signal, _ = figures.two_leads(64)
+    # the model is linear with weight 1 in the window: Integrated Gradients from zeros is x there
+    expected = np.zeros_like(signal.data)
+    expected[:, window] = signal.data[:, window]
+    # float32 rounding of a sum of at most 64 steps of values below 1.2: 64 * 1.2 * 2**-23 < 1e-5
+    np.testing.assert_allclose(saliency, expected, rtol=0, atol=1e-5)
+    assert png_size(path) == (900, 380)  # 9 × (1.2 + 1.3 per lead) inches at 100 dpi
+    assert path.stat().st_size < MAX_BYTES
+
+
 def test_the_cat_figure_is_the_grid_explain_draws(figures, tmp_path: Path) -> None:
     path = figures.cat_methods(tmp_path / "cat.png", ("gradcam",))
     width, _ = png_size(path)
@@ -70,5 +82,5 @@ def test_every_picture_the_docs_show_exists() -> None:
         image = page.parent / target
         assert image.is_file(), f"{page.name} shows {target}, which does not exist"
         assert png_size(image)[0] > 0
-    for name in ("cat_methods.png", "volume_montage.png"):  # the ones docs/figures.py makes
+    for name in ("cat_methods.png", "volume_montage.png", "signal_trace.png"):  # figures.py's
         assert (ROOT / "docs" / "images" / name).stat().st_size < MAX_BYTES
