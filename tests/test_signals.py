@@ -219,10 +219,13 @@ def test_the_figure_draws_a_trace_and_a_band_per_channel(signal: Tensor) -> None
     coarse[10:16] = 1
     band = signal_map(coarse, LENGTH)  # a CAM's coarser map, upsampled linearly
     assert band.shape == (LENGTH,) and band[WINDOW].min() > 0 and band[:18].max() == 0
-    figure = signal_figure(item, band)
-    assert len(figure.axes) == 4
-    assert [ax.get_ylabel() for ax in figure.axes[::2]] == ["I", "II"]
+    figure = signal_figure(item, band, label="logit")
+    assert len(figure.axes) == 5  # two traces, two bands and the colorbar
+    assert [ax.get_ylabel() for ax in figure.axes[:4:2]] == ["I", "II"]
     assert len(figure.axes[1].images) == 1 and len(figure.axes[0].lines) == 1
+    # the colorbar reads the bands' one scale back: 0 to the map's largest value
+    assert figure.axes[4].get_ylabel() == "logit"
+    assert figure.axes[4].get_ylim() == (0.0, float(band.max()))
 
 
 def test_explain_a_csv_signal_from_the_command_line(tmp_path, signal: Tensor) -> None:

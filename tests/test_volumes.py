@@ -267,9 +267,14 @@ def test_the_montage_cuts_through_the_peak(scan: Tensor) -> None:
     volume = Volume(scan[0].numpy(), oblique_affine(), "scan")
     saliency = np.zeros(volume.shape, np.float32)
     saliency[3, 9, 12] = 1.0
-    figure = montage_figure(volume, saliency)
-    titles = [ax.get_title() for ax in figure.axes]
-    assert titles == ["axial 12", "coronal 9", "sagittal 3"]
+    saliency[0, 0, 0] = -0.25
+    figure = montage_figure(volume, saliency, label="logit")
+    slices, colorbar = figure.axes[:3], figure.axes[3:]
+    assert [ax.get_title() for ax in slices] == ["axial 12", "coronal 9", "sagittal 3"]
+    # one colorbar, from the map's least value to its largest, in the map's units
+    assert len(colorbar) == 1
+    assert colorbar[0].get_ylabel() == "logit"
+    assert colorbar[0].get_ylim() == (-0.25, 1.0)
 
 
 def test_explain_a_nifti_scan_from_the_command_line(tmp_path, capsys) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor
 from salience.arrays import ArrayFileError, check_input_shape, read_csv_columns, read_npy
 from salience.errors import InvalidInputError
 from salience.postprocess import upsample
-from salience.viz import colorize, new_figure, save_figure
+from salience.viz import ColorScale, add_colorbar, cmap_name, colorize, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -127,12 +127,14 @@ def signal_figure(
     *,
     cmap: str | None = None,
     title: str | None = None,
+    label: str = "attribution",
 ) -> Figure:
     """Each channel's trace, and beneath it the saliency as a coloured band along time.
 
     ``saliency`` is ``(L,)`` (one band, shown under every channel: a CAM, occlusion, RISE) or
     ``(C, L)`` (a band per channel: the gradient family). Signed maps get a diverging scale
-    centred on 0; all bands share one scale.
+    centred on 0; all bands share one scale, read back by the colorbar on the right (numbers
+    in the map's units, named by ``label``).
     """
     bands = np.broadcast_to(saliency, signal.data.shape) if saliency.ndim == 1 else saliency
     if bands.shape != signal.data.shape:
@@ -157,6 +159,7 @@ def signal_figure(
         band.imshow(colours, aspect="auto", extent=(-0.5, signal.length - 0.5, 0, 1))
         band.set_yticks([])
     axes[-1].set_xlabel("time step")
+    add_colorbar(figure, ColorScale("all", cmap_name(cmap, signed), low, high, label), ax=axes)
     if title:
         figure.suptitle(title)
     return figure

@@ -111,7 +111,8 @@ def _has_both_signs(values: np.ndarray) -> bool:
     return bool(np.nanmin(values) < 0 < np.nanmax(values)) if np.isfinite(values).any() else False
 
 
-def _cmap_name(cmap: str | None, signed: bool) -> str:
+def cmap_name(cmap: str | None, signed: bool) -> str:
+    """``cmap``, or the default colormap of a signed (diverging) or unsigned map."""
     if cmap is not None:
         return cmap
     return DEFAULT_SIGNED_CMAP if signed else DEFAULT_CMAP
@@ -210,7 +211,7 @@ def color_scale(
         sign = "all" if _has_both_signs(values) else "absolute_value"
     if cmap is not None:
         _colormap(cmap)  # an unknown name fails with suggestions
-    name = _cmap_name(cmap, sign == "all")
+    name = cmap_name(cmap, sign == "all")
     if sign == "all":
         top = float(np.abs(finite).max()) if finite.size else 0.0
     elif finite.size:
@@ -263,7 +264,7 @@ def colorize(
     """
     values = as_2d_map(saliency)
     is_signed = _has_both_signs(values) if signed is None else bool(signed)
-    colormap = _colormap(_cmap_name(cmap, is_signed))
+    colormap = _colormap(cmap_name(cmap, is_signed))
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         low, high = 0.0, 1.0
@@ -510,8 +511,6 @@ def grid_figure(
         raise InvalidInputError(f"max_columns must be an int >= 2, got {max_columns!r}")
     check_sign(sign)
     _import_matplotlib("grid_figure")
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
 
     maps = [[as_2d_map(m) for m in row] for row in rows_of_maps]
     if scales is None:
@@ -545,10 +544,7 @@ def grid_figure(
             cell.set_axis_on()
             cell.imshow(overlay(pixels, saliency, alpha=alpha, scale=scale))
             cell.set_title(_wrapped(titles[index]), fontsize="medium")
-            mappable = ScalarMappable(Normalize(scale.low, scale.high), cmap=scale.colormap())
-            colorbar = figure.colorbar(mappable, ax=cell, fraction=0.07, pad=0.03)
-            colorbar.set_label(scale.label, fontsize="small")
-            colorbar.ax.tick_params(labelsize="small")
+            add_colorbar(figure, scale, ax=cell)
     return figure
 
 
@@ -568,9 +564,6 @@ def map_figure(picture: np.ndarray, scale: ColorScale, title: str) -> Figure:
     0), not resampled.
     """
     _import_matplotlib("map_figure")
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
     pixels = as_rgb_image(picture)
     height, width = pixels.shape[:2]
     top, bottom = title_pixels(title), 6
@@ -585,11 +578,31 @@ def map_figure(picture: np.ndarray, scale: ColorScale, title: str) -> Figure:
         14 / size[0],
         height / size[1],
     )
-    mappable = ScalarMappable(Normalize(scale.low, scale.high), cmap=scale.colormap())
-    colorbar = figure.colorbar(mappable, cax=figure.add_axes(bar))
-    colorbar.set_label(scale.label, fontsize=8)
-    colorbar.ax.tick_params(labelsize=7)
+    add_colorbar(figure, scale, cax=figure.add_axes(bar), sizes=(8, 7))
     return figure
+
+
+def add_colorbar(
+    figure: Figure,
+    scale: ColorScale,
+    *,
+    ax: Any = None,
+    cax: Any = None,
+    sizes: tuple[Any, Any] = ("small", "small"),
+) -> Any:
+    """Draw the colorbar of ``scale`` (numbers in the map's units, labelled) beside ``ax``
+    or into ``cax``; ``sizes`` are the label's and the numbers' font sizes."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(Normalize(scale.low, scale.high), cmap=scale.colormap())
+    if cax is None:
+        colorbar = figure.colorbar(mappable, ax=ax, fraction=0.07, pad=0.03)
+    else:
+        colorbar = figure.colorbar(mappable, cax=cax)
+    colorbar.set_label(scale.label, fontsize=sizes[0])
+    colorbar.ax.tick_params(labelsize=sizes[1])
+    return colorbar
 
 
 def _wrapped(title: str, width: int = 30) -> str:

@@ -27,7 +27,7 @@ from salience.arrays import ArrayFileError, check_input_shape, check_size, read_
 from salience.errors import InvalidInputError, MissingPackageError
 from salience.fileio import write_bytes_atomic
 from salience.postprocess import reduce_channels, upsample
-from salience.viz import colorize, new_figure, save_figure
+from salience.viz import ColorScale, add_colorbar, cmap_name, colorize, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -273,24 +273,28 @@ def montage_figure(
     cmap: str | None = "jet",
     title: str | None = None,
     at: tuple[int, int, int] | None = None,
+    label: str = "attribution",
 ) -> Figure:
     """The three slices through the voxel ``at`` (by default the map's peak), the map blended
     over the windowed scan (its opacity grows with the map's value up to ``alpha``, so the scan
     shows where it is low).
 
     Each slice is drawn with its voxel spacing as aspect ratio and its second array axis
-    upward, as viewers show a RAS scan; the colour scale is the map's over the whole volume.
+    upward, as viewers show a RAS scan; the colour scale is the map's over the whole volume,
+    read back by the colorbar on the right (numbers in the map's units, named by ``label``).
     """
     scan = intensity_window(volume.data[0], window)
     at = peak(saliency) if at is None else at
     low, high = float(saliency.min()), float(saliency.max())
-    figure = new_figure(9.0, 3.4, "volume montage")
+    figure = new_figure(10.0, 3.4, "volume montage")
     axes = figure.subplots(1, 3)
     for ax, (view, index, aspect) in zip(axes, slices_through(volume, at), strict=True):
         shown = blend_slice(scan[index], saliency[index], (low, high), alpha=alpha, cmap=cmap)
         ax.imshow(shown, aspect=aspect)
         ax.set_title(f"{view} {next(i for i in index if isinstance(i, int))}")
         ax.set_axis_off()
+    scale = ColorScale("all", cmap_name(cmap, False), low, max(high, low + 1e-12), label)
+    add_colorbar(figure, scale, ax=list(axes))
     if title:
         figure.suptitle(title)
     return figure
