@@ -15,7 +15,7 @@ from salience.methods.base import (
     Explainer,
     SinglePassExplainer,
     attribute_shared,
-    resolve_output_kind,
+    output_kind_for,
     score_to_explain,
 )
 from salience.methods.options import check_option_names, checked_options, options_of
@@ -164,8 +164,7 @@ def explain_all(
     shared = [e for e in explainers if isinstance(e, SinglePassExplainer)]
     with one_state_per_call():  # every map is of the model as it was when the call began
         inputs = adapter.prepare_input(x)
-        detect = score == "probability" or any(e.reads_output_kind for e in explainers)
-        kind = resolve_output_kind(adapter, inputs, output_kind, detect=detect)
+        kind = output_kind_for(explainers, adapter, inputs, score, output_kind)
         score = score_to_explain(adapter, inputs, score, kind)
         attributions = attribute_shared(shared, inputs, spec, score)
         results = {e.name: a for e, a in zip(shared, attributions, strict=True)}

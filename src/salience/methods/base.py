@@ -77,6 +77,20 @@ def resolve_output_kind(
     return cut if cut in (SIGMOID, SOFTMAX) else None
 
 
+def output_kind_for(
+    explainers: Sequence[Explainer],
+    adapter: object,
+    x: Tensor,
+    score: str,
+    output_kind: str | None,
+) -> str | None:
+    """The output kind a call of ``explainers`` explaining ``score`` hands to their
+    :meth:`~Explainer.attribute`: the one given, else the one detected when one of them reads
+    it (:attr:`~Explainer.reads_output_kind`) or a probability is explained."""
+    detect = score == "probability" or any(e.reads_output_kind for e in explainers)
+    return resolve_output_kind(adapter, x, output_kind, detect=detect)
+
+
 def score_to_explain(adapter: object, x: Tensor, score: str, output_kind: str | None = None) -> str:
     """The score a request explains (:func:`salience.outputs.explained_score`), recorded as the
     explanation's ``score_kind``.
@@ -203,16 +217,10 @@ class Explainer(ABC):
         spec = parse_target(target, class_names)
         with one_state_per_call():
             inputs = self.adapter.prepare_input(x)
-            kind = self.output_kind_for(inputs, score, output_kind)
+            kind = output_kind_for([self], self.adapter, inputs, score, output_kind)
             score = score_to_explain(self.adapter, inputs, score, kind)
             result = self.attribute_reported(inputs, spec, score, output_kind=kind)
         return self.explanation(result, score, class_names)
-
-    def output_kind_for(self, x: Tensor, score: str, output_kind: str | None) -> str | None:
-        """The output kind a call explaining ``score`` passes to :meth:`attribute`: the one
-        given, else the one detected when this method reads it or a probability is explained."""
-        detect = self.reads_output_kind or score == "probability"
-        return resolve_output_kind(self.adapter, x, output_kind, detect=detect)
 
     def attribute_reported(
         self, x: Tensor, spec: TargetSpec, score: str, *, output_kind: str | None = None
