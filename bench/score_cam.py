@@ -21,6 +21,12 @@ record (``bench/record.py``).
 
 from __future__ import annotations
 
+import os
+import sys
+
+# torch reads this once when it starts: decide before importing it (as bench/cams.py does).
+os.environ["THP_MEM_ALLOC_ENABLE"] = "0" if "--no-thp" in sys.argv else "1"
+
 import argparse
 
 import torch
@@ -35,6 +41,7 @@ from common import (
     median,
     paired_ratio,
 )
+from grad_cam_peer import load_peer
 from record import add_record_argument, write_record
 from salience.adapters.torch import TorchAdapter
 from salience.methods.score_cam import ScoreCAM
@@ -47,6 +54,7 @@ CHUNK = 8
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-thp", action="store_true", help="THP_MEM_ALLOC_ENABLE=0")
     add_record_argument(parser)
     args = parser.parse_args()
     start = cpu_snapshot()
@@ -78,17 +86,16 @@ def main() -> None:
         "salience Score-CAM, fuse=False": lambda: eager(x, target),
         "plain forwards": plain,
     }
-    try:
-        from pytorch_grad_cam import ScoreCAM as GradCamScoreCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        peer = GradCamScoreCAM(model, [model.get_submodule(LAYER)])
-        peer.batch_size = CHUNK
-        candidates["pytorch-grad-cam ScoreCAM"] = lambda: peer(
-            x, targets=[ClassifierOutputTarget(target)]
+    peer, how = load_peer()
+    if peer is None:
+        print(f"pytorch-grad-cam {how}: peer left out (make bench installs it)")
+    else:
+        print(f"peer: {how}")
+        peer_cam = peer.ScoreCAM(model, [model.get_submodule(LAYER)])
+        peer_cam.batch_size = CHUNK
+        candidates["pytorch-grad-cam ScoreCAM"] = lambda: peer_cam(
+            x, targets=[peer.ClassifierOutputTarget(target)]
         )
-    except ImportError:
-        print("pytorch_grad_cam is not installed (make bench installs it): peer left out")
     found = captured(x, target)
     print(
         f"layer {LAYER}: {features.shape[0]} channels, {found.info['skipped_channels']} "

@@ -98,6 +98,18 @@ class SmallCNN(nn.Module):
         return self.fc(self.drop(x.mean(dim=(2, 3))))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_program_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Captured programs go to a store of the test session's own, never the user's."""
+    previous = os.environ.get("SALIENCE_CACHE_DIR")
+    os.environ["SALIENCE_CACHE_DIR"] = str(tmp_path_factory.mktemp("program-store"))
+    yield
+    if previous is None:
+        os.environ.pop("SALIENCE_CACHE_DIR", None)
+    else:
+        os.environ["SALIENCE_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def small_cnn() -> SmallCNN:
     torch.manual_seed(0)

@@ -19,7 +19,9 @@ program, on by default for every model:
 The program is verified against the eager copy on a real batch (outputs equal to 1e-4 of their
 largest value; a batch with non-finite outputs decides nothing) and cached per state of the
 user's model (:func:`~salience.adapters.inference_copy.model_state`: rebuilt after any change
-of weights, modules or attributes) and per input shape. A model that cannot be captured runs the
+of weights, modules or attributes) and per input shape, and kept on disk for later processes
+(:mod:`salience.adapters.program_store`: authenticated entries, checked against the eager copy
+again when read). A model that cannot be captured runs the
 eager copy; the reason is recorded (:func:`recording_execution`) and reported in the
 explanation's info. oneDNN fusion is a process-wide switch of TorchScript; it is turned on only
 while a captured program runs, and restored afterwards.
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from salience.adapters import program_store
 from salience.adapters.inference_copy import (
     EQUALITY_TOLERANCE,
     ModelState,
@@ -203,6 +206,17 @@ def build_fused(copy: nn.Module, sample: Tensor) -> Capture | None:
                 program = torch.jit.freeze(traced.eval())
         except Exception as error:
             return Capture(None, _reason("the exported program cannot be frozen", error))
+    return verified(copy, program, sample)
+
+
+def verified(copy: nn.Module, program: torch.jit.ScriptModule, sample: Tensor) -> Capture | None:
+    """``program`` warmed up on ``sample``, if its outputs equal the eager ``copy``'s.
+
+    Returns
+    -------
+    Capture or None
+        The program, or why it is refused; None when ``sample`` gives non-finite outputs.
+    """
     with torch.inference_mode(), onednn_fusion():
         reference = copy(sample)
         for _ in range(WARM_UP_CALLS):
@@ -240,10 +254,47 @@ def cached_capture(
         return by_batch[batch]
     if any(size > batch and verdict.program is not None for size, verdict in by_batch.items()):
         return None
+    name = _stored_name(entries, copy, sample, options)
+    stored = None if name is None else program_store.read(name)
+    if stored is not None:  # checked as a fresh capture is; one that fails is captured afresh
+        verdict = verified(copy, stored, sample)
+        if verdict is None or verdict.program is not None:
+            if verdict is not None:
+                by_batch[batch] = verdict
+            return verdict
     verdict = build_fused(copy, sample)
     if verdict is not None:
         by_batch[batch] = verdict
+        if verdict.program is not None and name is not None:
+            program_store.write(name, verdict.program)
     return verdict
+
+
+def _stored_name(entries: dict, copy: nn.Module, sample: Tensor, options: tuple) -> str | None:
+    """The program store's name for this capture (computed once per model state and shape)."""
+    names = entries.setdefault("store names", {})
+    key = (options, tuple(sample.shape), sample.dtype)
+    if key not in names:
+        names[key] = program_store.fingerprint(copy, sample, options)
+    return names[key]
+
+
+def has_program(
+    model: nn.Module,
+    options: tuple,
+    copy: nn.Module,
+    sample: Tensor,
+    state: ModelState | None = None,
+) -> bool:
+    """Whether a program for inputs like ``sample`` is built already: in memory for this state
+    of ``model``, or in the program store (:mod:`salience.adapters.program_store`)."""
+    entries = cached_for(_CACHE, model, state or model_state(model))
+    key = (*options, tuple(sample.shape[1:]), sample.dtype)
+    verdict = entries.get(key, {}).get(sample.shape[0])
+    if verdict is not None:
+        return verdict.program is not None
+    name = _stored_name(entries, copy, sample, options)
+    return name is not None and program_store.contains(name)
 
 
 def cached_fused(

@@ -38,7 +38,13 @@ from salience.adapters.base import (
     check_finite_input,
     check_scaling_arguments,
 )
-from salience.adapters.fused import Capture, cached_capture, record_execution, run_fused
+from salience.adapters.fused import (
+    Capture,
+    cached_capture,
+    has_program,
+    record_execution,
+    run_fused,
+)
 from salience.adapters.inference_copy import (
     CopyError,
     ModelState,
@@ -640,16 +646,43 @@ class TorchAdapter:
         verdict = self._capture(sample)
         return None if verdict is None else verdict.program
 
+    def has_program(self, x: Tensor) -> bool:
+        """Whether a long run of inputs like ``x`` (one chunk) would start on a captured
+        program built already, in memory or in the program store: no capture cost to pay."""
+        sample = self.prepare_input(x)
+        if self._refusal(sample) is not None:
+            return False
+        with self._lock:
+            state = self._state()
+            copy = self.provider.copy(sample, self.provider.fold_batchnorm, state)
+            options = (self.fold_batchnorm, self.channels_last)
+            return copy is not None and has_program(
+                self.model, options, copy, self._layout(sample), state
+            )
+
     def _capture(self, sample: Tensor) -> Capture | None:
         """The capture verdict for inputs like ``sample`` (None: this batch runs eager without
         a verdict of its own, as the last, smaller chunk of a run does)."""
+        refusal = self._refusal(sample)
+        if refusal is not None:
+            return refusal
+        provider = self.provider
+        with self._lock:
+            state = self._state()
+            copy = provider.copy(sample, provider.fold_batchnorm, state)
+            if copy is None:
+                return Capture(None, "eager: the model cannot be copied")
+            options = (self.fold_batchnorm, self.channels_last)
+            return cached_capture(self.model, options, copy, self._layout(sample), state)
+
+    def _refusal(self, sample: Tensor) -> Capture | None:
+        """Why inputs like ``sample`` cannot run a captured program; None when they can."""
         softmax = self.strip_softmax and any(
             isinstance(module, _SOFTMAX_MODULES) for module in self.model.modules()
         )
-        provider = self.provider
         if not self.fuse:
             return Capture(None, "eager: capture is off (fuse=False)")
-        if not isinstance(provider, InferenceCopyProvider):
+        if not isinstance(self.provider, InferenceCopyProvider):
             return Capture(None, "eager: capture runs the inference copy, which is off")
         if sample.device.type != "cpu":
             return Capture(None, f"eager: capture is for CPU, the model is on {sample.device}")
@@ -661,13 +694,7 @@ class TorchAdapter:
             return Capture(None, "eager: one of several outputs is selected")
         if self.strip_sigmoid and self._sigmoid_cut(sample):
             return Capture(None, "eager: the model ends in a sigmoid whose input is explained")
-        with self._lock:
-            state = self._state()
-            copy = provider.copy(sample, provider.fold_batchnorm, state)
-            if copy is None:
-                return Capture(None, "eager: the model cannot be copied")
-            options = (self.fold_batchnorm, self.channels_last)
-            return cached_capture(self.model, options, copy, self._layout(sample), state)
+        return None
 
     def _sigmoid_cut(self, sample: Tensor) -> bool:
         """Whether passes cut a final sigmoid (the fused trace would keep it)."""
