@@ -17,8 +17,13 @@ importing torch's export machinery is given apart), the steady time of one chunk
 (interleaved rounds, medians, paired ratios), the resident memory it added, and its largest
 difference from eager relative to eager's largest output (1e-4 is the bound salience verifies).
 
-Run by hand: ``PYTHONPATH=src python bench/capture.py [--repeats 9] [--inductor]``; ``--json``
-adds the ratios to a record (``bench/record.py``).
+``--steps`` times instead, in a fresh process, each step of salience's own capture as a first run
+pays it: importing torch's export machinery, export, trace + freeze, writing and reading the
+program store's entry, and the warm-up calls (oneDNN compiles its kernels) of the program read
+back, which every process pays.
+
+Run by hand: ``PYTHONPATH=src python bench/capture.py [--repeats 9] [--inductor] [--steps]``;
+``--json`` adds the ratios to a record (``bench/record.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -77,10 +83,50 @@ def builders(with_inductor: bool) -> dict[str, Callable[[torch.nn.Module, torch.
     return found
 
 
+def steps(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, float]:
+    """Seconds of each step of a first capture, then of reading it back from a program store."""
+    import tempfile
+
+    from salience.adapters import program_store
+    from salience.adapters.fused import WARM_UP_CALLS
+
+    eager = build_inference_copy(model, batch).to(memory_format=torch.channels_last)
+    sample = batch.contiguous(memory_format=torch.channels_last)
+    seconds = {}
+
+    def timed(name: str, step: Callable[[], object]) -> object:
+        began = time.perf_counter()
+        result = step()
+        seconds[name] = time.perf_counter() - began
+        return result
+
+    def warm_up(program: torch.jit.ScriptModule) -> None:
+        with torch.inference_mode(), onednn_fusion():
+            for _ in range(WARM_UP_CALLS):
+                program(sample)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        timed("import torch's export machinery", lambda: importlib.import_module("torch._dynamo"))
+        exported = timed(
+            "torch.export (non-strict)", lambda: torch.export.export(eager, (sample,), strict=False)
+        )
+        program = timed("trace + freeze", lambda: frozen_trace(exported.module(), sample))
+        timed("warm-up of the new program", lambda: warm_up(program))
+        with tempfile.TemporaryDirectory() as folder:
+            os.environ[program_store.ENVIRONMENT] = folder
+            name = timed("fingerprint", lambda: program_store.fingerprint(eager, sample, ()))
+            timed("store: write", lambda: program_store.write(name, program))
+            stored = timed("store: read", lambda: program_store.read(name))
+            timed("warm-up of the program read back", lambda: warm_up(stored))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--inductor", action="store_true", help="also torch.compile (slow)")
+    parser.add_argument("--steps", action="store_true", help="time each step of one capture")
     add_record_argument(parser)
     args = parser.parse_args()
     start = cpu_snapshot()
@@ -88,6 +134,13 @@ def main() -> None:
     print(machine_line())
     model = load_model()
     batch = chelsea().repeat(CHUNK, 1, 1, 1) + 0.1 * torch.randn(CHUNK, 3, 224, 224)
+    if args.steps:
+        found = steps(model, batch)
+        for name, value in found.items():
+            print(f"  {name:<34} {value:6.2f} s")
+        print(footer(start))
+        write_record(args, "capture steps", {f"capture step: {k}, s": v for k, v in found.items()})
+        return
     eager = build_inference_copy(model, batch).to(memory_format=torch.channels_last)
     sample = batch.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

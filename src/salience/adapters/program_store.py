@@ -13,9 +13,9 @@ is not used at all.
 An entry is named by a fingerprint of everything a program depends on: the inference copy's
 structure (module types and their plain attributes), the contents of every weight, the source
 files that define the model's classes and the helpers they import from their own package (for
-``__main__``, the script), the input shape and dtype, the layout options, and the
-versions of torch and salience. A model whose attributes cannot be named that way (a function,
-an arbitrary object) gets no fingerprint and is captured in memory only. A program read back is
+``__main__``, the script), the input shape and dtype, the layout options, the version of torch
+and salience's capture code. A model whose attributes cannot be named that way (a function, an
+arbitrary object) gets no fingerprint and is captured in memory only. A program read back is
 still checked against the eager copy, as a fresh capture is.
 
 The store is ``platformdirs.user_cache_dir("salience")/programs``, or the folder in the
@@ -53,6 +53,13 @@ _KEY_NAME = "key"
 _SUFFIX = ".program"
 _OFF = frozenset({"off", "0", "none", "false"})
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+_CAPTURE_FILES = ("fused.py", "program_store.py")
+_CAPTURE_CODE = hashlib.sha256(
+    b"".join(Path(__file__).with_name(name).read_bytes() for name in _CAPTURE_FILES)
+).hexdigest()
+"""A digest of salience's capture code: a program is named by the code that made it too."""
 
 
 class UnnameableError(Exception):
@@ -173,12 +180,10 @@ def _source(kind: type) -> str:
 def fingerprint(copy: nn.Module, sample: Tensor, options: tuple) -> str | None:
     """The name of the program captured from ``copy`` for inputs like ``sample``; None when
     the copy holds something no fingerprint can stand for (it is then captured in memory only)."""
-    from salience import __version__
-
     digest = hashlib.sha256()
     parts: list[object] = [
         torch.__version__,
-        __version__,
+        _CAPTURE_CODE,
         options,
         tuple(sample.shape),
         str(sample.dtype),
