@@ -22,6 +22,7 @@ PACKAGE = Path(salience.__file__).parent
 
 INTERNAL = {
     "salience.adapters.inference_copy.CopyError",
+    "salience.adapters.program_store.UnnameableError",
     "salience.cli.batch.Terminated",
     "salience.cli.rows.TakesSignalsError",
 }
