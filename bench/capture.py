@@ -22,7 +22,11 @@ pays it: importing torch's export machinery, export, trace + freeze, writing and
 program store's entry, and the warm-up calls (oneDNN compiles its kernels) of the program read
 back, which every process pays.
 
-Run by hand: ``PYTHONPATH=src python bench/capture.py [--repeats 9] [--inductor] [--steps]``;
+``--batches 1 2 4 8 16 32`` times instead the captured program per image at each batch size
+(interleaved rounds, medians): ``CAPTURED_BATCH`` in ``salience.adapters.torch`` is the best.
+
+Run by hand: ``PYTHONPATH=src python bench/capture.py [--repeats 9] [--inductor] [--steps]
+[--batches ...]``;
 ``--json`` adds the ratios to a record (``bench/record.py``).
 """
 
@@ -122,11 +126,34 @@ def steps(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, float]:
     return seconds
 
 
+def per_image(model: torch.nn.Module, sizes: list[int], repeats: int) -> dict[str, float]:
+    """Seconds per image of the captured program at each batch size (interleaved, medians)."""
+    from salience.adapters.fused import build_fused, run_fused
+
+    photo, runs, images = chelsea(), {}, {}
+    for size in sizes:
+        batch = photo.repeat(size, 1, 1, 1) + 0.1 * torch.randn(size, 3, 224, 224)
+        eager = build_inference_copy(model, batch).to(memory_format=torch.channels_last)
+        sample = batch.contiguous(memory_format=torch.channels_last)
+        program = build_fused(eager, sample).program
+        calls = max(1, 64 // size)
+
+        def run(program: object = program, sample: torch.Tensor = sample, calls: int = calls):
+            for _ in range(calls):
+                run_fused(program, sample)
+
+        runs[f"batch {size}"] = run
+        images[f"batch {size}"] = calls * size
+    times = interleaved(runs, repeats)
+    return {name: median(values) / images[name] for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--inductor", action="store_true", help="also torch.compile (slow)")
     parser.add_argument("--steps", action="store_true", help="time each step of one capture")
+    parser.add_argument("--batches", type=int, nargs="+", help="time the program per batch size")
     add_record_argument(parser)
     args = parser.parse_args()
     start = cpu_snapshot()
@@ -134,6 +161,15 @@ def main() -> None:
     print(machine_line())
     model = load_model()
     batch = chelsea().repeat(CHUNK, 1, 1, 1) + 0.1 * torch.randn(CHUNK, 3, 224, 224)
+    if args.batches:
+        found = per_image(model, args.batches, args.repeats)
+        for name, value in found.items():
+            print(f"  {name:<10} {value * 1000:7.2f} ms per image")
+        print(footer(start))
+        write_record(
+            args, "capture batches", {f"capture: s per image, {k}": v for k, v in found.items()}
+        )
+        return
     if args.steps:
         found = steps(model, batch)
         for name, value in found.items():

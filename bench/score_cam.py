@@ -28,6 +28,7 @@ import sys
 os.environ["THP_MEM_ALLOC_ENABLE"] = "0" if "--no-thp" in sys.argv else "1"
 
 import argparse
+import copy
 
 import torch
 
@@ -91,7 +92,10 @@ def main() -> None:
         print(f"pytorch-grad-cam {how}: peer left out (make bench installs it)")
     else:
         print(f"peer: {how}")
-        peer_cam = peer.ScoreCAM(model, [model.get_submodule(LAYER)])
+        # its hooks stay on the model it is given for as long as it lives: a copy of its own,
+        # so that salience's candidates explain a model without hooks, as a user's would be
+        clone = copy.deepcopy(model)
+        peer_cam = peer.ScoreCAM(clone, [clone.get_submodule(LAYER)])
         peer_cam.batch_size = CHUNK
         candidates["pytorch-grad-cam ScoreCAM"] = lambda: peer_cam(
             x, targets=[peer.ClassifierOutputTarget(target)]

@@ -17,7 +17,7 @@ import salience
 from conftest import SmallCNN, relative_error
 from salience.adapters import fused, program_store
 from salience.adapters.fused import CAPTURED
-from salience.adapters.torch import TorchAdapter
+from salience.adapters.torch import CAPTURED_BATCH, TorchAdapter
 from salience.methods import masking
 
 CAPTURE_BOUND = 1e-4  # what every capture is verified to (see test_capture.py)
@@ -37,7 +37,8 @@ def seeded_cnn() -> SmallCNN:
 
 
 def batch() -> Tensor:
-    return torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(7))
+    """One batch of the size a captured program runs."""
+    return torch.randn(CAPTURED_BATCH, 3, 12, 12, generator=torch.Generator().manual_seed(7))
 
 
 def entries(folder: Path) -> list[Path]:
@@ -180,7 +181,7 @@ def test_a_stored_program_that_no_longer_matches_is_refused_and_captured_afresh(
 ) -> None:
     """A program stored under the name of the model's current state, but computing something
     else (a change the name could not see): the check against the eager copy catches it."""
-    x = torch.randn(8, 5)
+    x = torch.randn(CAPTURED_BATCH, 5)
     model = Scaled(2.0)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notices
@@ -203,7 +204,7 @@ def test_a_built_program_runs_a_run_too_short_to_pay_for_a_new_one(
     monkeypatch.setattr(masking, "CAPTURE_WORTH_SECONDS", 3600.0)
     short = salience.explain(model, x, **options, chunk_size=32)
     assert short.info["execution"].startswith("eager: the 256 passes take about")
-    TorchAdapter(model)._capture(torch.rand(32, 3, 16, 16))  # a program for chunks of 32
+    TorchAdapter(model)._capture(torch.rand(CAPTURED_BATCH, 3, 16, 16))  # a program built
     fused._CACHE.clear()  # as in a new process: only the store holds it
     export_refused(monkeypatch)
     found = salience.explain(model, x, **options, chunk_size=32)
