@@ -177,3 +177,22 @@ def test_a_prepared_input_is_checked_once_until_it_is_written_to(monkeypatch) ->
     prepared[0, 0, 0, 0] = float("nan")  # written to since: checked again, and refused
     with pytest.raises(NonFiniteInputError):
         adapter.prepare_input(prepared)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.complex64])
+def test_finite_values_whose_sum_overflows_are_accepted_and_one_bad_value_is_counted(
+    dtype: torch.dtype,
+) -> None:
+    from salience.adapters.base import non_finite_count
+
+    large = torch.full(
+        (2, 3, 4), torch.finfo(torch.float16 if dtype == torch.float16 else torch.float32).max / 2
+    ).to(dtype)
+    assert not torch.isfinite(large.sum()) and non_finite_count(large) == 0
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        flawed = torch.ones(2, 3, 4, dtype=dtype)
+        flawed[1, 2, 3] = bad
+        assert non_finite_count(flawed) == 1
+        large[0, 0, 0] = bad
+        assert non_finite_count(large) == 1
+        large[0, 0, 0] = large[0, 0, 1]

@@ -140,10 +140,12 @@ def masked_scores(
     long_run: bool | None = bulk if bulk is not None else (None if passes >= BULK_PASSES else False)
     chunks_run = 0
 
+    difference = None if substrate is None else x - substrate
+
     def scores(rows: slice) -> Tensor:
         nonlocal long_run, chunks_run
         chosen = masks(rows).to(x)
-        inputs = x * chosen if substrate is None else substrate + (x - substrate) * chosen
+        inputs = x * chosen if substrate is None else torch.addcmul(substrate, difference, chosen)
         if long_run is None and chunks_run == 0 and getattr(adapter, "has_program", None):
             long_run = adapter.has_program(inputs) or None  # built already: nothing to pay
         started = time.perf_counter()
