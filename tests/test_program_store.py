@@ -260,3 +260,28 @@ def test_the_name_changes_with_the_code_of_the_model_and_of_its_helpers(
     assert None not in names and len(set(names)) == 3
     for name in ("userpkg", "userpkg.net", "userpkg.helpers"):
         sys.modules.pop(name, None)  # this test's package is not left importable
+
+
+def test_a_store_that_cannot_be_used_leaves_the_capture_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store path that is a file, a key that is a folder, a disk that refuses the write:
+    the explanation goes on, captured in memory, and nothing half-written is left."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(program_store.ENVIRONMENT, str(blocker))
+    assert program_store.store_directory() is None
+    store = tmp_path / "store"
+    monkeypatch.setenv(program_store.ENVIRONMENT, str(store))
+    (store / "key").mkdir(parents=True)
+    verdict = TorchAdapter(seeded_cnn())._capture(batch())
+    assert verdict is not None and verdict.program is not None and entries(store) == []
+    (store / "key").rmdir()
+
+    def full_disk(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    verdict = TorchAdapter(seeded_cnn())._capture(batch())
+    assert verdict is not None and verdict.program is not None
+    assert sorted(p.name for p in store.iterdir()) == ["key"]  # no entry, no partial file

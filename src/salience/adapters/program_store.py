@@ -25,6 +25,7 @@ at most :data:`STORE_BYTES` bytes, dropping the least recently used entries firs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -99,18 +100,23 @@ def _private(path: Path) -> bool:
 
 
 def _key(folder: Path) -> bytes | None:
-    """The store's secret key, made on first use; None when it is not private."""
+    """The store's secret key, made on first use; None when it is not a private file or cannot
+    be read or made (a read-only home, say): the store is then not used."""
     path = folder / _KEY_NAME
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(secrets.token_bytes(32))
-    if not _private(path):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(secrets.token_bytes(32))
+        if not stat.S_ISREG(path.lstat().st_mode) or not _private(path):
+            return None
+        key = path.read_bytes()
+    except OSError as error:
+        LOGGER.debug("program store key %s unusable: %s", path, error)
         return None
-    key = path.read_bytes()
     return key if len(key) == 32 else None
 
 
@@ -239,7 +245,7 @@ def read(name: str) -> torch.jit.ScriptModule | None:
         blob[len(_MAGIC) : header], _tag(key, name, payload)
     ):
         LOGGER.warning("program store entry %s fails its tag: removed", path)
-        path.unlink(missing_ok=True)
+        _remove(path)
         return None
     try:
         with warnings.catch_warnings():
@@ -247,9 +253,10 @@ def read(name: str) -> torch.jit.ScriptModule | None:
             program = torch.jit.load(io.BytesIO(payload), map_location="cpu")
     except Exception as error:  # written by another torch build, say: capture afresh
         LOGGER.debug("program store entry %s unreadable: %s", path, error)
-        path.unlink(missing_ok=True)
+        _remove(path)
         return None
-    os.utime(path)  # recently used: kept longest
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: kept longest
     return program
 
 
@@ -260,20 +267,32 @@ def write(name: str, program: torch.jit.ScriptModule) -> None:
     if key is None:
         return
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-        torch.jit.save(program, buffer)
-    payload = buffer.getvalue()
-    descriptor, partial = tempfile.mkstemp(dir=folder, suffix=".partial")
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+            torch.jit.save(program, buffer)
+    except Exception as error:  # a program TorchScript cannot write: kept in memory only
+        LOGGER.debug("program not stored: %s", error)
+        return
+    payload = buffer.getvalue()
+    partial = None
+    try:
+        descriptor, partial = tempfile.mkstemp(dir=folder, suffix=".partial")
         with os.fdopen(descriptor, "wb") as file:
             file.write(_MAGIC + _tag(key, name, payload) + payload)
         os.replace(partial, folder / (name + _SUFFIX))
-    except OSError as error:
+    except OSError as error:  # a full disk, say: the program stays in memory only
         LOGGER.debug("program not stored: %s", error)
-        Path(partial).unlink(missing_ok=True)
+        if partial is not None:
+            _remove(Path(partial))
         return
     _trim(folder)
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` if it can be (another process may have removed it first)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _trim(folder: Path) -> None:
@@ -289,5 +308,5 @@ def _trim(folder: Path) -> None:
     for _, size, path in sorted(entries):
         if total <= STORE_BYTES:
             break
-        path.unlink(missing_ok=True)
+        _remove(path)
         total -= size
