@@ -59,6 +59,8 @@ CAPTURED = "captured (torch.export, frozen TorchScript, oneDNN fusion)"
 _REASON_LENGTH = 160
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = weakref.WeakKeyDictionary()
+_NAMES: weakref.WeakKeyDictionary[nn.Module, tuple[ModelState, dict]] = weakref.WeakKeyDictionary()
+"""Per model state: the program store's name of each capture (a digest of the weights)."""
 _EXPORT_LOGGER = "torch.fx.experimental.symbolic_shapes"
 """Where export logs the code a refused model branches on (the reason goes to info instead)."""
 _NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
@@ -246,15 +248,14 @@ def cached_capture(
     run) gets None: it runs eager rather than pay for a capture of its own. None also when the
     outputs of ``sample`` are not finite (nothing is cached then).
     """
-    entries = cached_for(_CACHE, model, state or model_state(model))
-    key = (*options, tuple(sample.shape[1:]), sample.dtype)
-    by_batch = entries.setdefault(key, {})
+    state = state or model_state(model)
+    by_batch = cached_for(_CACHE, model, state).setdefault(_shape_key(options, sample), {})
     batch = sample.shape[0]
     if batch in by_batch:
         return by_batch[batch]
     if any(size > batch and verdict.program is not None for size, verdict in by_batch.items()):
         return None
-    name = _stored_name(entries, copy, sample, options)
+    name = _stored_name(model, state, copy, sample, options)
     stored = None if name is None else program_store.read(name)
     if stored is not None:  # checked as a fresh capture is; one that fails is captured afresh
         verdict = verified(copy, stored, sample)
@@ -270,10 +271,20 @@ def cached_capture(
     return verdict
 
 
-def _stored_name(entries: dict, copy: nn.Module, sample: Tensor, options: tuple) -> str | None:
-    """The program store's name for this capture (computed once per model state and shape)."""
-    names = entries.setdefault("store names", {})
-    key = (options, tuple(sample.shape), sample.dtype)
+def _shape_key(options: tuple, sample: Tensor) -> tuple:
+    """What programs of one model state are cached by, besides the batch size."""
+    return (*options, tuple(sample.shape[1:]), sample.dtype)
+
+
+def _stored_name(
+    model: nn.Module, state: ModelState, copy: nn.Module, sample: Tensor, options: tuple
+) -> str | None:
+    """The program store's name for this capture, computed once per model state and shape;
+    None when the store is off (the weights are then not hashed at all)."""
+    if program_store.store_directory() is None:
+        return None
+    names = cached_for(_NAMES, model, state)
+    key = (*_shape_key(options, sample), sample.shape[0])
     if key not in names:
         names[key] = program_store.fingerprint(copy, sample, options)
     return names[key]
@@ -288,12 +299,12 @@ def has_program(
 ) -> bool:
     """Whether a program for inputs like ``sample`` is built already: in memory for this state
     of ``model``, or in the program store (:mod:`salience.adapters.program_store`)."""
-    entries = cached_for(_CACHE, model, state or model_state(model))
-    key = (*options, tuple(sample.shape[1:]), sample.dtype)
-    verdict = entries.get(key, {}).get(sample.shape[0])
+    state = state or model_state(model)
+    verdict = cached_for(_CACHE, model, state).get(_shape_key(options, sample), {})
+    verdict = verdict.get(sample.shape[0])
     if verdict is not None:
         return verdict.program is not None
-    name = _stored_name(entries, copy, sample, options)
+    name = _stored_name(model, state, copy, sample, options)
     return name is not None and program_store.contains(name)
 
 

@@ -77,7 +77,7 @@ _SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 CAPTURED_BATCH = 4
 """A captured program runs the inputs of a long run in batches of this size, whatever the
 caller's chunk: its fused kernels are fastest on small batches, whose activations stay in the
-CPU's caches (``bench/capture.py --batches 2 4 8 16 32``: 11.0, 10.5, 13.2, 15.7 and 17.8 ms
+CPU's caches (``bench/capture.py --batches 2 4 8 16 32``: 10.9, 10.5, 13.2, 15.7 and 17.8 ms
 per image on EfficientNet-Lite0 at 224×224, 2 cores), where the eager copy is best at 8 to 24."""
 _SIGMOID_MODULES = (nn.Sigmoid,)
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -665,31 +665,28 @@ class TorchAdapter:
     def has_program(self, x: Tensor) -> bool:
         """Whether a long run of inputs like ``x`` (one chunk) would start on a captured
         program built already, in memory or in the program store: no capture cost to pay."""
-        sample = self.prepare_input(x[:CAPTURED_BATCH])
-        if self._refusal(sample) is not None:
-            return False
         with self._lock:
-            state = self._state()
-            copy = self.provider.copy(sample, self.provider.fold_batchnorm, state)
-            options = (self.fold_batchnorm, self.channels_last)
-            return copy is not None and has_program(
-                self.model, options, copy, self._layout(sample), state
-            )
+            parts = self._capture_parts(self.prepare_input(x[:CAPTURED_BATCH]))
+            return not isinstance(parts, Capture) and has_program(self.model, *parts)
 
     def _capture(self, sample: Tensor) -> Capture | None:
         """The capture verdict for inputs like ``sample`` (None: this batch runs eager without
         a verdict of its own, as the last, smaller chunk of a run does)."""
+        with self._lock:
+            parts = self._capture_parts(sample)
+            return parts if isinstance(parts, Capture) else cached_capture(self.model, *parts)
+
+    def _capture_parts(self, sample: Tensor) -> Capture | tuple:
+        """(options, eager copy, laid-out sample, state) a capture for inputs like ``sample``
+        is made and cached from; or the verdict of why none can be."""
         refusal = self._refusal(sample)
         if refusal is not None:
             return refusal
-        provider = self.provider
-        with self._lock:
-            state = self._state()
-            copy = provider.copy(sample, provider.fold_batchnorm, state)
-            if copy is None:
-                return Capture(None, "eager: the model cannot be copied")
-            options = (self.fold_batchnorm, self.channels_last)
-            return cached_capture(self.model, options, copy, self._layout(sample), state)
+        state = self._state()
+        copy = self.provider.copy(sample, self.provider.fold_batchnorm, state)
+        if copy is None:
+            return Capture(None, "eager: the model cannot be copied")
+        return (self.fold_batchnorm, self.channels_last), copy, self._layout(sample), state
 
     def _refusal(self, sample: Tensor) -> Capture | None:
         """Why inputs like ``sample`` cannot run a captured program; None when they can."""
