@@ -16,10 +16,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.overrides import _get_current_function_mode_stack
 
 import salience
+from salience.adapters.base import Need
 from salience.adapters.torch import TorchAdapter
 from salience.cli import main
+from salience.errors import InvalidInputError
 from salience.loading import LoadOptions, open_model
 from salience.outputs import (
     MULTILABEL,
@@ -451,3 +454,83 @@ def test_the_cli_prints_a_regression_value_with_its_name(
     assert main([*argv, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"1. age {value:.4g}" in out and "%" not in out.split("wrote")[0]
+
+
+class FunctionalHead(nn.Module):
+    """``flatten → linear`` and then a final activation applied as a function in ``forward``."""
+
+    def __init__(self, outputs: int, final: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(12, outputs).double()
+        self.final = final
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.linear(x.flatten(1))
+        if self.final == "torch.sigmoid":
+            return torch.sigmoid(z)
+        if self.final == "Tensor.sigmoid":
+            return z.sigmoid()
+        if self.final == "F.softmax":
+            return nn.functional.softmax(z, dim=1)
+        if self.final == "Tensor.log_softmax":
+            return z.log_softmax(dim=-1)
+        return z.sigmoid() * 2  # a sigmoid that is not the output: nothing to cut
+
+
+@pytest.mark.parametrize(
+    ("final", "outputs", "cut"),
+    [
+        ("torch.sigmoid", 1, "sigmoid"),
+        ("Tensor.sigmoid", 3, "sigmoid"),
+        ("F.softmax", 3, "softmax"),
+        ("Tensor.log_softmax", 3, "softmax"),
+    ],
+)
+def test_a_final_activation_called_as_a_function_is_cut_like_a_module(
+    x: Tensor, final: str, outputs: int, cut: str
+) -> None:
+    model = FunctionalHead(outputs, final)
+    adapter = TorchAdapter(model)
+    assert adapter.final_activation(x) == cut
+    explanation = salience.explain(adapter, x, method="gradient", target=0)
+    w = model.linear.weight.detach()[0].reshape(3, 2, 2)
+    torch.testing.assert_close(
+        explanation.attributions[:, 0].double(), w.expand(3, -1, -1, -1), rtol=1e-6, atol=1e-7
+    )
+    logits = model.linear(x.flatten(1))[:, 0].detach()
+    torch.testing.assert_close(explanation.scores[:, 0].double(), logits, rtol=1e-6, atol=1e-7)
+
+
+def test_a_sigmoid_inside_the_model_is_not_cut(x: Tensor) -> None:
+    model = FunctionalHead(1, "inside")
+    adapter = TorchAdapter(model)
+    assert adapter.final_activation(x) is None
+    explanation = salience.explain(adapter, x, method="gradient", target=0)
+    z = model.linear(x.flatten(1))[:, 0].detach()
+    slope = 2 * torch.sigmoid(z) * (1 - torch.sigmoid(z))  # d(2σ(z))/dz
+    w = model.linear.weight.detach()[0].reshape(1, 3, 2, 2)
+    expected = slope.reshape(-1, 1, 1, 1) * w
+    torch.testing.assert_close(
+        explanation.attributions[:, 0].double(), expected, rtol=1e-6, atol=1e-7
+    )
+
+
+def test_a_functional_final_softmax_keeps_long_runs_eager_and_says_why(x: Tensor) -> None:
+    model = FunctionalHead(3, "F.softmax")
+    adapter = TorchAdapter(model)
+    verdict = adapter._capture(adapter.prepare_input(x))
+    assert verdict is not None and verdict.program is None
+    assert "softmax" in verdict.note
+    outputs = adapter.forward(x, bulk=True)
+    torch.testing.assert_close(outputs.double(), model.linear(x.flatten(1)).detach())
+
+
+def test_watching_for_a_final_activation_leaves_no_mode_behind(x: Tensor) -> None:
+    model = FunctionalHead(1, "torch.sigmoid")
+    adapter = TorchAdapter(model)
+    with pytest.raises(InvalidInputError, match="score function returned shape"):
+        adapter.run(x, lambda logits: logits.reshape(-1), Need(input_grad=True))
+    assert not _get_current_function_mode_stack()
+    z = model.linear(x.flatten(1))
+    torch.testing.assert_close(model(x), torch.sigmoid(z))  # the user's model still ends in σ

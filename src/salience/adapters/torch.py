@@ -23,12 +23,14 @@ import copy
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from salience.adapters.base import (
     Need,
@@ -73,13 +75,11 @@ from salience.adapters.rules import backward_rule_mode
 from salience.adapters.structured import OutputKey, select_output
 from salience.errors import InvalidInputError, SalienceError, UnsupportedError
 
-_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 CAPTURED_BATCH = 4
 """A captured program runs the inputs of a long run in batches of this size, whatever the
 caller's chunk: its fused kernels are fastest on small batches, whose activations stay in the
 CPU's caches (``bench/capture.py --batches 2 4 8 16 32``: 10.9, 10.5, 13.2, 15.7 and 17.8 ms
 per image on EfficientNet-Lite0 at 224×224, 2 cores), where the eager copy is best at 8 to 24."""
-_SIGMOID_MODULES = (nn.Sigmoid,)
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 #: Per model and state: traced layer tables by (input shape, dtype).
@@ -128,17 +128,51 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
-class _Capture:
-    """Forward hooks of one pass: a layer's output, and the input of a final softmax or
-    sigmoid."""
+_FINAL_FUNCTIONS: dict[Callable[..., Any], str] = {
+    **dict.fromkeys((torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax), "softmax"),
+    **dict.fromkeys(
+        (torch.log_softmax, F.log_softmax, Tensor.log_softmax, torch.special.log_softmax),
+        "softmax",
+    ),
+    **dict.fromkeys((torch.sigmoid, F.sigmoid, Tensor.sigmoid, torch.special.expit), "sigmoid"),
+}
+"""The calls a pass watches for a final activation, module or function alike: ``nn.Softmax``,
+``nn.LogSoftmax`` and ``nn.Sigmoid`` call them too. In-place forms (``x.sigmoid_()``) are not
+watched: they overwrite their input, so there is no logit left to explain."""
 
-    def __init__(self, *, track_grad: bool = False) -> None:
+
+class _Capture(TorchFunctionMode):
+    """What one pass records: a layer's output (a forward hook), and the input of the last
+    softmax or sigmoid call (a function mode, so ``torch.sigmoid(x)`` in a ``forward`` is seen
+    as well as an ``nn.Sigmoid`` module)."""
+
+    def __init__(
+        self, *, track_grad: bool = False, softmax: bool = False, sigmoid: bool = False
+    ) -> None:
+        super().__init__()
         self.activation: Tensor | None = None
-        #: The last softmax or sigmoid module called: (its input, its output, which).
+        #: The last softmax or sigmoid called: (its input, its output, which).
         self.last_activation: tuple[Tensor, Tensor, str] | None = None
         #: Which final activation :meth:`logits` cut ("softmax", "sigmoid"), if any.
         self.cut: str | None = None
         self.track_grad = track_grad
+        self.watched = {"softmax": softmax, "sigmoid": sigmoid}
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        kind = _FINAL_FUNCTIONS.get(func)
+        if kind is not None and self.watched[kind] and isinstance(output, Tensor):
+            source = args[0] if args else kwargs.get("input", kwargs.get("self"))
+            if isinstance(source, Tensor):
+                self.last_activation = (source, output, kind)
+        return output
+
+    def watching(self) -> AbstractContextManager[object]:
+        """This mode, for the forward pass, when it watches for an activation at all."""
+        return self if any(self.watched.values()) else nullcontext()
 
     def layer_hook(self, _module: nn.Module, _inputs: tuple, output: object) -> Tensor | None:
         if not isinstance(output, Tensor):
@@ -155,15 +189,9 @@ class _Capture:
         self.activation = output
         return None
 
-    def softmax_hook(self, _module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        self.last_activation = (inputs[0], output, "softmax")
-
-    def sigmoid_hook(self, _module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        self.last_activation = (inputs[0], output, "sigmoid")
-
     def logits(self, output: Tensor) -> Tensor:
         """The activation's input when the model's output is the output of a softmax or
-        sigmoid module (recorded in :attr:`cut`)."""
+        sigmoid (recorded in :attr:`cut`)."""
         last, self.last_activation = self.last_activation, None
         if last is not None and last[1] is output:
             self.cut = last[2]
@@ -297,11 +325,11 @@ class TorchAdapter:
         Run 4-D inputs (and the copy's convolutions) in channels-last memory format: measured
         25% faster on CPU for EfficientNet-Lite0 (bench/chunk_size.py).
     strip_softmax : bool
-        Explain the logits when the model ends in a ``Softmax``/``LogSoftmax`` module.
+        Explain the logits when the model ends in a softmax or log-softmax (a module, or a
+        call such as ``torch.softmax(z, 1)`` whose output the model returns).
     strip_sigmoid : bool
-        Explain the logits when the model ends in a ``Sigmoid`` module (a binary or multi-label
-        output; see :mod:`salience.outputs`). A sigmoid applied as a function
-        (``torch.sigmoid`` in ``forward``) is not seen: make it an ``nn.Sigmoid`` module.
+        Explain the logits when the model ends in a sigmoid (a binary or multi-label output;
+        see :mod:`salience.outputs`).
     output : str or int, optional
         Which output to explain when the model returns a tuple, a dict, a dataclass or an
         object with ``.logits`` (:func:`~salience.adapters.structured.select_output`); by
@@ -494,8 +522,8 @@ class TorchAdapter:
             parts = []
             with torch.inference_mode():
                 for start in range(0, x.shape[0], size):
-                    output = model(self._layout(x[start : start + size]))
-                    parts.append(capture.logits(self._check_output(output)).clone())
+                    chunk = x[start : start + size]
+                    parts.append(self._logits(capture, model, chunk).clone())
             return torch.cat(parts)
 
     def final_activation(self, x: Tensor) -> str | None:
@@ -513,7 +541,7 @@ class TorchAdapter:
                 with self._runnable(sample, None, state) as model, ExitStack() as hooks:
                     capture = self._install(model, None, hooks)
                     with torch.inference_mode():
-                        capture.logits(self._check_output(model(self._layout(sample))))
+                        self._logits(capture, model, sample)
                 known[key] = capture.cut
             return known[key]
 
@@ -534,7 +562,7 @@ class TorchAdapter:
             else:
                 stack.enter_context(torch.inference_mode())
             with backward_rule_mode(need.backward_rule) or nullcontext():
-                logits = capture.logits(self._check_output(model(self._layout(x))))
+                logits = self._logits(capture, model, x)
             scores = score(logits)
             if scores.ndim != 2 or scores.shape[0] != x.shape[0]:
                 raise InvalidInputError(
@@ -653,8 +681,7 @@ class TorchAdapter:
             capture = self._install(model, None, hooks)
             module = self._submodule(model, layer)
             hooks.callback(module.register_forward_hook(scale).remove)
-            output = model(self._layout(x))
-            return capture.logits(self._check_output(output)).clone()
+            return self._logits(capture, model, x).clone()
 
     # -- internals ---------------------------------------------------------------------------
     def _fused(self, sample: Tensor) -> torch.jit.ScriptModule | None:
@@ -690,29 +717,20 @@ class TorchAdapter:
 
     def _refusal(self, sample: Tensor) -> Capture | None:
         """Why inputs like ``sample`` cannot run a captured program; None when they can."""
-        softmax = self.strip_softmax and any(
-            isinstance(module, _SOFTMAX_MODULES) for module in self.model.modules()
-        )
         if not self.fuse:
             return Capture(None, "eager: capture is off (fuse=False)")
         if not isinstance(self.provider, InferenceCopyProvider):
             return Capture(None, "eager: capture runs the inference copy, which is off")
         if sample.device.type != "cpu":
             return Capture(None, f"eager: capture is for CPU, the model is on {sample.device}")
-        if softmax:
-            return Capture(None, "eager: the model ends in a softmax whose input is explained")
         if _has_forward_hooks(self.model):
             return Capture(None, "eager: the model has forward hooks, which a capture would skip")
         if self.output is not None:
             return Capture(None, "eager: one of several outputs is selected")
-        if self.strip_sigmoid and self._sigmoid_cut(sample):
-            return Capture(None, "eager: the model ends in a sigmoid whose input is explained")
+        cut = self.final_activation(sample)
+        if cut is not None:  # the captured program would keep it
+            return Capture(None, f"eager: the model ends in a {cut} whose input is explained")
         return None
-
-    def _sigmoid_cut(self, sample: Tensor) -> bool:
-        """Whether passes cut a final sigmoid (the fused trace would keep it)."""
-        has_sigmoid = any(isinstance(m, _SIGMOID_MODULES) for m in self.model.modules())
-        return has_sigmoid and self.final_activation(sample) == "sigmoid"
 
     def _layout(self, x: Tensor) -> Tensor:
         if self.channels_last and x.ndim == 4:
@@ -726,17 +744,21 @@ class TorchAdapter:
     def _install(
         self, model: nn.Module, layer: str | None, stack: ExitStack, *, track_grad: bool = False
     ) -> _Capture:
-        """Register this pass's hooks; ``stack`` removes them whatever happens."""
-        capture = _Capture(track_grad=track_grad)
+        """Register this pass's layer hook; ``stack`` removes it whatever happens."""
+        capture = _Capture(
+            track_grad=track_grad, softmax=self.strip_softmax, sigmoid=self.strip_sigmoid
+        )
         if layer is not None:
             module = self._submodule(model, layer)
             stack.callback(module.register_forward_hook(capture.layer_hook).remove)
-        for module in model.modules():
-            if self.strip_softmax and isinstance(module, _SOFTMAX_MODULES):
-                stack.callback(module.register_forward_hook(capture.softmax_hook).remove)
-            elif self.strip_sigmoid and isinstance(module, _SIGMOID_MODULES):
-                stack.callback(module.register_forward_hook(capture.sigmoid_hook).remove)
         return capture
+
+    def _logits(self, capture: _Capture, model: nn.Module, x: Tensor) -> Tensor:
+        """``model``'s output to explain for prepared inputs ``x`` (laid out here), with the
+        final activation ``capture`` watches for cut; the watch covers the forward pass only."""
+        with capture.watching():
+            output = model(self._layout(x))
+        return capture.logits(self._check_output(output))
 
     def _submodule(self, model: nn.Module, layer: str) -> nn.Module:
         try:
