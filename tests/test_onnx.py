@@ -23,9 +23,11 @@ from salience.adapters.base import (
     GradientsUnavailableError,
 )
 from salience.adapters.onnx import OnnxAdapter, infer_layout
+from salience.adapters.structured import OutputKeyError
 from salience.adapters.torch import TorchAdapter
 from salience.cli import main
 from salience.images import IMAGENET_PRESET
+from salience.loading import LoadOptions, open_model
 from salience.methods.base import Attribution, Explainer, black_box_methods
 from salience.models.onnx import onnx_class_names, onnx_preset
 from salience.models.presets import parse_class_names
@@ -562,3 +564,80 @@ def test_cli_one_line_errors(
     assert status == 2 and "no ONNX model at" in err
     status, _, err = _cli(capsys, "explain", "--layout", "nhwc", "--size", "32", "-o", out)
     assert status == 2 and "--layout, --size apply to model files and factories" in err
+
+
+class TwoOutputs(nn.Module):
+    """Features ``(N, 8)`` first, then the class probabilities (a final softmax)."""
+
+    def __init__(self, net: TinyCNN) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.net.pool(torch.relu(self.net.bn(self.net.conv(x)))).mean((2, 3))
+        return features, torch.softmax(self.net(x), dim=1)
+
+
+@pytest.fixture(scope="module")
+def two_output_path(net: TinyCNN, folder: Path) -> Path:
+    path = folder / "two_outputs.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            TwoOutputs(net).eval(),
+            (torch.zeros(1, 3, 32, 32),),
+            str(path),
+            input_names=["input"],
+            output_names=["features", "probs"],
+            dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}, "probs": {0: "batch"}},
+            dynamo=False,
+        )
+    return path
+
+
+@pytest.mark.parametrize("key", ["probs", 1, "1"])
+def test_an_output_is_chosen_by_name_or_index_and_its_softmax_cut(
+    net: TinyCNN, two_output_path: Path, batch: Tensor, key: object
+) -> None:
+    first = OnnxAdapter(two_output_path)
+    assert first.output_index == 0 and first.stripped_activation is None
+    features = net.pool(torch.relu(net.bn(net.conv(batch)))).mean((2, 3)).detach()
+    torch.testing.assert_close(first.forward(batch), features, rtol=1e-5, atol=1e-5)
+    chosen = first.with_output(key)
+    assert chosen.output_index == 1 and chosen.stripped_activation == "softmax"
+    assert chosen.num_outputs == CLASSES and first.num_outputs == 8
+    torch.testing.assert_close(
+        chosen.forward(batch), torch_logits(net, batch), rtol=1e-5, atol=1e-5
+    )
+    kept = OnnxAdapter(two_output_path, output="probs", strip_softmax=False)
+    torch.testing.assert_close(
+        kept.forward(batch), torch_logits(net, batch).softmax(1), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_an_unknown_output_is_refused_with_the_graphs_outputs(two_output_path: Path) -> None:
+    with pytest.raises(OutputKeyError) as caught:
+        OnnxAdapter(two_output_path, output="logits")
+    message = str(caught.value)
+    assert "no output 'logits'" in message and "0: features" in message
+    assert "1: probs" in message and "--output-key" in message
+    with pytest.raises(OutputKeyError, match="no output 2"):
+        OnnxAdapter(two_output_path, output=2)
+
+
+def test_the_cli_explains_the_chosen_onnx_output(
+    net: TinyCNN, two_output_path: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    common = ["explain", str(photo), "--model", str(two_output_path), "--size", "32"]
+    common += ["--method", "occlusion", "-o", str(out), "--quiet"]
+    status, _, err = _cli(capsys, *common, "--output-key", "probs")
+    assert status == 0, err
+    meta = json.loads((out / "photo_occlusion.json").read_text())
+    loaded = open_model(str(two_output_path), LoadOptions(size=32, output_key="probs"))
+    logits = loaded.adapter.forward(loaded.preset.prepare(photo).tensor)[0]
+    assert meta["targets"][0][0] == int(logits.argmax())  # the class of the chosen output
+    assert meta["scores"][0][0] == pytest.approx(float(logits.max()), rel=1e-5)  # its logit
+    assert meta["score_kind"] == "logit"
+    status, _, err = _cli(capsys, *common, "--output-key", "scores")
+    assert status != 0 and "0: features" in err and "1: probs" in err

@@ -98,7 +98,7 @@ def with_output(model: object, output: str | int | None) -> object:
     Raises
     ------
     UnsupportedError
-        For a model whose adapter cannot choose among outputs (an ONNX black box).
+        For a model whose adapter cannot choose among outputs (a TensorFlow model).
     """
     if output is None:
         return model
@@ -107,7 +107,7 @@ def with_output(model: object, output: str | int | None) -> object:
     if choose is None:
         raise UnsupportedError(
             f"a {type(adapter).__name__} explains its model's first output; output={output!r} "
-            "is for PyTorch and Keras models"
+            "is for PyTorch, Keras and ONNX models"
         )
     return choose(output)
 

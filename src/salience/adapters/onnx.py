@@ -29,6 +29,7 @@ from salience.adapters.base import (
     check_batch,
     check_finite_input,
 )
+from salience.adapters.structured import OutputKeyError
 from salience.errors import (
     InvalidInputError,
     MissingFileError,
@@ -170,11 +171,15 @@ class OnnxAdapter:
         Explain the logits when the model's output is computed by a final ``Softmax``,
         ``LogSoftmax`` or ``Sigmoid`` node (that node is cut off; reading the graph needs the
         onnx package).
+    output : str or int, optional
+        The output to explain, by name or index, when the model has several (default: its
+        first output); ``adapter.with_output(key)`` gives the same adapter explaining another.
 
     Notes
     -----
     Models whose input has a fixed batch size run in batches of that size; the last one is
-    padded and the padding's outputs dropped. Only the model's first output is used.
+    padded and the padding's outputs dropped. onnxruntime computes only what the chosen
+    output needs.
     """
 
     #: onnxruntime gives outputs only: a :class:`~salience.adapters.base.BlackBoxAdapter`,
@@ -191,7 +196,16 @@ class OnnxAdapter:
         threads: int | None = None,
         other_inputs: Mapping[str, Any] | None = None,
         strip_softmax: bool = True,
+        output: str | int | None = None,
     ) -> None:
+        self._arguments = {
+            "input_name": input_name,
+            "layout": layout,
+            "providers": providers,
+            "threads": threads,
+            "other_inputs": other_inputs,
+            "strip_softmax": strip_softmax,
+        }
         if layout is not None and layout.lower() not in LAYOUTS:
             raise InvalidInputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         ort = _onnxruntime()
@@ -208,6 +222,9 @@ class OnnxAdapter:
         self._providers = list(providers)
         _check_external_data(self.path)
         self.session = self._session(os.fspath(self.path))
+        #: The position of the explained output among the model's outputs.
+        self.output_index = self._output_index(output)
+        self.output = self.session.get_outputs()[self.output_index].name
         self.stripped_softmax = False
         #: The final activation cut off the graph ("softmax", "sigmoid"), if any.
         self.stripped_activation: str | None = None
@@ -260,8 +277,34 @@ class OnnxAdapter:
                 f"{self.name} is not a valid ONNX model: {_runtime_message(error)}"
             ) from error
 
+    def _output_index(self, key: str | int | None) -> int:
+        """The index of the output named by ``key`` (a name, an index, or digits typed on the
+        command line); 0 for None."""
+        outputs = self.session.get_outputs()
+        if key is None:
+            return 0
+        names = [output.name for output in outputs]
+        if isinstance(key, str) and key in names:
+            return names.index(key)
+        if isinstance(key, str) and key.isdigit():
+            key = int(key)
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(outputs):
+            return key
+        listing = ", ".join(
+            f"{index}: {output.name} {_shape_text(output.shape)}"
+            for index, output in enumerate(outputs)
+        )
+        raise OutputKeyError(
+            f"{self.name} has no output {key!r}; its outputs are {listing}: choose one by name "
+            "or index (output=..., --output-key)"
+        )
+
+    def with_output(self, output: str | int | None) -> OnnxAdapter:
+        """This model explaining its output ``output`` (a name or an index)."""
+        return OnnxAdapter(self.path, **self._arguments, output=output)
+
     def _strip_softmax(self) -> None:
-        """Cut a final Softmax/LogSoftmax/Sigmoid off the first output, so that it gives
+        """Cut a final Softmax/LogSoftmax/Sigmoid off the explained output, so that it gives
         logits."""
         try:
             import onnx
@@ -272,14 +315,15 @@ class OnnxAdapter:
             ) from error
         proto = onnx.load(os.fspath(self.path), load_external_data=False)
         graph = proto.graph
-        output = graph.output[0].name
+        index = self.output_index
+        output = graph.output[index].name
         producer = next((node for node in graph.node if output in node.output), None)
         if producer is None or producer.op_type not in _FINAL_ACTIVATIONS:
             return
         logits = producer.input[0]
-        elem_type = graph.output[0].type.tensor_type.elem_type
+        elem_type = graph.output[index].type.tensor_type.elem_type
         outputs = list(graph.output)
-        outputs[0] = onnx.helper.make_tensor_value_info(logits, elem_type, None)
+        outputs[index] = onnx.helper.make_tensor_value_info(logits, elem_type, None)
         del graph.output[:]
         graph.output.extend(outputs)
         if not any(output in node.input for node in graph.node) and output not in {
@@ -288,6 +332,7 @@ class OnnxAdapter:
             graph.node.remove(producer)
         onnx.load_external_data_for_model(proto, os.fspath(self.path.parent))
         self.session = self._session(proto.SerializeToString())
+        self.output = logits
         self.stripped_activation = _FINAL_ACTIVATIONS[producer.op_type]
         self.stripped_softmax = self.stripped_activation == "softmax"
 
@@ -326,8 +371,8 @@ class OnnxAdapter:
 
     @property
     def num_outputs(self) -> int | None:
-        """The number of classes, when the first output's last dimension is static."""
-        shape = self.session.get_outputs()[0].shape
+        """The number of classes, when the explained output's last dimension is static."""
+        shape = self.session.get_outputs()[self.output_index].shape
         size = shape[-1] if len(shape) >= 2 else None
         return size if isinstance(size, int) and size > 0 else None
 
@@ -436,7 +481,7 @@ class OnnxAdapter:
             repeat = value.ndim >= 1 and value.shape[0] == 1 and self.fixed_batch is None
             feed[name] = np.repeat(value, chunk.shape[0], axis=0) if repeat else value
         try:
-            output = self.session.run(None, feed)[0]
+            (output,) = self.session.run([self.output], feed)
         except Exception as error:
             hint = ""
             if self.layout is not None and self.layout_inferred:
@@ -449,7 +494,10 @@ class OnnxAdapter:
 
     def __repr__(self) -> str:
         layout = f", layout={self.layout!r}" if self.layout else ""
-        return f"OnnxAdapter({os.fspath(self.path)!r}, input_name={self.input_name!r}{layout})"
+        chosen = f", output={self.output_index}" if self.output_index else ""
+        return (
+            f"OnnxAdapter({os.fspath(self.path)!r}, input_name={self.input_name!r}{layout}{chosen})"
+        )
 
 
 __all__ = ["LAYOUTS", "OnnxAdapter", "infer_layout"]

@@ -365,7 +365,8 @@ def add_model_file_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-key",
         metavar="KEY",
         help="the output to explain of a model that returns several (a dict key, a field, an "
-        "index; default: the only tensor, or logits)",
+        "index, an ONNX output's name; default: the only tensor, or logits; an ONNX model's "
+        "first output)",
     )
     source.add_argument(
         "--output-kind",

@@ -91,7 +91,7 @@ def open_model(
     if options.output_key is not None:
         if not hasattr(adapter, "with_output"):
             raise InvalidInputError(
-                f"an output key (--output-key) is for PyTorch and Keras models, not the "
+                f"an output key (--output-key) is for PyTorch, Keras and ONNX models, not the "
                 f"{found.kind} model {model}, which gives its first output"
             )
         adapter = adapter.with_output(options.output_key)
