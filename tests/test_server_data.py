@@ -23,6 +23,7 @@ from salience.adapters.torch import TorchAdapter  # noqa: E402
 from salience.images import ImagePreset  # noqa: E402
 from salience.loading import LoadedModel  # noqa: E402
 from salience.server import Limits, create_app  # noqa: E402
+from salience.server.data import read_data_upload  # noqa: E402
 
 SIDE = 16
 BOX = (slice(2, 6), slice(8, 12), slice(4, 10))  # the voxels class 0 sums
@@ -324,3 +325,49 @@ def test_the_features_field_chooses_a_tables_columns_in_the_models_order(client)
     np.testing.assert_allclose(attributions, [1.0 * 1, -2.0 * 2, 0.5 * 3], rtol=1e-6)
     missing = post(client, "rows.csv", text.encode(), "linear", features="age,zz,fee")
     assert missing.status_code == 400 and "zz" in missing.json()["error"]
+
+
+def predict(client: TestClient, name: str, data: bytes, model: str, **fields: str):
+    files = {"image": (name, data, "application/octet-stream")}
+    return client.post("/api/predict", files=files, data={"model": model, **fields})
+
+
+def test_a_scan_and_a_signal_are_predicted_from_their_own_files(client) -> None:
+    data = nifti_bytes(scan())
+    response = predict(client, "scan.nii.gz", data, "box")
+    assert response.status_code == 200, response.text
+    top = response.json()["predictions"]
+    box = LoadedModel(TorchAdapter(BoxNet()), "box", PRESET, ["box", "other"])
+    volume = read_data_upload(data, "scan.nii.gz", box, Limits(max_values=SIDE**3)).tensor()
+    sums = [float(volume[0, 0][part].sum()) for part in (BOX, OTHER)]  # the model's two sums
+    assert [line["index"] for line in top] == sorted((0, 1), key=lambda k: -sums[k])
+    assert [line["name"] for line in top] == [["box", "other"][line["index"]] for line in top]
+    assert {line["index"]: line["logit"] for line in top} == pytest.approx(
+        dict(enumerate(sums)), rel=1e-5
+    )
+    signal = np.random.default_rng(1).random((2, LENGTH)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, signal)
+    response = predict(client, "ecg.npy", buffer.getvalue(), "window")
+    assert response.status_code == 200, response.text
+    logits = {line["index"]: line["logit"] for line in response.json()["predictions"]}
+    expected = {0: float(signal[0, WINDOW].sum()), 1: float(signal[1].sum())}
+    assert logits == pytest.approx(expected, rel=1e-5)
+    assert "rows" not in response.json()
+
+
+def test_each_row_of_a_table_is_predicted_with_its_chosen_columns(client) -> None:
+    text = "fee,age,amount\n3,1,2\n4,-1,0.5\n"
+    response = predict(client, "rows.csv", text.encode(), "linear", features="age,amount,fee")
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    rows = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]])
+    weights = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    expected = rows @ weights.T
+    assert len(answer["rows"]) == 2 and answer["predictions"] == answer["rows"][0]
+    for row, top in zip(expected, answer["rows"], strict=True):
+        assert {line["index"]: line["logit"] for line in top} == pytest.approx(
+            dict(enumerate(row)), rel=1e-6
+        )
+    refused = predict(client, "rows.csv", b"a,b\n1,2\n", "linear")
+    assert refused.status_code == 400 and "3" in refused.json()["error"]

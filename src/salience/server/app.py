@@ -5,7 +5,7 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``GET /`` the viewer page; ``GET /static/{name}`` its script and style sheet
 - ``GET /api/models``, ``/api/models/{model}/classes``, ``/api/models/{model}/layers``,
   ``/api/methods``, ``/api/colormaps``, ``/api/colormaps/diverging``, ``/api/limits``
-- ``POST /api/predict`` an image → the top-5 classes
+- ``POST /api/predict`` an image, a scan or a signal → the top-5 classes (a table: of each row)
 - ``POST /api/explain`` an image, methods, target, options → the maps (waits for them); the
   upload may also be a scan (``.nii``, ``.nii.gz``, ``.npy``), a signal (``.npy``, ``.csv``) or
   rows of features (``.csv``), by its file name (:mod:`salience.server.data`)
@@ -53,9 +53,15 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from salience.images import PreparedImage
 from salience.loading import LoadedModel
-from salience.server.data import DataJob, DataUpload, is_data_upload, read_data_upload
+from salience.server.data import (
+    ROWS,
+    DataJob,
+    DataUpload,
+    is_data_upload,
+    read_data_upload,
+)
 from salience.server.errors import ApiError, InternalErrors, report
-from salience.server.form import ExplainForm, explain_form, plan_request
+from salience.server.form import ExplainForm, FeaturesField, explain_form, plan_request
 from salience.server.jobs import Job, JobStore
 from salience.server.limits import (
     BodySizeLimit,
@@ -74,6 +80,7 @@ from salience.server.service import (
     layer_catalog,
     method_catalog,
     model_summary,
+    prediction_rows,
     predictions,
 )
 from salience.server.watch import RequestCancelledError, TimeLimitExceededError
@@ -286,15 +293,33 @@ def create_app(
         future.add_done_callback(finished)
         return asyncio.wrap_future(future)
 
-    @app.post("/api/predict", summary="The top-5 classes of an image")
+    @app.post(
+        "/api/predict",
+        summary="The top-5 classes of an image, a scan or a signal; of each row of a table",
+    )
     async def predict(
-        image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP, GIF or TIFF")],
+        image: Annotated[
+            UploadFile,
+            File(
+                description="an image (PNG, JPEG, WebP, BMP, GIF or TIFF), a scan (.nii, "
+                ".nii.gz, .npy), a signal (.npy, .csv) or rows of features (.csv)"
+            ),
+        ],
         model: Annotated[str | None, Form(max_length=200)] = None,
+        features: FeaturesField = None,
     ) -> dict[str, Any]:
         loaded = pool.get(model)
+        if is_data_upload(image.filename):
+            data = await image.read(limits.max_upload_bytes + 1)
+            found = await run_in_threadpool(
+                read_data_upload, data, str(image.filename), loaded, limits, features
+            )
+            rows = await on_worker(found, lambda: prediction_rows(loaded, found.tensor()))
+            answer = {"model": loaded.name, "predictions": rows[0]}
+            return {**answer, "rows": rows} if found.kind == ROWS else answer
         upload = await read_upload(image)
-        found = await on_worker(upload, lambda: predictions(loaded, prepare(loaded, upload)))
-        return {"model": loaded.name, "predictions": found}
+        top = await on_worker(upload, lambda: predictions(loaded, prepare(loaded, upload)))
+        return {"model": loaded.name, "predictions": top}
 
     async def submit(form: ExplainForm) -> tuple[Job, asyncio.Future]:
         loaded = pool.get(form.model)

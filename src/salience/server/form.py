@@ -23,6 +23,15 @@ from salience.server.service import VIEW_MAX_SIDE, DisplayOptions, ModelPool
 from salience.server.watch import Watch, WatchedAdapter
 
 MAX_METHODS = 20
+FeaturesField = Annotated[
+    str | None,
+    Form(
+        max_length=20_000,
+        description="for a CSV of feature rows: the columns the model takes, in its order, "
+        "comma-separated (default every numeric column)",
+    ),
+]
+"""The form field naming a table's columns (``salience explain --features``)."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +93,7 @@ def _fixed_form(
         Literal["auto", "all", "absolute_value", "positive", "negative"],
         Form(description="how a map's sign is shown (auto: diverging for a map with both signs)"),
     ] = "auto",
-    features: Annotated[
-        str | None,
-        Form(
-            max_length=20_000,
-            description="for a CSV of feature rows: the columns the model takes, in its order, "
-            "comma-separated (default every numeric column)",
-        ),
-    ] = None,
+    features: FeaturesField = None,
 ) -> None:
     """The fields that are not method options (only its signature is used)."""
 

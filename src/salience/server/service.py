@@ -164,18 +164,32 @@ def predictions(model: LoadedModel, image: PreparedImage, k: int = PREDICTIONS) 
     """The model's prediction for one prepared image in its outputs' terms
     (:meth:`~salience.models.options.LoadedModel.summary`): its ``k`` most probable classes or
     labels, the two sides of a binary output, or its values (``probability`` None)."""
-    summary = model.summary(model.adapter.forward(image.tensor)[0], k)
-    return [
-        {
-            "index": line.index,
-            "name": line.name,
-            "probability": line.probability,
-            "logit": line.output,
-            "text": line.text(),
-            "kind": summary.kind,
-        }
-        for line in summary.top
-    ]
+    return prediction_rows(model, image.tensor, k)[0]
+
+
+def prediction_rows(
+    model: LoadedModel, inputs: torch.Tensor, k: int = PREDICTIONS
+) -> list[list[dict]]:
+    """:func:`predictions` of each row of a batch ``inputs`` (an image, a scan, a signal, rows
+    of a table), from one forward pass."""
+    outputs = model.adapter.forward(inputs)
+    rows = []
+    for output in outputs:
+        summary = model.summary(output, k)
+        rows.append(
+            [
+                {
+                    "index": line.index,
+                    "name": line.name,
+                    "probability": line.probability,
+                    "logit": line.output,
+                    "text": line.text(),
+                    "kind": summary.kind,
+                }
+                for line in summary.top
+            ]
+        )
+    return rows
 
 
 def png_bytes(image: np.ndarray) -> bytes:
