@@ -3,6 +3,7 @@ IntegratedGradients and Occlusion; NIfTI and .npy scans in and out; the command 
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from salience.adapters.layers import LayerError
 from salience.arrays import ArrayFileError
 from salience.errors import InvalidInputError
 from salience.methods.baselines import baseline_like
+from salience.outputs import SOFTMAX, explained_text, summarize
 from salience.postprocess import gaussian_blur
 from salience.volumes import (
     Volume,
@@ -431,6 +433,13 @@ def test_batch_over_a_folder_of_scans_writes_each_map_back_and_resumes(tmp_path)
     assert "expects volumes (N, 1, 16, 16, 16)" in failed["error"]
     index = (out / "index.html").read_text()
     assert "items/a.nii.gz/occlusion.thumb.png" in index
+    # each scan's thumbnail is captioned with the method and the prediction it explains
+    with torch.no_grad():
+        logits = BoxNet()(torch.from_numpy(data)[None, None])[0]
+    explained = explained_text(summarize(logits, SOFTMAX, None, 5), 0)
+    record = json.loads((out / "items" / "b.npy" / RECORD).read_text())
+    assert record["captions"] == {"occlusion": f"occlusion: {explained}"}
+    assert f"<figcaption>{html.escape(record['captions']['occlusion'])}</figcaption>" in index
     again = run_job(spec, scans, out, workers=1, progress=False)
     assert (again.explained, again.skipped) == (1, 2)  # only the failed scan is tried again
 

@@ -228,12 +228,15 @@ class ItemWorker:
         )
 
     def _explain_data(self, item: Volume | Signal) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """A scan or signal: per method its raw maps, picture (and NIfTI map) and thumbnail."""
+        """A scan or signal: per method its raw maps, picture (and NIfTI map) and thumbnail,
+        captioned with the method and the prediction it explains."""
         loaded, display = self.loaded, self.spec.display
         check_data_fits(item, declared_input_shape(loaded.adapter), loaded.name)
         tensor = item.tensor()
         explanations = self._explanations(tensor)
+        summary = self._summary(tensor, explanations, FIGURE_CLASSES)
         files = {IMAGE_THUMBNAIL: _png_thumbnail(input_picture(item), display.thumbnail)}
+        captions: dict[str, str] = {}
         for method, explanation in explanations.items():
             explanation = explanation.with_names(loaded.class_names, model=loaded.name)
             explanation = explanation.with_geometry(item.geometry())
@@ -249,7 +252,9 @@ class ItemWorker:
             first = f"{method}{explanation.figure_suffix(0)}.png"
             written[method_thumbnail(method)] = _png_thumbnail(written[first], display.thumbnail)
             files.update(written)
-        return self._record(tensor, explanations), files
+            explained = explained_text(summary, int(explanation.targets[0, 0]), loaded.class_names)
+            captions[method] = f"{method}: {explained}"
+        return {**self._record(tensor, explanations), "captions": captions}, files
 
     def _summary(self, tensor: Any, explanations: dict[str, Any], k: int) -> Summary:
         """The item's prediction, its ``k`` first classes, from the methods' own forward pass."""
