@@ -371,3 +371,15 @@ def test_each_row_of_a_table_is_predicted_with_its_chosen_columns(client) -> Non
         )
     refused = predict(client, "rows.csv", b"a,b\n1,2\n", "linear")
     assert refused.status_code == 400 and "3" in refused.json()["error"]
+
+
+def test_the_layers_of_a_tables_model_are_probed_with_a_row(client) -> None:
+    mlp = nn.Sequential(nn.Linear(len(FEATURES), 4), nn.ReLU(), nn.Linear(4, 2))
+    models = [LoadedModel(TorchAdapter(mlp), "mlp", PRESET, ["yes", "no"])]
+    with TestClient(create_app(models)) as own:
+        response = own.get("/api/models/mlp/layers")
+    assert response.status_code == 200, response.text
+    layers = {layer["name"]: layer["shape"] for layer in response.json()["layers"]}
+    assert layers == {"0": [4], "1": [4], "2": [2]}  # what a row of 3 features gives
+    scans = client.get("/api/models/box/layers").json()["layers"]
+    assert [layer["shape"] for layer in scans if layer["name"] == "conv"] == [[1, SIDE, SIDE, SIDE]]

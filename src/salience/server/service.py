@@ -73,19 +73,33 @@ class ModelPool:
         return model
 
     def sample_input(self, model: LoadedModel) -> torch.Tensor:
-        """A zero input of the model's size (for layer tables): the shape it declares (a scan's
-        or signal's model), else an image of its preset's size."""
-        from salience.models.loader import declared_input_shape
-
+        """A blank input of the model's size (for layer tables), as ``salience layers`` probes
+        it (:func:`~salience.models.loader.probe_input`): the shape a scan's or signal's model
+        declares, else an image of its preset's size; a row of features for a model whose first
+        layer is linear and which takes no image (a table's model)."""
         if model.name not in self._samples:
-            declared = declared_input_shape(model.adapter)
-            if declared is not None and all(d is not None for d in declared[1:]):
-                sample = torch.zeros(1, *(int(d) for d in declared[1:]))  # type: ignore[arg-type]
-            else:
-                height, width = _input_size(model)
-                sample = torch.zeros(1, model.preset.channels, height, width)
-            self._samples[model.name] = sample
+            self._samples[model.name] = _blank_input(model)
         return self._samples[model.name]
+
+
+def _blank_input(model: LoadedModel) -> torch.Tensor:
+    from salience.models.loader import declared_input_shape, input_width, probe_input
+
+    declared = declared_input_shape(model.adapter)
+    if declared is not None and all(d is not None for d in declared[1:]):
+        return torch.zeros(1, *(int(d) for d in declared[1:]))  # type: ignore[arg-type]
+    sample = probe_input(model.adapter, model.preset)
+    if sample.ndim == 4:  # an image, of the size the page shows it at
+        height, side = _input_size(model)
+        sample = torch.zeros(1, model.preset.channels, height, side)
+    width = input_width(model.adapter)
+    if width is None or sample.ndim == 2:
+        return sample
+    try:
+        model.adapter.forward(sample)
+    except RuntimeError:  # a table's model: an image does not fit its first linear layer
+        return torch.zeros(1, width)
+    return sample
 
 
 def _input_size(model: LoadedModel) -> tuple[int, int]:
