@@ -310,6 +310,15 @@ class DataPanel:
         """The panel's status line."""
         return self.page._find("#data-message").text
 
+    def predictions(self) -> list[str]:
+        """The prediction lines listed for the chosen file, once there are some."""
+
+        def listed() -> list[str] | None:
+            items = self.page._all("#data-predictions li[data-index]")
+            return [item.text for item in items] or None
+
+        return self.page.wait(listed, "the data file's prediction")
+
     def slice_shown(self, index: str | None = None) -> dict[str, Any]:
         """The slider's slice once loaded (``index`` given: once it is that slice): its index,
         address, size and pixel sum."""

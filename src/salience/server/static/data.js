@@ -1,5 +1,6 @@
 // salience viewer, scans, signals and rows: upload a .nii/.nii.gz/.npy scan, a .npy/.csv signal
-// or a .csv of feature rows; the server draws each map (a scan's montage through the map's peak,
+// or a .csv of feature rows; the model's prediction for it is listed as soon as it is chosen
+// (each row's, for a table); the server draws each map (a scan's montage through the map's peak,
 // a signal's traces with the saliency band, a table's signed bars per row). A scan's map has a
 // slider over its axial slices, each drawn by the server when asked, and its NIfTI download.
 "use strict";
@@ -75,20 +76,62 @@
     return figure;
   }
 
+  function fileForm(file) {
+    // the chosen file, the model chosen above and a table's columns: what both requests send
+    const form = new FormData();
+    form.append("image", file, file.name);
+    const model = byId("model");
+    if (model && model.value) form.append("model", model.value);
+    const features = byId("data-features").value.trim();
+    if (features) form.append("features", features);
+    return form;
+  }
+
+  function predictionItem(line) {
+    const item = document.createElement("li");
+    item.textContent = line.text;
+    item.dataset.index = line.index;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${line.probability == null ? 0 : Math.max(1, 100 * line.probability)}%`;
+    item.append(bar);
+    return item;
+  }
+
+  async function predictData() {
+    // the model's prediction for the chosen file (each row's, for a table), as soon as it is chosen
+    const file = byId("data-file").files[0];
+    const list = byId("data-predictions");
+    list.replaceChildren();
+    if (!file) return;
+    try {
+      const response = await fetch("/api/predict", { method: "POST", body: fileForm(file) });
+      const answer = await response.json();
+      if (!response.ok) throw new Error(answer.error || `${response.status} ${response.statusText}`);
+      const rows = answer.rows || [answer.predictions];
+      rows.forEach((lines, n) => {
+        if (answer.rows) {
+          const heading = document.createElement("li");
+          heading.className = "row";
+          heading.textContent = `row ${n + 1}`;
+          list.append(heading);
+        }
+        for (const line of lines) list.append(predictionItem(line));
+      });
+    } catch (error) {
+      tell(error.message, true);
+    }
+  }
+
   async function explainData() {
     const file = byId("data-file").files[0];
     if (!file) {
       tell("choose a .nii, .nii.gz, .npy or .csv file first", true);
       return;
     }
-    const form = new FormData();
-    form.append("image", file, file.name);
-    const model = byId("model");
-    if (model && model.value) form.append("model", model.value);
+    const form = fileForm(file);
     form.append("methods", byId("data-methods").value || "gradient");
     form.append("target", byId("data-target").value || "predicted");
-    const features = byId("data-features").value.trim();
-    if (features) form.append("features", features);
     const results = byId("data-results");
     results.replaceChildren();
     tell(`explaining ${file.name}…`);
@@ -109,6 +152,7 @@
 
   function start() {
     byId("data-explain").addEventListener("click", explainData);
+    byId("data-file").addEventListener("change", predictData);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
