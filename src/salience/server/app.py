@@ -266,6 +266,13 @@ def create_app(
         data = await image.read(limits.max_upload_bytes + 1)
         return check_image_upload(data, limits)
 
+    async def read_data(image: UploadFile, loaded: LoadedModel, features: str | None) -> DataUpload:
+        """A scan, signal or table upload, read and checked against the model now (off the
+        event loop), within the server's limits."""
+        data = await image.read(limits.max_upload_bytes + 1)
+        name = str(image.filename)
+        return await run_in_threadpool(read_data_upload, data, name, loaded, limits, features)
+
     def prepare(loaded: LoadedModel, upload: ImageUpload) -> PreparedImage:
         return loaded.preset.prepare(upload.data, max_pixels=limits.max_pixels)
 
@@ -310,10 +317,7 @@ def create_app(
     ) -> dict[str, Any]:
         loaded = pool.get(model)
         if is_data_upload(image.filename):
-            data = await image.read(limits.max_upload_bytes + 1)
-            found = await run_in_threadpool(
-                read_data_upload, data, str(image.filename), loaded, limits, features
-            )
+            found = await read_data(image, loaded, features)
             rows = await on_worker(found, lambda: prediction_rows(loaded, found.tensor()))
             answer = {"model": loaded.name, "predictions": rows[0]}
             return {**answer, "rows": rows} if found.kind == ROWS else answer
@@ -325,11 +329,7 @@ def create_app(
         loaded = pool.get(form.model)
         plan = await run_in_threadpool(plan_request, form, loaded, pool, limits)
         if is_data_upload(form.image.filename):  # a scan, signal or table: read and checked now
-            data = await form.image.read(limits.max_upload_bytes + 1)
-            name = str(form.image.filename)
-            found = await run_in_threadpool(
-                read_data_upload, data, name, loaded, limits, form.features
-            )
+            found = await read_data(form.image, loaded, form.features)
             job: Job = DataJob(loaded, found, **plan, max_pixels=limits.max_pixels)
             future = on_worker(found, job.run, then=lambda: jobs.done(job))
             jobs.add(job)
